@@ -5,7 +5,10 @@
 
 Variants, timed side by side in one run:
 - decoder layer: HF ``LlamaDecoderLayer`` forward (attention over the batch as one sequence);
-- op, idle: no slot active (what every unsteered step pays);
+- op, idle: no steered token in the step, so the op returns at once (what an unsteered step pays
+  outside CUDA graphs, e.g. on CPU);
+- op, idle in a CUDA graph: the full delta path over all-zero masks (a captured graph cannot take
+  the early exit, so this is what an unsteered step pays under CUDA graphs);
 - op, 8 edits (delta): 8 catalogued feature rows active on every token;
 - op, reconstruct: the full 65,536-feature SAE encode/decode (TopK path), on every token.
 On CUDA each variant is captured in a CUDA graph and replayed, as vLLM runs it.
@@ -75,12 +78,16 @@ def main() -> None:
     cos_sin = rope(hidden, positions)
 
     sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=d_sae, k=64, dtype=str(dtype).split(".")[-1], device=device)).to(device, dtype).eval()
-    idle = SteeringOp(d, 16, n, dtype, device)
-    delta = SteeringOp(d, 16, n, dtype, device)
-    for name in ("enc", "dec"):
-        getattr(delta, name)[:8] = torch.randn(8, d, device=device, dtype=dtype)
-    delta.a[:8], delta.b[:8], delta.mask[:, :8] = -1.0, 5.0, 1.0
-    rec = SteeringOp(d, 16, n, dtype, device, sae=sae)
+    idle = SteeringOp(d, 16, n, 256, dtype, device)
+    zero_masks = SteeringOp(d, 16, n, 256, dtype, device)
+    zero_masks.rows_active = True
+    delta = SteeringOp(d, 16, n, 256, dtype, device)
+    delta.rows_active = True
+    delta.enc_t[:, :8] = torch.randn(d, 8, device=device, dtype=dtype)
+    delta.dec[:8] = torch.randn(8, d, device=device, dtype=dtype)
+    delta.edit_a[:, :8], delta.edit_b[:, :8] = -1.0, 5.0
+    rec = SteeringOp(d, 16, n, 256, dtype, device, sae=sae)
+    rec.rec_active = True
     rec.rec_feature[:8] = torch.arange(8) * 1000
     rec.rec_a[:8], rec.rec_b[:8], rec.rec_mask[:, :8] = -1.0, 5.0, 1.0
     x, residual = hidden[0], torch.randn(n, d, device=device, dtype=dtype)
@@ -89,7 +96,8 @@ def main() -> None:
     with torch.no_grad():
         results["decoder layer (8B)"] = timed(lambda: layer(hidden, attention_mask=None, position_embeddings=cos_sin,
                                                               position_ids=positions), device, repeats)
-        results["op, idle (16 slots)"] = timed(lambda: idle(x, residual), device, repeats)
+        results["op, idle (early exit)"] = timed(lambda: idle(x, residual), device, repeats)
+        results["op, idle in a CUDA graph (zero masks, 16 slots)"] = timed(lambda: zero_masks(x, residual), device, repeats)
         results["op, 8 edits (delta)"] = timed(lambda: delta(x, residual), device, repeats)
         results["op, reconstruct (full 65k SAE)"] = timed(lambda: rec(x, residual), device, repeats)
     base = results["decoder layer (8B)"]

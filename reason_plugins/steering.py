@@ -82,6 +82,22 @@ def rows_delta(x: torch.Tensor, enc, bias, thresh, linear, dec, a, b, mask=None)
     return coef @ dec
 
 
+def row_gates(thresh: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``g`` with row_activations == where(pre > g, pre, 0): -inf for linear rows,
+    else max(threshold, 0) (ReLU gated by a JumpReLU threshold)."""
+    return torch.where(linear > 0, torch.full_like(thresh, float("-inf")), thresh.clamp_min(0))
+
+
+def gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b) -> torch.Tensor:
+    """``rows_delta`` in the form the vLLM op runs at every step, in as few kernels as possible:
+    encoder rows as columns (``enc_t`` [d, F]), the gate folded into one threshold per row
+    (``row_gates``) and the mask into per-token edit constants ``edit_a = mask * A``,
+    ``edit_b = mask * B`` [..., F]."""
+    pre = torch.addmm(bias, x, enc_t)
+    coef = torch.where(pre > gate, torch.addcmul(edit_b, pre, edit_a), edit_b)
+    return coef @ dec
+
+
 def apply_rows(x: torch.Tensor, rows: dict, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return x + rows_delta(x, rows["enc"], rows["bias"], rows["thresh"], rows["linear"], rows["dec"], a, b, mask)
 

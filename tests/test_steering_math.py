@@ -73,6 +73,29 @@ def test_direction_projects_on_unit_decoder_rows(saes):
         torch.testing.assert_close(steer(x, saes["standard"], spec), literal_direction(x, saes["standard"], spec), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch, method", [("standard", "delta"), ("jumprelu", "delta"), ("standard", "direction")])
+def test_the_vllm_ops_folded_form_equals_the_literal_formula(saes, arch, method):
+    """gated_rows_delta (gate per row, mask folded into per-token A and B) on a batch where each
+    token carries its own edits, against the literal formula token by token."""
+    from reason_plugins.steering import edit_constants, feature_rows, gated_rows_delta, row_gates
+
+    torch.manual_seed(3)
+    x = torch.randn(6, 128) * 3
+    sae = saes[arch]
+    features = [e["feature"] for e in EDITS]
+    rows = feature_rows(sae, features, method)
+    a, b = edit_constants([e["mode"] for e in EDITS], [e["value"] for e in EDITS])
+    mask = torch.tensor([[1, 1, 1], [0, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0]], dtype=torch.float32)
+    with torch.no_grad():
+        out = x + gated_rows_delta(x, rows["enc"].T, rows["bias"], row_gates(rows["thresh"], rows["linear"]), rows["dec"],
+                                   mask * a.float(), mask * b.float())
+        for t in range(len(x)):
+            edits = [e for e, on in zip(EDITS, mask[t]) if on]
+            ref = x[t:t + 1] if not edits else (literal if method == "delta" else literal_direction)(x[t:t + 1], sae, _spec(method, edits))
+            torch.testing.assert_close(out[t:t + 1], ref, atol=2e-5, rtol=1e-5)
+    assert torch.equal(out[1], x[1])  # a token without edits is untouched, bit for bit
+
+
 def test_delta_refuses_topk_and_out_of_range_features(saes):
     with pytest.raises(SpecError, match="use method 'reconstruct'"):
         steer(torch.randn(2, 128), saes["topk"], _spec("delta"))

@@ -10,6 +10,8 @@ load (``patching.py``):
   which token rows, and close the books of finished requests;
 - ``InputProcessor.process_inputs``: validate each request's spec and salt its prefix cache
   (``frontend.py``);
+- ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
+  runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
 - workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request).
 """
 
@@ -29,6 +31,7 @@ def register() -> None:
     when_imported("vllm.v1.worker.cpu_model_runner", _patch_runner)
     when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
     when_imported("vllm.v1.worker.worker_base", _patch_worker)
+    when_imported("vllm.config.vllm", _patch_config)
 
 
 def _patch_runner(module) -> None:
@@ -51,8 +54,10 @@ def _patch_runner(module) -> None:
     def update_states(original):
         def wrapper(self, scheduler_output, *args, **kwargs):
             runtime = getattr(self, "reason_steering", None)
-            if runtime is not None and scheduler_output.finished_req_ids:
-                runtime.finish(scheduler_output.finished_req_ids)
+            if runtime is not None:
+                if scheduler_output.finished_req_ids:
+                    runtime.finish(scheduler_output.finished_req_ids)
+                runtime.admit(scheduler_output.scheduled_new_reqs)
             return original(self, scheduler_output, *args, **kwargs)
         return wrapper
 
@@ -90,6 +95,23 @@ def _patch_input_processor(module) -> None:
         return wrapper
 
     wrap_method(module.InputProcessor, "process_inputs", process_inputs)
+
+
+def _patch_config(module) -> None:
+    cls = module.VllmConfig
+    original = cls.__dict__.get("use_v2_model_runner")
+    if not isinstance(original, property) or getattr(original.fget, "__reason_steering__", False):
+        return
+
+    def use_v2_model_runner(self) -> bool:
+        from vllm_patches.config import config_from
+
+        if config_from(self) is None:
+            return original.fget(self)
+        return False  # steering is installed by, and reads the batch of, the V1 runner
+
+    use_v2_model_runner.__reason_steering__ = True
+    cls.use_v2_model_runner = property(use_v2_model_runner)
 
 
 def _patch_worker(module) -> None:

@@ -1,42 +1,82 @@
-"""The in-engine steering op: one per steered decoder layer, a compile-safe module over fixed
-buffers.
+"""The in-engine steering op: one per steered decoder layer, over fixed buffers, called through a
+registered torch op (``reason_steering::steer_``) so the compiled model can hold it.
 
 vLLM compiles the model once (and captures CUDA graphs) and then replays it for every batch, so
-the op cannot branch on which requests are in the batch. Instead it always computes the same
-small thing over preallocated buffers that the runtime rewrites in place before each step:
+the graph cannot depend on which requests are in the batch. The op works over preallocated buffers
+that the runtime rewrites in place before each step:
 
-- a catalogue of ``S`` slots, each one edited feature: encoder row, bias, JumpReLU threshold,
-  ``linear`` flag (direction method), decoder row, and the edit as ``f' - f = A f + B``;
-- a per-token mask ``[max_tokens, S]``: which slots apply to which token of the flattened batch.
+- a catalogue of ``S`` slots, each one edited feature: encoder row, bias, gate (ReLU / JumpReLU
+  threshold, or -inf for the linear ``direction`` method), decoder row;
+- per-token edit tables ``edit_a``, ``edit_b`` ``[max_tokens, S]``: the edit ``f' - f = A f + B``
+  of each slot on each token of the flattened batch (zero where a slot does not apply);
+- a per-token request number and a per-request sum of |delta|, for the "applied" report
+  (summed on the device, read only when a request finishes or a report is asked for).
 
-With no steered request the mask is zero and the op adds exactly zero. Layers configured for
-``reconstruct`` also hold the SAE itself and run its full encode/decode (TopK SAEs need it).
-The op sees the true residual stream, ``hidden + residual`` (vLLM's decoder layers return the MLP
-output and the residual separately), and returns the edited ``hidden``.
+To the compiler the op is opaque (a mutating custom op, like vLLM's own attention), so its body
+runs in Python at every step outside a CUDA graph: with no steered token in the step it returns
+at once, and an idle engine pays one op call per steered layer. Inside CUDA-graph capture it
+always records the full computation (the edit tables are zero when idle: it adds exactly zero), as a
+replayed graph cannot take the early exit. Layers configured for ``reconstruct`` also hold the
+SAE itself and run its full encode/decode (TopK SAEs need it). The op sees the true residual
+stream, ``hidden + residual`` (vLLM's decoder layers return the MLP output and the residual
+separately), and adds the change to ``hidden`` in place.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import torch
 from torch import nn
 
-from reason_plugins.steering import rows_delta
+from reason_plugins.steering import gated_rows_delta
+
+# by name: the registered torch op finds its buffers here (the model owns the ops, not this table)
+_OPS: "weakref.WeakValueDictionary[str, SteeringOp]" = weakref.WeakValueDictionary()
+_names = itertools.count()
+_library = None
+
+
+def register_torch_op() -> None:
+    """Define ``torch.ops.reason_steering.steer_`` once per process (needed before compiling)."""
+    global _library
+    if _library is not None:
+        return
+    library = torch.library.Library("reason_steering", "FRAGMENT")
+    library.define("steer_(Tensor(a!) hidden, Tensor residual, str name) -> ()")
+    library.impl("steer_", _steer, "CompositeExplicitAutograd")
+    torch.library.register_fake("reason_steering::steer_", lambda hidden, residual, name: None, lib=library)
+    _library = library
+
+
+def _steer(hidden: torch.Tensor, residual: torch.Tensor, name: str) -> None:
+    _OPS[name].apply_(hidden, residual)
+
+
+def _capturing_cuda_graph(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 class SteeringOp(nn.Module):
-    def __init__(self, d_model: int, max_slots: int, max_tokens: int, dtype: torch.dtype, device, sae=None,
-                 capture: bool = False):
+    def __init__(self, d_model: int, max_slots: int, max_tokens: int, max_requests: int, dtype: torch.dtype, device,
+                 sae=None, capture: bool = False):
         super().__init__()
+        register_torch_op()
+        self.name = f"op{next(_names)}"
+        _OPS[self.name] = self
         self.capture = capture
+        # set by the runtime before each step: does any token of the step use this path?
+        self.rows_active = False
+        self.rec_active = False
+        self._views: dict[int, tuple] = {}
         z = dict(dtype=dtype, device=device)
-        self.register_buffer("enc", torch.zeros(max_slots, d_model, **z), persistent=False)
+        self.register_buffer("enc_t", torch.zeros(d_model, max_slots, **z), persistent=False)  # rows as columns
         self.register_buffer("bias", torch.zeros(max_slots, **z), persistent=False)
-        self.register_buffer("thresh", torch.zeros(max_slots, **z), persistent=False)
-        self.register_buffer("linear", torch.zeros(max_slots, **z), persistent=False)
+        self.register_buffer("gate", torch.zeros(max_slots, **z), persistent=False)
         self.register_buffer("dec", torch.zeros(max_slots, d_model, **z), persistent=False)
-        self.register_buffer("a", torch.zeros(max_slots, **z), persistent=False)
-        self.register_buffer("b", torch.zeros(max_slots, **z), persistent=False)
-        self.register_buffer("mask", torch.zeros(max_tokens, max_slots, **z), persistent=False)
+        self.register_buffer("edit_a", torch.zeros(max_tokens, max_slots, **z), persistent=False)
+        self.register_buffer("edit_b", torch.zeros(max_tokens, max_slots, **z), persistent=False)
         # reconstruct path: per slot the SAE feature it edits, and a per-token "edit here" flag
         self.sae = sae
         if sae is not None:
@@ -44,21 +84,35 @@ class SteeringOp(nn.Module):
             self.register_buffer("rec_a", torch.zeros(max_slots, **z), persistent=False)
             self.register_buffer("rec_b", torch.zeros(max_slots, **z), persistent=False)
             self.register_buffer("rec_mask", torch.zeros(max_tokens, max_slots, **z), persistent=False)
-        # |delta| per token of the last step, read back by the runtime for the "applied" report
-        self.register_buffer("delta_abs", torch.zeros(max_tokens, dtype=torch.float32, device=device), persistent=False)
+        # the report: row -> request number (0: not steered here), request number -> sum of |delta|
+        self.register_buffer("row_request", torch.zeros(max_tokens, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer("delta_abs_sum", torch.zeros(max_requests + 1, dtype=torch.float32, device=device),
+                             persistent=False)
         if capture:
             self.register_buffer("captured", torch.zeros(max_tokens, d_model, **z), persistent=False)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
+        torch.ops.reason_steering.steer_(hidden, residual, self.name)
+
+    def apply_(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
+        every_path = self.capture or _capturing_cuda_graph(hidden)
+        rows = every_path or self.rows_active
+        rec = self.sae is not None and (every_path or self.rec_active)
+        if not (rows or rec):  # no steered token in this step: the idle engine's whole cost
+            return
         n = hidden.shape[0]
         x = hidden + residual
         if self.capture:
             self.captured[:n].copy_(x)
-        delta = rows_delta(x, self.enc, self.bias, self.thresh, self.linear, self.dec, self.a, self.b, self.mask[:n])
-        if self.sae is not None:
+        views = self._views.get(n)
+        if views is None:  # the buffers never move, so their first-n views can be kept
+            views = self._views[n] = (self.edit_a[:n], self.edit_b[:n], self.row_request[:n])
+        edit_a, edit_b, row_request = views
+        delta = gated_rows_delta(x, self.enc_t, self.bias, self.gate, self.dec, edit_a, edit_b) if rows else 0
+        if rec:
             delta = delta + self._reconstruct_delta(x, n)
-        self.delta_abs[:n].copy_(delta.abs().mean(-1).float())
-        return hidden + delta
+        hidden.add_(delta)
+        self.delta_abs_sum.index_add_(0, row_request, torch.linalg.vector_norm(delta, 1, dim=-1, dtype=torch.float32))
 
     def _reconstruct_delta(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """(decode(f') + x - decode(f)) - x on tokens with a reconstruct edit, exactly 0 elsewhere."""

@@ -19,7 +19,7 @@ import torch
 
 from reason_plugins.hf_hooks import decoder_layers
 from reason_plugins.spec import SpecError, parse_steering, specs_hash
-from reason_plugins.steering import DELTA_ARCHITECTURES, edit_constants, feature_rows, sae_architecture
+from reason_plugins.steering import DELTA_ARCHITECTURES, edit_constants, feature_rows, row_gates, sae_architecture
 from vllm_patches.config import SteeringConfig
 from vllm_patches.op import SteeringOp
 
@@ -33,6 +33,12 @@ def _specs_of(steering_json: str):
     return specs, specs_hash(specs)
 
 
+@lru_cache(maxsize=4096)
+def _constants(mode: str, value: float) -> tuple[float, float]:
+    a, b = edit_constants([mode], [value])
+    return float(a[0]), float(b[0])
+
+
 def request_specs(sampling_params):
     extra = getattr(sampling_params, "extra_args", None) or {}
     raw = extra.get("steering")
@@ -43,7 +49,8 @@ def request_specs(sampling_params):
 
 def _hook(module, args, output):
     hidden, residual = output
-    return module.reason_steering(hidden, residual), residual
+    module.reason_steering(hidden, residual)  # adds the edit to hidden in place
+    return output
 
 
 class SteeringRuntime:
@@ -54,12 +61,14 @@ class SteeringRuntime:
 
         self.config = config
         layers = decoder_layers(model)
-        d_model = vllm_config.model_config.get_hidden_size()
+        d_model = self.d_model = vllm_config.model_config.get_hidden_size()
         dtype = vllm_config.model_config.dtype
         device = next(model.parameters()).device
         max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
         cudagraph_max = getattr(vllm_config.compilation_config, "max_cudagraph_capture_size", None) or 0
         max_tokens = max(max_tokens, cudagraph_max)
+        # request numbers index the ops' |delta| sums; preempted requests keep theirs, hence the margin
+        max_requests = 4 * vllm_config.scheduler_config.max_num_seqs
         self.ops: dict[tuple, SteeringOp] = {}
         self.saes: dict[tuple, object] = {}
         for slot in config.saes:
@@ -69,113 +78,190 @@ class SteeringRuntime:
             if sae.cfg.d_in != d_model:
                 raise SpecError(f"SAE {slot.sae!r} has d_in {sae.cfg.d_in} but the model's width is {d_model}")
             reconstruct = slot.reconstruct if slot.reconstruct is not None else sae_architecture(sae) not in DELTA_ARCHITECTURES
-            op = SteeringOp(d_model, config.max_edits, max_tokens, dtype, device, sae=sae if reconstruct else None,
-                            capture=config.capture)
+            op = SteeringOp(d_model, config.max_edits, max_tokens, max_requests, dtype, device,
+                            sae=sae if reconstruct else None, capture=config.capture)
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
             self.ops[slot.key], self.saes[slot.key] = op, sae
+        self._specs: dict[str, tuple] = {}  # steered requests the runner holds: req_id -> (specs, digest)
+        self._numbers: dict[str, int] = {}  # req_id -> its row in the ops' delta_abs_sum
+        self._free_numbers = list(range(max_requests, 0, -1))
         self._rows: dict[tuple, dict] = {}
         self._slot_content: dict[tuple, object] = {}  # (key, buffer, slot) -> what it holds now
-        self._written: dict[tuple, int] = {}  # (key, buffer) -> mask rows that may be non-zero
-        self._last: list[tuple] = []  # (req_id, first steered row, end, keys, digest, specs) of the last step
+        self._written: dict[tuple, int] = {}  # (key, buffer) -> rows that may be non-zero
+        self._layout: tuple = ()  # the steered requests' rows in the last step; reused while unchanged
+        self._layout_tokens: list[tuple] = []  # (req_id, steered tokens per step) of that layout
+        self._layout_steps = 0  # steps run with it, not yet counted into the records
+        self._last_ids, self._last_counts, self._steady = [], b"", False  # the last step's batch
         self.active: dict[str, dict] = {}
         self.finished: OrderedDict[str, dict] = OrderedDict()
         logger.info("reason-steering: ops installed at %s", [s.hook for s in config.saes])
 
     # -- per step -----------------------------------------------------------------------------
-    def update(self, req_ids, num_scheduled, requests) -> None:
-        """Rewrite the op buffers for the batch about to run (called after the runner's input prep).
+    def admit(self, new_requests) -> None:
+        """Note the steered ones among requests new to the runner (specs were checked by the front-end)."""
+        for request in new_requests:
+            specs, digest = request_specs(request.sampling_params)
+            if specs:
+                self._specs[request.req_id] = (specs, digest)
 
-        Masks are built on the host and copied once per buffer; slots keep their content across
-        steps, so a steady batch rewrites no rows at all."""
-        self._collect_last_step()
-        num_tokens = int(sum(num_scheduled))
-        masks: dict[tuple, np.ndarray] = {}  # (key, "mask" | "rec_mask") -> [num_tokens, S]
-        used: dict[tuple, dict] = {}
+    def update(self, req_ids, num_scheduled, requests) -> None:
+        """Point the op buffers at the batch about to run (called after the runner's input prep).
+
+        The runner lays its requests' scheduled tokens out back to back in ``req_ids`` order; the
+        steered ones' rows are this step's layout. A steady decode batch repeats the last layout,
+        and then nothing is written at all; with no steered request nothing is even looked at."""
+        if not self._specs:
+            if self._layout:
+                self._write((), 0)
+            self._steady = False
+            return
+        counts = num_scheduled.tobytes()
+        if self._steady and counts == self._last_counts and req_ids == self._last_ids:
+            self._layout_steps += 1  # same requests, same token counts, all past their prompts
+            return
         layout = []
         start = 0
-        for req_id, n in zip(req_ids, num_scheduled):
-            n = int(n)
-            state = requests.get(req_id)
-            specs, digest = request_specs(state.sampling_params) if state is not None else ((), None)
-            if specs:
-                keys, first_steered = [], start + n
-                for spec in specs:
-                    lo = start
-                    if spec.decode_only:  # only tokens past the prompt
-                        lo = start + max(0, min(n, state.num_prompt_tokens - state.num_computed_tokens))
-                    first_steered = min(first_steered, lo)
-                    key = (spec.sae, spec.sae_id, spec.hook)
-                    buffer = "rec_mask" if spec.method == "reconstruct" else "mask"
-                    mask = masks.get((key, buffer))
-                    if mask is None:
-                        mask = masks[(key, buffer)] = np.zeros((num_tokens, self.config.max_edits), dtype=np.float32)
-                    for edit in spec.edits:
-                        mask[lo:start + n, self._slot(used.setdefault((key, buffer), {}), key, buffer, spec.method, edit)] = 1
-                    keys.append(key)
-                layout.append((req_id, first_steered, start + n, keys, digest, specs))
+        for req_id, n in zip(req_ids, num_scheduled.tolist()):
+            if req_id in self._specs:
+                state = requests[req_id]
+                prompt_left = max(0, min(n, state.num_prompt_tokens - state.num_computed_tokens))
+                layout.append((req_id, start, start + n, prompt_left))
             start += n
-        for key, op in self.ops.items():
-            for buffer in ("mask", "rec_mask") if op.sae is not None else ("mask",):
-                target, mask = getattr(op, buffer), masks.get((key, buffer))
-                written = self._written.get((key, buffer), 0)
-                if mask is not None:
-                    target[:num_tokens].copy_(torch.from_numpy(mask), non_blocking=True)
-                if written > (num_tokens if mask is not None else 0):
-                    target[num_tokens if mask is not None else 0:written].zero_()
-                self._written[(key, buffer)] = num_tokens if mask is not None else 0
-        self._last = layout
+        layout = tuple(layout)
+        self._last_ids, self._last_counts = list(req_ids), counts
+        self._steady = all(entry[3] == 0 for entry in layout)
+        if layout == self._layout:
+            self._layout_steps += 1
+            return
+        self._write(layout, start)
 
-    def _slot(self, used: dict, key: tuple, buffer: str, method: str, edit) -> int:
-        """The slot of ``buffer`` holding (method, feature, mode, value) this step; its rows are
-        rewritten only when the slot held something else before."""
-        ident = (method, edit.feature, edit.mode, edit.value)
-        if ident in used:
-            return used[ident]
-        slot = len(used)
+    def _write(self, layout: tuple, num_tokens: int) -> None:
+        """Build the edit tables and row -> request numbers of ``layout`` on the host, copy each once."""
+        self._count_layout_steps()
+        host: dict[tuple, np.ndarray] = {}  # (key, op buffer name) -> its first num_tokens rows
+
+        def table(key, buffer, dtype=np.float32, width=self.config.max_edits):
+            rows = host.get((key, buffer))
+            if rows is None:
+                rows = host[(key, buffer)] = np.zeros((num_tokens, width) if width else num_tokens, dtype=dtype)
+            return rows
+
+        used: dict[tuple, dict] = {}
+        self._layout_tokens = []
+        for req_id, start, end, prompt_left in layout:
+            specs, digest = self._specs[req_id]
+            number = self._number(req_id)
+            first_steered = end
+            for spec in specs:
+                lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
+                first_steered = min(first_steered, lo)
+                key = (spec.sae, spec.sae_id, spec.hook)
+                for edit in spec.edits:
+                    a, b = _constants(edit.mode, edit.value)
+                    if spec.method == "reconstruct":
+                        ident = (spec.method, edit.feature, edit.mode, edit.value)
+                        table(key, "rec_mask")[lo:end, self._slot(used, key, "rec", ident, (a, b))] = 1
+                    else:  # the slot holds the feature's rows; the edit itself goes per token
+                        slot = self._slot(used, key, "rows", (spec.method, edit.feature), None)
+                        table(key, "edit_a")[lo:end, slot] = a
+                        table(key, "edit_b")[lo:end, slot] = b
+                table(key, "row_request", np.int64, None)[lo:end] = number
+            if req_id not in self.active:
+                self.active[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
+                                       "tokens": 0, "steps": 0, "number": number}
+            self._layout_tokens.append((req_id, end - first_steered))
+        for key, op in self.ops.items():
+            buffers = ("edit_a", "edit_b", "row_request") + (("rec_mask",) if op.sae is not None else ())
+            for buffer in buffers:
+                target, rows = getattr(op, buffer), host.get((key, buffer))
+                written = self._written.get((key, buffer), 0)
+                filled = num_tokens if rows is not None else 0
+                if rows is not None:
+                    target[:num_tokens].copy_(torch.from_numpy(rows), non_blocking=True)
+                if written > filled:  # rows a longer step left behind
+                    target[filled:written].zero_()
+                self._written[(key, buffer)] = filled
+            op.rows_active = (key, "edit_a") in host
+            op.rec_active = (key, "rec_mask") in host
+        self._layout = layout
+        self._layout_steps = 1  # the step about to run
+
+    def _number(self, req_id: str) -> int:
+        number = self._numbers.get(req_id)
+        if number is None:
+            # 0 (the sink row) if ever exhausted: the request is steered but its |delta| goes unreported
+            number = self._numbers[req_id] = self._free_numbers.pop() if self._free_numbers else 0
+            if number == 0:
+                logger.warning("reason-steering: no |delta| row left for request %s; its mean |delta| is not reported", req_id)
+        return number
+
+    def _slot(self, used: dict, key: tuple, path: str, ident: tuple, constants) -> int:
+        """The slot of ``path`` ("rows": catalogued encoder/decoder rows, "rec": reconstruct edits)
+        holding ``ident`` this step; its buffers are rewritten only when it held something else."""
+        taken = used.setdefault((key, path), {})
+        if ident in taken:
+            return taken[ident]
+        slot = len(taken)
         if slot >= self.config.max_edits:
             raise SpecError(f"more than max_edits={self.config.max_edits} distinct edits at {key[2]} in one step")
-        used[ident] = slot
-        if self._slot_content.get((key, buffer, slot)) == ident:
+        taken[ident] = slot
+        if self._slot_content.get((key, path, slot)) == ident:
             return slot
         op = self.ops[key]
-        a, b = edit_constants([edit.mode], [edit.value])
-        if buffer == "rec_mask":
-            op.rec_feature[slot] = edit.feature
-            op.rec_a[slot], op.rec_b[slot] = a[0], b[0]
+        if path == "rec":
+            op.rec_feature[slot] = ident[1]
+            op.rec_a[slot], op.rec_b[slot] = constants
         else:
-            rows = self._rows.get((key, method, edit.feature))
+            method, feature = ident
+            rows = self._rows.get((key, method, feature))
             if rows is None:
-                rows = self._rows[(key, method, edit.feature)] = feature_rows(self.saes[key], [edit.feature], method)
-            for name in ("enc", "bias", "thresh", "linear", "dec"):
-                getattr(op, name)[slot].copy_(rows[name][0])
-            op.a[slot], op.b[slot] = a[0], b[0]
-        self._slot_content[(key, buffer, slot)] = ident
+                rows = self._rows[(key, method, feature)] = feature_rows(self.saes[key], [feature], method)
+            op.enc_t[:, slot].copy_(rows["enc"][0])
+            op.bias[slot], op.dec[slot] = rows["bias"][0], rows["dec"][0]
+            op.gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
+        self._slot_content[(key, path, slot)] = ident
         return slot
 
     # -- reporting ------------------------------------------------------------------------------
-    def _collect_last_step(self) -> None:
-        """Fold the |delta| the ops wrote during the previous step into per-request totals."""
-        if not self._last:
-            return
-        end_all = max(end for _, _, end, *_ in self._last)
-        delta_abs = {key: op.delta_abs[:end_all].cpu().numpy() for key, op in self.ops.items()}  # one read per op
-        for req_id, start, end, keys, digest, specs in self._last:
-            rec = self.active.setdefault(req_id, {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
-                                                  "tokens": 0, "steps": 0, "delta_abs_sum": 0.0})
-            rec["tokens"] += end - start
-            rec["steps"] += 1
-            for key in keys:
-                rec["delta_abs_sum"] += float(delta_abs[key][start:end].sum(dtype=np.float64))
-        self._last = []
+    def _count_layout_steps(self) -> None:
+        """Fold the steps run with the current layout into the records of its requests."""
+        for req_id, tokens in self._layout_tokens:
+            rec = self.active.get(req_id)
+            if rec is not None:
+                rec["tokens"] += tokens * self._layout_steps
+                rec["steps"] += self._layout_steps
+        self._layout_steps = 0
+
+    def _delta_abs_sums(self, req_ids) -> dict[str, float]:
+        """Sum of per-token mean |delta| over the steered tokens and layers of each request (one read per op)."""
+        numbers = [self.active[r]["number"] for r in req_ids]
+        if not numbers:
+            return {}
+        index = torch.tensor(numbers, device=next(iter(self.ops.values())).delta_abs_sum.device)
+        # the ops sum |delta| over the model width; the report is in per-token mean |delta|
+        total = sum(op.delta_abs_sum[index].cpu().double() for op in self.ops.values()) / self.d_model
+        return {r: (float(v) if n else float("nan")) for r, n, v in zip(req_ids, numbers, total.tolist())}
 
     def finish(self, req_ids) -> None:
-        self._collect_last_step()
+        self._count_layout_steps()
+        done = [r for r in req_ids if r in self.active]
+        sums = self._delta_abs_sums(done)
+        freed = []
         for req_id in req_ids:
-            rec = self.active.pop(req_id, None)
-            if rec is None:
-                continue
-            rec["mean_abs_delta"] = rec["delta_abs_sum"] / max(1, rec["tokens"] * len(rec["layers"]))
+            self._specs.pop(req_id, None)
+            number = self._numbers.pop(req_id, None)
+            if number:
+                freed.append(number)
+        if freed:
+            for op in self.ops.values():
+                op.delta_abs_sum[torch.tensor(freed, device=op.delta_abs_sum.device)] = 0
+            self._free_numbers.extend(freed)
+        for req_id in done:
+            rec = self.active.pop(req_id)
+            rec.pop("number")
+            rec["delta_abs_sum"] = sums[req_id]
+            rec["mean_abs_delta"] = sums[req_id] / max(1, rec["tokens"] * len(rec["layers"]))
             logger.info("reason-steering: request %s steered: spec %s, layers %s, %d tokens, mean |delta| %.4g",
                         req_id, rec["spec_hash"], rec["layers"], rec["tokens"], rec["mean_abs_delta"])
             self.finished[req_id] = rec
@@ -193,8 +279,12 @@ class SteeringRuntime:
 
     def report(self, req_ids=None) -> dict:
         """Per request id: spec hash, layers, steered tokens, mean |delta| (finished or running)."""
-        self._collect_last_step()
-        running = {r: dict(rec, finished=False, mean_abs_delta=rec["delta_abs_sum"] / max(1, rec["tokens"] * len(rec["layers"])))
-                   for r, rec in self.active.items()}
+        self._count_layout_steps()
+        sums = self._delta_abs_sums(list(self.active))
+        running = {}
+        for r, rec in self.active.items():
+            rec = {k: v for k, v in rec.items() if k != "number"}
+            running[r] = dict(rec, finished=False, delta_abs_sum=sums[r],
+                              mean_abs_delta=sums[r] / max(1, rec["tokens"] * len(rec["layers"])))
         everything = {**{r: dict(rec, finished=True) for r, rec in self.finished.items()}, **running}
         return everything if req_ids is None else {r: everything[r] for r in req_ids if r in everything}
