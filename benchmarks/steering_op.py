@@ -11,7 +11,8 @@ Variants, timed side by side in one run:
   the early exit, so this is what an unsteered step pays under CUDA graphs);
 - op, 8 edits (delta): 8 catalogued feature rows active on every token;
 - op, reconstruct: the full 65,536-feature SAE encode/decode (TopK path), on every token.
-On CUDA each variant is captured in a CUDA graph and replayed, as vLLM runs it.
+On CUDA each variant is captured in a CUDA graph and replayed, as vLLM runs it. On CPU the rows
+variants take the fused path (``torch.cond`` on the op's flag), run eagerly here.
 """
 
 from __future__ import annotations
@@ -80,14 +81,14 @@ def main() -> None:
     sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=d_sae, k=64, dtype=str(dtype).split(".")[-1], device=device)).to(device, dtype).eval()
     idle = SteeringOp(d, 16, n, 256, dtype, device)
     zero_masks = SteeringOp(d, 16, n, 256, dtype, device)
-    zero_masks.rows_active = True
+    zero_masks.set_active(True)
     delta = SteeringOp(d, 16, n, 256, dtype, device)
-    delta.rows_active = True
+    delta.set_active(True)
     delta.enc_t[:, :8] = torch.randn(d, 8, device=device, dtype=dtype)
     delta.dec[:8] = torch.randn(8, d, device=device, dtype=dtype)
     delta.edit_a[:, :8], delta.edit_b[:, :8] = -1.0, 5.0
     rec = SteeringOp(d, 16, n, 256, dtype, device, sae=sae)
-    rec.rec_active = True
+    rec.set_active(False, True)
     rec.rec_feature[:8] = torch.arange(8) * 1000
     rec.rec_a[:8], rec.rec_b[:8], rec.rec_mask[:, :8] = -1.0, 5.0, 1.0
     x, residual = hidden[0], torch.randn(n, d, device=device, dtype=dtype)

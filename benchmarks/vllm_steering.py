@@ -2,15 +2,19 @@
 (1 and 8 features), same engine settings (torch.compile on), measured in one run.
 
     python benchmarks/vllm_steering.py [--prompts 32] [--max-tokens 256] [--repeats 5] [--rounds 2]
+                                       [--engines plain,plugin[,opaque]]
 
 Engines cannot share a process, so each runs in a child process, alternating plain / plugin for
 ``--rounds`` rounds (ABAB...) so drift of the machine hits both alike; within the plugin engine the
-variants (idle, 1 feature, 8 features) are interleaved request set by request set.
+variants (idle, 1 feature, 8 features) are interleaved request set by request set. ``opaque`` adds
+a plugin engine with ``REASON_STEERING_FUSED=0``: the op as an opaque registered op run eagerly
+each step (the CUDA path) instead of traced into the compiled model behind ``torch.cond``.
 
 End-to-end throughput on a shared 2-core machine swings by 10-30% between runs, more than the
-effects measured here, so the plugin engine also clocks what the plugin itself adds to each engine
-step: the per-step buffer update (``SteeringRuntime.update``) and the op calls
-(``SteeringOp.apply_``), against the wall time of the step. The engine runs in-process
+effects measured here, so the plugin engine also clocks what the plugin's Python adds to each
+engine step: the per-step buffer update (``SteeringRuntime.update``) and, on the opaque path, the
+op calls (``SteeringOp.apply_``), against the wall time of the step. The fused op runs inside the
+compiled model, where only the paired steered-vs-idle throughput shows its cost. The engine runs in-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, both roles) so those two methods can be wrapped.
 Builds the tiny fixture Llama + a standard SAE (d_sae 256) under a temp dir.
 """
@@ -54,7 +58,7 @@ def child(args) -> None:
                     "steered, 1 feature": {"sae": args.sae, "hook": HOOK, "edits": edits(1)},
                     "steered, 8 features": {"sae": args.sae, "hook": HOOK, "edits": edits(8)}}
         run = lambda steering: llm.generate(prompts, params, steering=steering, use_tqdm=False)  # noqa: E731
-    clock = _clock_plugin() if args.role == "plugin" else None
+    clock = _clock_plugin() if args.role != "plain" else None
     for steering in variants.values():  # warm-up
         run(steering)
     results = {name: [] for name in variants}
@@ -101,8 +105,12 @@ def _clock_plugin() -> dict:
 def spawn(role: str, model: str, sae: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", role, "--model", model, "--sae", sae, "--prompts", str(args.prompts),
            "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    env = dict(os.environ, REASON_STEERING_FUSED="0" if role == "opaque" else "1")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    if role == "opaque":  # same variants, other op path: keep them apart in the tables
+        result = {k.replace("plugin idle", "opaque idle").replace("steered", "opaque steered"): v for k, v in result.items()}
+    return result
 
 
 def main() -> None:
@@ -111,7 +119,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--child", choices=["plain", "plugin"])
+    parser.add_argument("--engines", default="plain,plugin", help="comma-separated: plain, plugin, opaque")
+    parser.add_argument("--child", choices=["plain", "plugin", "opaque"])
     parser.add_argument("--model")
     parser.add_argument("--sae")
     args = parser.parse_args()
@@ -128,31 +137,82 @@ def main() -> None:
     runs: dict[str, list] = {}
     per_round: list[dict] = []
     for r in range(args.rounds):
-        for role in ("plain", "plugin"):
+        for role in args.engines.split(","):
             result = spawn(role, str(model), str(sae), args)
             per_round.append({"round": r, **{k: statistics.median(v) for k, v in result.items() if ":" not in k}})
             for name, values in result.items():
                 runs.setdefault(name, []).extend(values)
     clocked = {k: runs.pop(k) for k in list(runs) if ":" in k}
-    base = statistics.median(runs["plain"])
+    # the engine process is the unit of noise: compare medians of per-engine medians
+    engines = {name: [row[name] for row in per_round if name in row] for name in runs}
+    base = statistics.median(engines["plain"])
     print(f"\n{args.prompts} prompts x {args.max_tokens} new tokens, greedy, torch.compile on; "
           f"{args.rounds} rounds x {args.repeats} repeats per engine")
-    print("| variant | decode tokens/s (median) | vs plain | per-engine medians |\n|---|---|---|---|")
-    for name, values in runs.items():
+    print("| variant | decode tokens/s (median of engines) | vs plain | per-engine medians |\n|---|---|---|---|")
+    for name, values in engines.items():
         med = statistics.median(values)
-        engines = ", ".join(f"{row[name]:.0f}" for row in per_round if name in row)
-        print(f"| {name} | {med:.0f} | {med / base - 1:+.1%} | {engines} |")
-    idle = runs["plugin idle"]
-    for name in ("steered, 1 feature", "steered, 8 features"):
-        same_engine = statistics.median([s / i for s, i in zip(runs[name], idle)])
-        print(f"{name} vs plugin idle, paired within the same engine: {same_engine - 1:+.1%}")
-    print("\nThe plugin's own code per engine step (plugin engine, medians over all repeats):")
-    print("| variant | update us/step | op us/step | step wall us | plugin share of wall time |\n|---|---|---|---|---|")
-    for name in ("plugin idle", "steered, 1 feature", "steered, 8 features"):
+        print(f"| {name} | {med:.0f} | {med / base - 1:+.1%} | {', '.join(f'{v:.0f}' for v in values)} |")
+    spread = (max(engines["plain"]) - min(engines["plain"])) / base if len(engines["plain"]) > 1 else float("nan")
+    print(f"plain engines alone spread over {spread:.1%} of their median (the noise between processes)")
+    for name in engines:
+        if name != "plain" and len(engines[name]) == len(engines["plain"]):
+            ratios = [v / p - 1 for v, p in zip(engines[name], engines["plain"])]
+            print(f"{name} vs the plain engine of the same round: median {statistics.median(ratios):+.1%} "
+                  f"(rounds: {', '.join(f'{r:+.1%}' for r in ratios)})")
+    for prefix in ("plugin", "opaque"):
+        idle = runs.get(f"{prefix} idle")
+        for name in (f"{'' if prefix == 'plugin' else 'opaque '}steered, {k}" for k in ("1 feature", "8 features")):
+            if idle and name in runs:
+                same_engine = statistics.median([s / i for s, i in zip(runs[name], idle)])
+                print(f"{name} vs {prefix} idle, paired within the same engine: {same_engine - 1:+.1%}")
+    print("\nThe plugin's Python per engine step (medians over all repeats; the fused op runs inside the compiled model):")
+    print("| variant | update us/step | opaque op us/step | step wall us | share of wall time |\n|---|---|---|---|---|")
+    for name in runs:
+        if f"{name}: us/step" not in clocked:
+            continue
         per_step = clocked[f"{name}: us/step"]
         cols = [statistics.median(row[i] for row in per_step) for i in range(3)]
         share = statistics.median(clocked[f"{name}: plugin share"])
         print(f"| {name} | {cols[0]:.1f} | {cols[1]:.1f} | {cols[2]:.0f} | {share:.2%} |")
+    step_us = statistics.median(row[2] for row in clocked["plugin idle: us/step"]) if "plugin idle: us/step" in clocked else None
+    op_cost_in_compiled_graph(args.prompts, step_us)
+
+
+def op_cost_in_compiled_graph(tokens: int, step_us: float | None, d_model: int = 128, calls: int = 3000) -> None:
+    """What the op adds to a compiled function at the fixture's width, one decode step's tokens:
+    the same function with and without the op, torch.compile'd as vLLM does (dynamic shapes)."""
+    import torch
+
+    from vllm_patches.op import SteeringOp
+
+    def per_call_us(fn, *inputs) -> float:
+        for _ in range(100):
+            fn(*inputs)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn(*inputs)
+        return 1e6 * (time.perf_counter() - start) / calls
+
+    torch.manual_seed(0)
+    hidden, residual = torch.randn(tokens, d_model), torch.randn(tokens, d_model)
+    without = torch.compile(lambda h, r: (h * 2.0) * 1.5, dynamic=True, fullgraph=True)
+    print(f"\nThe op inside a compiled function, d_model {d_model}, {tokens} tokens (us per call above the same function without it"
+          + (f"; share of the engine's {step_us:.0f} us decode step" if step_us else "") + "):")
+    print("| op path | idle | steered, 1 feature | steered, 8 features |\n|---|---|---|---|")
+    with torch.no_grad():
+        base = per_call_us(without, hidden, residual)
+        for path, fused in (("fused (CPU default)", "1"), ("opaque (REASON_STEERING_FUSED=0)", "0")):
+            os.environ["REASON_STEERING_FUSED"] = fused
+            op = SteeringOp(d_model, 16, tokens, 64, torch.float32, "cpu")
+            with_op = torch.compile(lambda h, r: op(h * 2.0, r) * 1.5, dynamic=True, fullgraph=True)
+            cells = []
+            for k in (0, 1, 8):
+                op.enc_t.normal_(), op.dec.normal_(), op.edit_a.zero_(), op.edit_b.zero_()
+                op.edit_a[:, :k], op.edit_b[:, :k] = -1.0, 2.0
+                op.set_active(k > 0)
+                extra = per_call_us(with_op, hidden, residual) - base
+                cells.append(f"+{extra:.1f} us" + (f" ({extra / step_us:.2%})" if step_us else ""))
+            print(f"| {path} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

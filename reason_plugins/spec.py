@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 MODES = ("set", "scale", "add")
 METHODS = ("delta", "reconstruct", "direction")
@@ -48,10 +48,10 @@ class SteeringSpec:
         return int(_HOOK.match(self.hook).group(1))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        d["edits"] = [asdict(e) for e in self.edits]
-        return d
+        # by hand: dataclasses.asdict deep-copies field by field, and this runs for every request
+        return {"sae": self.sae, "hook": self.hook, "sae_id": self.sae_id, "method": self.method,
+                "decode_only": self.decode_only,
+                "edits": [{"feature": e.feature, "mode": e.mode, "value": e.value} for e in self.edits]}
 
     def spec_hash(self) -> str:
         return specs_hash([self])
@@ -130,6 +130,6 @@ def parse_steering(value) -> list[SteeringSpec]:
 
 def specs_hash(specs: list[SteeringSpec]) -> str:
     """Stable short hash of what is applied (order of specs and edits does not matter)."""
-    canon = sorted(json.dumps({**s.to_dict(), "edits": sorted(map(asdict, s.edits), key=lambda e: e["feature"])},
-                              sort_keys=True) for s in specs)
+    dicts = [s.to_dict() for s in specs]
+    canon = sorted(json.dumps({**d, "edits": sorted(d["edits"], key=lambda e: e["feature"])}, sort_keys=True) for d in dicts)
     return hashlib.sha256("\n".join(canon).encode()).hexdigest()[:16]

@@ -26,14 +26,15 @@ class _Model(nn.Module):
         self.model.layers = nn.ModuleList([nn.Linear(1, 1) for _ in range(4)])
 
 
-def _runtime(sae_dir):
+def _runtime(sae_dir, pipeline_parallel_size=1):
     from vllm_patches.config import parse_config
     from vllm_patches.runtime import SteeringRuntime
 
     vllm_config = SimpleNamespace(
         model_config=SimpleNamespace(get_hidden_size=lambda: D_MODEL, dtype=torch.float32),
         scheduler_config=SimpleNamespace(max_num_batched_tokens=64, max_num_seqs=4),
-        compilation_config=SimpleNamespace(max_cudagraph_capture_size=0))
+        compilation_config=SimpleNamespace(max_cudagraph_capture_size=0),
+        parallel_config=SimpleNamespace(pipeline_parallel_size=pipeline_parallel_size))
     config = parse_config({"saes": [{"sae": str(sae_dir), "hook": FIXTURE_HOOK}], "max_edits": 4})
     return SteeringRuntime(_Model(), vllm_config, config)
 
@@ -42,6 +43,14 @@ def _request(req_id, spec, prompt, computed):
     extra = {"steering": json.dumps(spec)} if spec is not None else {}
     return SimpleNamespace(req_id=req_id, sampling_params=SimpleNamespace(extra_args=extra),
                            num_prompt_tokens=prompt, num_computed_tokens=computed)
+
+
+@pytest.fixture(params=["fused", "opaque"])
+def op_path(request, monkeypatch):
+    """Both ways the op runs: traced into the compiled graph behind ``torch.cond`` (CPU default),
+    and as the opaque registered op with its Python early exit (CUDA, or REASON_STEERING_FUSED=0)."""
+    monkeypatch.setenv("REASON_STEERING_FUSED", "1" if request.param == "fused" else "0")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +68,13 @@ def _step(runtime, requests, order, counts):
     op = next(iter(runtime.ops.values()))
     hidden, residual = torch.randn(sum(counts), D_MODEL), torch.randn(sum(counts), D_MODEL)
     before = hidden.clone()
-    op(hidden, residual)
-    return before, residual, hidden
+    return before, residual, op(hidden, residual)
 
 
-def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard):
+def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard, op_path):
     sae_dir, sae = standard
     runtime = _runtime(sae_dir)
+    assert next(iter(runtime.ops.values())).fused is (op_path == "fused")
     spec_a = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
     spec_c = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 9, "mode": "add", "value": 3.0}],
               "decode_only": True}
@@ -82,7 +91,7 @@ def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard):
     assert not torch.equal(out[0:5], hidden[0:5]) and not torch.equal(out[10:11], hidden[10:11])
 
 
-def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, monkeypatch):
+def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, op_path, monkeypatch):
     sae_dir, sae = standard
     runtime = _runtime(sae_dir)
     op = next(iter(runtime.ops.values()))
@@ -118,6 +127,13 @@ def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, mo
     assert float(op.delta_abs_sum.abs().sum()) == 0 and len(runtime._free_numbers) == 16
     hidden, _, out = _step(runtime, {}, [], [])
     assert not op.rows_active and op.edit_a.abs().sum() == 0 and op.edit_b.abs().sum() == 0
+
+
+def test_pipeline_parallel_engines_are_refused_clearly(standard):
+    from reason_plugins.spec import SpecError
+
+    with pytest.raises(SpecError, match="not pipeline parallelism .pipeline_parallel_size=2"):
+        _runtime(standard[0], pipeline_parallel_size=2)
 
 
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):

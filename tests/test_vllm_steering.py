@@ -249,12 +249,14 @@ def test_openai_server_requests_carry_steering_as_a_json_string(layer_saes):
 
 
 def test_qwen2_hook_parity_and_steering_in_its_own_engine(qwen2_dir, layer_saes, prompts, saes, tmp_path):
+    """Eager, and on the opaque op path (the CUDA one) for the delta layer: the session engine holds
+    the fused CPU path, so both paths meet the HF reference inside a real engine."""
     from transformers import AutoModelForCausalLM
 
     hook = "blocks.2.hook_resid_post"
     sae_dir = str(layer_saes[hook][1])
     steer = spec(layer_saes, hook, CASES["delta-add"][1])
-    out = run_job(tmp_path, {"model": str(qwen2_dir), "eager": True,
+    out = run_job(tmp_path, {"model": str(qwen2_dir), "eager": True, "env": {"REASON_STEERING_FUSED": "0"},
                              "steering": {"saes": [{"sae": sae_dir, "hook": hook}], "capture": True},
                              "capture": [[hook, len(prompts[3]), 0]],
                              "requests": [{"prompt_token_ids": prompts[3], "max_tokens": MAX_TOKENS, "steering": None},

@@ -1,7 +1,7 @@
 """Run one vLLM job in a fresh process (a second engine cannot share the test process with the
 session engine): ``python tests/vllm_job.py JOB.json OUT.json``.
 
-JOB: {"model": dir, "steering": config or null, "eager": bool,
+JOB: {"model": dir, "steering": config or null, "eager": bool, "env": {name: value} (optional),
       "requests": [{"prompt_token_ids": [...], "max_tokens": n, "steering": spec or null}],
       "capture": [[hook, num_tokens, request_index], ...]}   (capture after that request ran alone)
 OUT: {"token_ids": [[...], ...], "captured": {hook: [[...]]}}
@@ -20,6 +20,7 @@ def main(job_path: str, out_path: str) -> None:
     from vllm_patches.llm import SteeredLLM
 
     job = json.loads(open(job_path).read())
+    os.environ.update(job.get("env", {}))  # before vLLM starts its engine process
     kwargs = dict(dtype="float32", max_model_len=256, seed=0, enforce_eager=job.get("eager", False))
     if job.get("steering"):
         llm = SteeredLLM(job["model"], **job["steering"], **kwargs)

@@ -42,11 +42,13 @@ class SteeredLLM:
         else:
             per_prompt = [steering] * n
         base = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * n
-        params = []
+        params, checked = [], set()
         for sp, spec in zip(base, per_prompt):
             sp = copy.deepcopy(sp)
             if spec is not None:
-                parse_steering(spec)  # fail fast, before anything is queued
+                if id(spec) not in checked:  # fail fast, before anything is queued (once per distinct spec)
+                    parse_steering(spec)
+                    checked.add(id(spec))
                 sp.extra_args = {**(sp.extra_args or {}), "steering": spec}
             params.append(sp)
         return self.llm.generate(prompt_list, params, **kwargs)

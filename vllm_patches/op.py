@@ -1,9 +1,8 @@
-"""The in-engine steering op: one per steered decoder layer, over fixed buffers, called through a
-registered torch op (``reason_steering::steer_``) so the compiled model can hold it.
+"""The in-engine steering op: one per steered decoder layer, over fixed buffers that the compiled
+model reads and the runtime rewrites in place before each step.
 
 vLLM compiles the model once (and captures CUDA graphs) and then replays it for every batch, so
-the graph cannot depend on which requests are in the batch. The op works over preallocated buffers
-that the runtime rewrites in place before each step:
+the graph cannot depend on which requests are in the batch. The buffers:
 
 - a catalogue of ``S`` slots, each one edited feature: encoder row, bias, gate (ReLU / JumpReLU
   threshold, or -inf for the linear ``direction`` method), decoder row;
@@ -12,19 +11,25 @@ that the runtime rewrites in place before each step:
 - a per-token request number and a per-request sum of |delta|, for the "applied" report
   (summed on the device, read only when a request finishes or a report is asked for).
 
-To the compiler the op is opaque (a mutating custom op, like vLLM's own attention), so its body
-runs in Python at every step outside a CUDA graph: with no steered token in the step it returns
-at once, and an idle engine pays one op call per steered layer. Inside CUDA-graph capture it
-always records the full computation (the edit tables are zero when idle: it adds exactly zero), as a
-replayed graph cannot take the early exit. Layers configured for ``reconstruct`` also hold the
-SAE itself and run its full encode/decode (TopK SAEs need it). The op sees the true residual
-stream, ``hidden + residual`` (vLLM's decoder layers return the MLP output and the residual
-separately), and adds the change to ``hidden`` in place.
+The op sees the true residual stream, ``hidden + residual`` (vLLM's decoder layers return the MLP
+output and the residual separately), and changes ``hidden``. It runs one of two ways:
+
+- **fused** (CPU, delta/direction layers; the default there): the op is traced into the compiled
+  model, the steered path behind ``torch.cond`` on a flag the runtime sets per step, so Inductor
+  compiles it like the rest of the layer (a few generated kernels instead of ~9 eager calls with
+  Python between them), and a step with no steered token takes the branch that only copies ``hidden``. Set ``REASON_STEERING_FUSED=0`` for the opaque path instead.
+- **opaque** (CUDA, and layers that hold a full SAE for ``reconstruct``): a registered mutating
+  op (``reason_steering::steer_``, like vLLM's own attention) whose body runs eagerly each step:
+  with no steered token it returns at once. Inside CUDA-graph capture it records the full
+  computation (zero edit tables add exactly zero), as a replayed graph cannot take the early exit.
+  Layers configured for ``reconstruct`` run the SAE's full encode/decode (TopK SAEs need it)
+  through SAELens's own code, left untraced so that any architecture runs as written.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import weakref
 
 import torch
@@ -58,6 +63,17 @@ def _capturing_cuda_graph(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+# the two branches of the fused path; torch.cond wants fresh outputs (no aliasing of inputs)
+def _rows_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
+    n = hidden.shape[0]  # the edit tables come whole: slicing them here spares the idle branch the views
+    delta = gated_rows_delta(hidden + residual, enc_t, bias, gate, dec, edit_a[:n], edit_b[:n])
+    return hidden + delta, torch.linalg.vector_norm(delta, 1, dim=-1, dtype=torch.float32)
+
+
+def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
+    return hidden.clone(), hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+
+
 class SteeringOp(nn.Module):
     def __init__(self, d_model: int, max_slots: int, max_tokens: int, max_requests: int, dtype: torch.dtype, device,
                  sae=None, capture: bool = False):
@@ -66,10 +82,13 @@ class SteeringOp(nn.Module):
         self.name = f"op{next(_names)}"
         _OPS[self.name] = self
         self.capture = capture
-        # set by the runtime before each step: does any token of the step use this path?
+        # set by the runtime before each step (set_active): does any token of the step use this path?
         self.rows_active = False
         self.rec_active = False
         self._views: dict[int, tuple] = {}
+        # CUDA graphs cannot hold torch.cond's branch, and a full SAE is better left uncompiled
+        self.fused = sae is None and torch.device(device).type == "cpu" and os.environ.get("REASON_STEERING_FUSED", "1") == "1"
+        self.register_buffer("rows_flag", torch.zeros((), dtype=torch.bool, device=device), persistent=False)
         z = dict(dtype=dtype, device=device)
         self.register_buffer("enc_t", torch.zeros(d_model, max_slots, **z), persistent=False)  # rows as columns
         self.register_buffer("bias", torch.zeros(max_slots, **z), persistent=False)
@@ -91,8 +110,24 @@ class SteeringOp(nn.Module):
         if capture:
             self.register_buffer("captured", torch.zeros(max_tokens, d_model, **z), persistent=False)
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
-        torch.ops.reason_steering.steer_(hidden, residual, self.name)
+    def set_active(self, rows: bool, rec: bool = False) -> None:
+        """Whether any token of the next step has a rows (delta/direction) or reconstruct edit here."""
+        self.rows_active, self.rec_active = rows, rec and self.sae is not None
+        if self.fused:
+            self.rows_flag.fill_(rows)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The edited ``hidden`` (the opaque path edits it in place and returns it)."""
+        if not self.fused:
+            torch.ops.reason_steering.steer_(hidden, residual, self.name)
+            return hidden
+        n = hidden.shape[0]
+        if self.capture:
+            self.captured[:n].copy_(hidden + residual)
+        out, norms = torch.cond(self.rows_flag, _rows_branch, _idle_branch,
+                                (hidden, residual, self.enc_t, self.bias, self.gate, self.dec, self.edit_a, self.edit_b))
+        self.delta_abs_sum.index_add_(0, self.row_request[:n], norms)
+        return out
 
     def apply_(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         every_path = self.capture or _capturing_cuda_graph(hidden)

@@ -49,8 +49,7 @@ def request_specs(sampling_params):
 
 def _hook(module, args, output):
     hidden, residual = output
-    module.reason_steering(hidden, residual)  # adds the edit to hidden in place
-    return output
+    return module.reason_steering(hidden, residual), residual
 
 
 class SteeringRuntime:
@@ -60,6 +59,10 @@ class SteeringRuntime:
         from sae_lens_ext.loading import load_sae
 
         self.config = config
+        parallel = getattr(vllm_config, "parallel_config", None)
+        if getattr(parallel, "pipeline_parallel_size", 1) > 1:  # a rank would hold only some of the layers
+            raise SpecError("reason-steering supports tensor parallelism, not pipeline parallelism "
+                            f"(pipeline_parallel_size={parallel.pipeline_parallel_size})")
         layers = decoder_layers(model)
         d_model = self.d_model = vllm_config.model_config.get_hidden_size()
         dtype = vllm_config.model_config.dtype
@@ -95,7 +98,8 @@ class SteeringRuntime:
         self._last_ids, self._last_counts, self._steady = [], b"", False  # the last step's batch
         self.active: dict[str, dict] = {}
         self.finished: OrderedDict[str, dict] = OrderedDict()
-        logger.info("reason-steering: ops installed at %s", [s.hook for s in config.saes])
+        logger.info("reason-steering: ops installed at %s",
+                    {s.hook: "fused" if self.ops[s.key].fused else "opaque" for s in config.saes})
 
     # -- per step -----------------------------------------------------------------------------
     def admit(self, new_requests) -> None:
@@ -182,8 +186,7 @@ class SteeringRuntime:
                 if written > filled:  # rows a longer step left behind
                     target[filled:written].zero_()
                 self._written[(key, buffer)] = filled
-            op.rows_active = (key, "edit_a") in host
-            op.rec_active = (key, "rec_mask") in host
+            op.set_active((key, "edit_a") in host, (key, "rec_mask") in host)
         self._layout = layout
         self._layout_steps = 1  # the step about to run
 
