@@ -5,19 +5,19 @@
 
 Variants, timed side by side in one run:
 - decoder layer: HF ``LlamaDecoderLayer`` forward (attention over the batch as one sequence);
-- op, idle: no steered token in the step, so the op returns at once (what an unsteered step pays
-  outside CUDA graphs, e.g. on CPU);
-- op, idle in a CUDA graph: the full delta path over all-zero masks (a captured graph cannot take
-  the early exit, so this is what an unsteered step pays under CUDA graphs);
+- op, idle: no steered token in the step. CPU: the fused path's false branch (a copy of
+  ``hidden``) and the opaque op's early exit. CUDA: the full delta path over all-zero edit tables,
+  since a captured graph cannot take the early exit (what an unsteered step pays under CUDA graphs);
 - op, 8 edits (delta): 8 catalogued feature rows active on every token;
 - op, reconstruct: the full 65,536-feature SAE encode/decode (TopK path), on every token.
-On CUDA each variant is captured in a CUDA graph and replayed, as vLLM runs it. On CPU the rows
-variants take the fused path (``torch.cond`` on the op's flag), run eagerly here.
+On CUDA each variant is captured in a CUDA graph and replayed, as vLLM runs it; on CPU they run
+eagerly (in vLLM the fused path is compiled with the model).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -79,28 +79,36 @@ def main() -> None:
     cos_sin = rope(hidden, positions)
 
     sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=d_sae, k=64, dtype=str(dtype).split(".")[-1], device=device)).to(device, dtype).eval()
-    idle = SteeringOp(d, 16, n, 256, dtype, device)
-    zero_masks = SteeringOp(d, 16, n, 256, dtype, device)
-    zero_masks.set_active(True)
-    delta = SteeringOp(d, 16, n, 256, dtype, device)
-    delta.set_active(True)
-    delta.enc_t[:, :8] = torch.randn(d, 8, device=device, dtype=dtype)
-    delta.dec[:8] = torch.randn(8, d, device=device, dtype=dtype)
-    delta.edit_a[:, :8], delta.edit_b[:, :8] = -1.0, 5.0
+    def rows_op(fused: bool, edits: int) -> SteeringOp:
+        os.environ["REASON_STEERING_FUSED"] = "1" if fused else "0"
+        op = SteeringOp(d, 16, n, 256, dtype, device)
+        op.enc_t[:, :edits] = torch.randn(d, edits, device=device, dtype=dtype)
+        op.dec[:edits] = torch.randn(edits, d, device=device, dtype=dtype)
+        op.edit_a[:, :edits], op.edit_b[:, :edits] = -1.0, 5.0
+        op.set_active(edits > 0)
+        return op
+
     rec = SteeringOp(d, 16, n, 256, dtype, device, sae=sae)
     rec.set_active(False, True)
     rec.rec_feature[:8] = torch.arange(8) * 1000
     rec.rec_a[:8], rec.rec_b[:8], rec.rec_mask[:, :8] = -1.0, 5.0, 1.0
     x, residual = hidden[0], torch.randn(n, d, device=device, dtype=dtype)
+    if device == "cuda":  # the opaque op; a captured graph always holds its full rows path
+        ops = {"op, idle in a CUDA graph (zero edit tables, 16 slots)": rows_op(False, 0),
+               "op, 8 edits (delta)": rows_op(False, 8)}
+    else:
+        ops = {"op, idle, fused (torch.cond: copies hidden; CPU default)": rows_op(True, 0),
+               "op, 8 edits (delta), fused": rows_op(True, 8),
+               "op, idle, opaque (early exit)": rows_op(False, 0),
+               "op, 8 edits (delta), opaque": rows_op(False, 8)}
+    ops["op, reconstruct (full 65k SAE)"] = rec
 
     results = {}
     with torch.no_grad():
         results["decoder layer (8B)"] = timed(lambda: layer(hidden, attention_mask=None, position_embeddings=cos_sin,
                                                               position_ids=positions), device, repeats)
-        results["op, idle (early exit)"] = timed(lambda: idle(x, residual), device, repeats)
-        results["op, idle in a CUDA graph (zero masks, 16 slots)"] = timed(lambda: zero_masks(x, residual), device, repeats)
-        results["op, 8 edits (delta)"] = timed(lambda: delta(x, residual), device, repeats)
-        results["op, reconstruct (full 65k SAE)"] = timed(lambda: rec(x, residual), device, repeats)
+        for name, op in ops.items():
+            results[name] = timed(lambda: op(x, residual), device, repeats)
     base = results["decoder layer (8B)"]
     print(f"\n{n} tokens, d={d}, d_sae={d_sae}, {dtype}, {device}{' (CUDA graphs)' if device == 'cuda' else ''}; median of {repeats}")
     print("| variant | ms | vs one decoder layer |\n|---|---|---|")

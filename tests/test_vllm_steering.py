@@ -272,6 +272,31 @@ def test_qwen2_hook_parity_and_steering_in_its_own_engine(qwen2_dir, layer_saes,
     assert out["token_ids"][1] == hf_greedy(model, prompts[3], [steer], saes)[0]
 
 
+def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompts, hf_model, saes, tmp_path):
+    """Two CPU ranks (eager): the residual stream is replicated after each all-reduce, so both
+    ranks' ops steer the same rows by the same amount, and the output equals the HF reference."""
+    hook = "blocks.2.hook_resid_post"
+    steer = spec(layer_saes, hook, CASES["delta-set"][1])
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    assert len(cores) >= 2, "the tensor-parallel check needs two CPU cores"
+    # vLLM's CPU workers bind their threads per NUMA node by default; this machine has one node
+    env = {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
+    out = run_job(tmp_path, {"model": str(llama_dir), "eager": True, "tensor_parallel_size": 2, "env": env,
+                             "steering": {"saes": [{"sae": str(layer_saes[hook][1]), "hook": hook}]},
+                             "requests": [{"prompt_token_ids": prompts[0], "max_tokens": MAX_TOKENS, "steering": steer},
+                                          {"prompt_token_ids": prompts[1], "max_tokens": MAX_TOKENS, "steering": None}]})
+    assert out["token_ids"][0] == hf_greedy(hf_model, prompts[0], [steer], saes)[0]
+    assert out["token_ids"][1] == hf_greedy(hf_model, prompts[1], None, saes)[0]
+    reports = out["reports"]
+    assert len(reports) == 2 and all(len(r) == 1 for r in reports)  # one steered request, seen by each rank
+    (rank0,), (rank1,) = (list(r.values()) for r in reports)
+    assert rank0["tokens"] == rank1["tokens"] == len(prompts[0]) + MAX_TOKENS - 1
+    assert rank0["spec_hash"] == rank1["spec_hash"]
+    assert rank0["mean_abs_delta"] == pytest.approx(rank1["mean_abs_delta"], rel=1e-5) and rank0["mean_abs_delta"] > 0
+
+
 def test_steer_cli_prints_baseline_and_steered_as_json(llama_dir, layer_saes):
     """``reason-sae steer --json`` as a user runs it (own engine, eager for a faster start)."""
     from reason_plugins.spec import parse_steering, specs_hash

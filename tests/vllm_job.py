@@ -2,9 +2,11 @@
 session engine): ``python tests/vllm_job.py JOB.json OUT.json``.
 
 JOB: {"model": dir, "steering": config or null, "eager": bool, "env": {name: value} (optional),
+      "tensor_parallel_size": n (optional),
       "requests": [{"prompt_token_ids": [...], "max_tokens": n, "steering": spec or null}],
       "capture": [[hook, num_tokens, request_index], ...]}   (capture after that request ran alone)
-OUT: {"token_ids": [[...], ...], "captured": {hook: [[...]]}}
+OUT: {"token_ids": [[...], ...], "captured": {hook: [[...]]},
+      "reports": [per worker rank: what it applied to each request]}   (steering jobs)
 """
 
 import json
@@ -21,7 +23,8 @@ def main(job_path: str, out_path: str) -> None:
 
     job = json.loads(open(job_path).read())
     os.environ.update(job.get("env", {}))  # before vLLM starts its engine process
-    kwargs = dict(dtype="float32", max_model_len=256, seed=0, enforce_eager=job.get("eager", False))
+    kwargs = dict(dtype="float32", max_model_len=256, seed=0, enforce_eager=job.get("eager", False),
+                  tensor_parallel_size=job.get("tensor_parallel_size", 1))
     if job.get("steering"):
         llm = SteeredLLM(job["model"], **job["steering"], **kwargs)
         generate = llm.generate
@@ -41,6 +44,8 @@ def main(job_path: str, out_path: str) -> None:
             out["captured"][hook] = llm.captured(hook, num_tokens).tolist()
     results = generate(prompts, params, steering=steering) if job.get("steering") else generate(prompts, params)
     out["token_ids"] = [list(r.outputs[0].token_ids) for r in results]
+    if job.get("steering"):
+        out["reports"] = llm.llm.collective_rpc("reason_steering_report")
     with open(out_path, "w") as f:
         json.dump(out, f)
 
