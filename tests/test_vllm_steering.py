@@ -9,6 +9,7 @@ subprocesses (``tests/vllm_job.py``) because two engines cannot share this proce
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -277,8 +278,6 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
     ranks' ops steer the same rows by the same amount, and the output equals the HF reference."""
     hook = "blocks.2.hook_resid_post"
     steer = spec(layer_saes, hook, CASES["delta-set"][1])
-    import os
-
     cores = sorted(os.sched_getaffinity(0))
     assert len(cores) >= 2, "the tensor-parallel check needs two CPU cores"
     # vLLM's CPU workers bind their threads per NUMA node by default; this machine has one node

@@ -17,7 +17,8 @@ output and the residual separately), and changes ``hidden``. It runs one of two 
 - **fused** (CPU, delta/direction layers; the default there): the op is traced into the compiled
   model, the steered path behind ``torch.cond`` on a flag the runtime sets per step, so Inductor
   compiles it like the rest of the layer (a few generated kernels instead of ~9 eager calls with
-  Python between them), and a step with no steered token takes the branch that only copies ``hidden``. Set ``REASON_STEERING_FUSED=0`` for the opaque path instead.
+  Python between them); a step with no steered token takes the branch that only copies
+  ``hidden``. ``REASON_STEERING_FUSED=0`` selects the opaque path instead.
 - **opaque** (CUDA, and layers that hold a full SAE for ``reconstruct``): a registered mutating
   op (``reason_steering::steer_``, like vLLM's own attention) whose body runs eagerly each step:
   with no steered token it returns at once. Inside CUDA-graph capture it records the full
