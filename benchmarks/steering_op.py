@@ -17,7 +17,6 @@ eagerly (in vLLM the fused path is compiled with the model).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -80,8 +79,7 @@ def main() -> None:
 
     sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=d_sae, k=64, dtype=str(dtype).split(".")[-1], device=device)).to(device, dtype).eval()
     def rows_op(fused: bool, edits: int) -> SteeringOp:
-        os.environ["REASON_STEERING_FUSED"] = "1" if fused else "0"
-        op = SteeringOp(d, 16, n, 256, dtype, device)
+        op = SteeringOp(d, 16, n, 256, dtype, device, prefer_fused=fused)
         op.enc_t[:, :edits] = torch.randn(d, edits, device=device, dtype=dtype)
         op.dec[:edits] = torch.randn(edits, d, device=device, dtype=dtype)
         op.edit_a[:, :edits], op.edit_b[:, :edits] = -1.0, 5.0

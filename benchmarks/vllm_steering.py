@@ -13,9 +13,10 @@ each step (the CUDA path) instead of traced into the compiled model behind ``tor
 End-to-end throughput on a shared 2-core machine swings by 10-30% between runs, more than the
 effects measured here, so the plugin engine also clocks what the plugin's Python adds to each
 engine step: the per-step buffer update (``SteeringRuntime.update``) and, on the opaque path, the
-op calls (``SteeringOp.apply_``), against the wall time of the step. The fused op runs inside the
-compiled model, where only the paired steered-vs-idle throughput shows its cost. The engine runs in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, both roles) so those two methods can be wrapped.
+op calls (``SteeringOp.apply_``), against the wall time of the step. The engine runs in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``, all roles) so those two methods can be wrapped. The fused
+op runs inside the compiled model, out of their reach: the run ends by timing it inside a
+compiled function, with and without it, at the fixture's width.
 Builds the tiny fixture Llama + a standard SAE (d_sae 256) under a temp dir.
 """
 
@@ -201,9 +202,8 @@ def op_cost_in_compiled_graph(tokens: int, step_us: float | None, d_model: int =
     print("| op path | idle | steered, 1 feature | steered, 8 features |\n|---|---|---|---|")
     with torch.no_grad():
         base = per_call_us(without, hidden, residual)
-        for path, fused in (("fused (CPU default)", "1"), ("opaque (REASON_STEERING_FUSED=0)", "0")):
-            os.environ["REASON_STEERING_FUSED"] = fused
-            op = SteeringOp(d_model, 16, tokens, 64, torch.float32, "cpu")
+        for path, fused in (("fused (CPU default)", True), ("opaque (REASON_STEERING_FUSED=0)", False)):
+            op = SteeringOp(d_model, 16, tokens, 64, torch.float32, "cpu", prefer_fused=fused)
             with_op = torch.compile(lambda h, r: op(h * 2.0, r) * 1.5, dynamic=True, fullgraph=True)
             cells = []
             for k in (0, 1, 8):

@@ -77,7 +77,7 @@ def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
 
 class SteeringOp(nn.Module):
     def __init__(self, d_model: int, max_slots: int, max_tokens: int, max_requests: int, dtype: torch.dtype, device,
-                 sae=None, capture: bool = False):
+                 sae=None, capture: bool = False, prefer_fused: bool | None = None):
         super().__init__()
         register_torch_op()
         self.name = f"op{next(_names)}"
@@ -87,8 +87,11 @@ class SteeringOp(nn.Module):
         self.rows_active = False
         self.rec_active = False
         self._views: dict[int, tuple] = {}
-        # CUDA graphs cannot hold torch.cond's branch, and a full SAE is better left uncompiled
-        self.fused = sae is None and torch.device(device).type == "cpu" and os.environ.get("REASON_STEERING_FUSED", "1") == "1"
+        # CUDA graphs cannot hold torch.cond's branch, and a full SAE is better left uncompiled;
+        # where fusing is possible, prefer_fused (default: REASON_STEERING_FUSED, on) decides
+        if prefer_fused is None:
+            prefer_fused = os.environ.get("REASON_STEERING_FUSED", "1") == "1"
+        self.fused = prefer_fused and sae is None and torch.device(device).type == "cpu"
         self.register_buffer("rows_flag", torch.zeros((), dtype=torch.bool, device=device), persistent=False)
         z = dict(dtype=dtype, device=device)
         self.register_buffer("enc_t", torch.zeros(d_model, max_slots, **z), persistent=False)  # rows as columns
