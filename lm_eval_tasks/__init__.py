@@ -4,6 +4,7 @@ pass ``--include_path`` ``TASKS_DIR``), answer checking (``answers.py``), reason
 (``task_base.py``) and the baseline-vs-steered comparison (``cli_compare.py``, ``stats.py``).
 Importing this package imports nothing heavy."""
 
-from pathlib import Path
+import os.path
 
-TASKS_DIR = str(Path(__file__).with_name("tasks"))
+# os.path, not pathlib: our .pth imports this package at every interpreter start
+TASKS_DIR = os.path.join(os.path.dirname(__file__), "tasks")

@@ -6,21 +6,25 @@ directory in module-level registries and offer no plugin hook to extend them. Ou
 importing TransformerLens costs ~10 s, far too much for ``reason_plugins.get_plugin_manager()``.
 So registration is deferred: if the host module is already imported the callback runs now,
 otherwise a ``sys.meta_path`` finder runs it right after the module's own code has executed,
-before anyone else can use it. No installed file is edited and no ``.pth`` file is needed.
+before anyone else can use it. No installed file is edited.
+
+This module is imported at every interpreter start (our ``.pth``), so it imports only what the
+interpreter has already loaded: the finder and loader follow the import protocols by duck typing
+rather than subclassing ``importlib.abc`` (whose import drags in ``importlib.resources``, ``tempfile``...).
 """
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
 import threading
-from collections.abc import Callable
 
-_callbacks: dict[str, list[Callable]] = {}
+import collections.abc  # already loaded by the interpreter (``typing`` would cost ~6 ms)
+
+_callbacks: dict[str, list[collections.abc.Callable]] = {}
 _lock = threading.RLock()
 
 
-class _CallbackLoader(importlib.abc.Loader):
+class _CallbackLoader:
     """Wraps the real loader: executes the module, then the callbacks waiting for it."""
 
     def __init__(self, inner, fullname: str):
@@ -38,7 +42,7 @@ class _CallbackLoader(importlib.abc.Loader):
         return getattr(self._inner, name)
 
 
-class _PostImportFinder(importlib.abc.MetaPathFinder):
+class _PostImportFinder:
     def find_spec(self, fullname, path, target=None):
         if fullname not in _callbacks:
             return None
@@ -63,7 +67,7 @@ def _run_callbacks(fullname: str, module) -> None:
         callback(module)
 
 
-def when_imported(module_name: str, callback: Callable) -> None:
+def when_imported(module_name: str, callback: collections.abc.Callable) -> None:
     """Call ``callback(module)`` as soon as ``module_name`` is imported (now, if it already is).
 
     Each callback runs once per registration; callbacks must be idempotent themselves, since a

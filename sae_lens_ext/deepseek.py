@@ -15,10 +15,10 @@ TransformerLens config is built from the model's own HF config:
   to 32k tokens and TransformerLens 3.9 builds its causal mask and rotary tables lazily, so
   nothing of size n_ctx is allocated up front. TL caps its own Llama-3.1 entries at 2048.
 
-When it happens: importing this module (cheap) registers at once if TransformerLens is already
-imported, otherwise right after ``transformer_lens.loading_from_pretrained`` is imported (see
-``import_hooks``). The plugin manager imports this module (``BUILTIN_PLUGIN_MODULES``), as do all
-``reason-sae`` commands. A plain TransformerLens user adds one line: ``import sae_lens_ext.deepseek``.
+When it happens: right after ``transformer_lens.loading_from_pretrained`` is imported (at once if it
+already is), armed by ``sae_lens_ext.autoload`` — which our installed ``.pth`` imports at every
+interpreter start, and ``import sae_lens_ext`` imports too — so a plain TransformerLens script needs
+no import of ours (see ``import_hooks``).
 
 ``TransformerBridge`` already lists these models and reads the HF config itself (n_ctx included);
 ``load_bridge`` only adds the local-snapshot convenience that ``load_hooked_transformer`` has.
@@ -31,7 +31,6 @@ import functools
 from pathlib import Path
 
 from reason_plugins.hookspecs import hookimpl
-from reason_plugins.import_hooks import when_imported
 
 LLAMA, QWEN2 = "LlamaForCausalLM", "Qwen2ForCausalLM"
 
@@ -157,11 +156,11 @@ def _patch(loading) -> None:
 
 
 def register() -> None:
-    """Register the DeepSeek-R1-Distill names with TransformerLens (now or when it is imported)."""
-    when_imported("transformer_lens.loading_from_pretrained", _patch)
+    """Register the DeepSeek-R1-Distill names with TransformerLens (now or when it is imported).
+    Already armed by ``sae_lens_ext.autoload`` (package import and our ``.pth``); idempotent."""
+    from sae_lens_ext.autoload import install
 
-
-register()
+    install()
 
 
 def _load_local(local_dir, dtype):

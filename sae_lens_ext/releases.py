@@ -3,8 +3,8 @@
 ``SAE.from_pretrained(release, sae_id)`` resolves releases only through SAELens's own yaml
 (``get_pretrained_saes_directory()``, a cached dict) and ``NAMED_PRETRAINED_SAE_LOADERS`` /
 ``NAMED_PRETRAINED_SAE_CONFIG_GETTERS``; SAELens has no registration API. ``register()`` adds
-our entries to those very objects (idempotent, never editing an installed file), at import of
-this module if SAELens is loaded, else right after it is (``import_hooks``):
+our entries to those very objects (idempotent, never editing an installed file), right after SAELens's
+modules are imported (armed by ``sae_lens_ext.autoload`` at interpreter start and on package import):
 
 - ``andreuka18/deepseek-r1-distill-llama-8b-lmsys-openthoughts`` — the paper's SAE (SAELens
   format, id ``blocks.19.hook_resid_post``). The release name equals its hub repo, so the
@@ -21,7 +21,6 @@ import sys
 from functools import wraps
 from pathlib import Path
 
-from reason_plugins.import_hooks import when_imported
 
 PAPER_RELEASE = "andreuka18/deepseek-r1-distill-llama-8b-lmsys-openthoughts"
 SPARSIFY_QWEN_RELEASE = "EleutherAI/sae-DeepSeek-R1-Distill-Qwen-1.5B-65k"
@@ -117,9 +116,8 @@ def _patch_loaders(module) -> None:
 
 
 def register() -> None:
-    """Make our releases resolvable by ``SAE.from_pretrained`` (now or when SAELens is imported)."""
-    when_imported("sae_lens.loading.pretrained_saes_directory", _patch_directory)
-    when_imported("sae_lens.loading.pretrained_sae_loaders", _patch_loaders)
+    """Make our releases resolvable by ``SAE.from_pretrained`` (now or when SAELens is imported).
+    Already armed by ``sae_lens_ext.autoload`` (package import and our ``.pth``); idempotent."""
+    from sae_lens_ext.autoload import install
 
-
-register()
+    install()

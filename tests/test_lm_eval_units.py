@@ -165,9 +165,9 @@ def test_without_steering_args_steered_vllm_builds_the_same_engine_as_vllm(monke
 
 # -- discovery -----------------------------------------------------------------------------------
 def test_pth_is_installed_in_site_packages():
-    pth = Path(sysconfig.get_paths()["purelib"]) / "reason_plugins_lm_eval.pth"
+    pth = Path(sysconfig.get_paths()["purelib"]) / "reason_plugins.pth"
     assert pth.is_file(), "run `pip install -e .`: the build backend puts the .pth into the wheel"
-    assert pth.read_text().strip() == "import lm_eval_tasks.autoload"
+    assert pth.read_text().split() == ["import", "lm_eval_tasks.autoload", "import", "sae_lens_ext.autoload"]
 
 
 def test_stock_registry_sees_our_models_builtins_and_entry_points():

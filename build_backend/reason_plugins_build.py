@@ -1,5 +1,10 @@
 """PEP 517 build backend: setuptools' own, plus our ``.pth`` file at the root of every wheel.
 
+The ``.pth`` (``reason_plugins.pth`` beside this file) arms, at every interpreter start and at next to
+no cost, the registrations that make an install usable with nothing of ours imported: ``steered_vllm``
+in lm-eval's model registry (``lm_eval_tasks.autoload``), the DeepSeek-R1-Distill names in
+TransformerLens and our releases in SAELens (``sae_lens_ext.autoload``).
+
 A ``.pth`` file only runs from the root of a site directory. setuptools cannot put one there:
 ``data-files`` land under the install prefix, and editable (PEP 660) wheels skip data files and
 ``build_py`` output altogether. A wheel's root *is* site-packages (purelib), so after setuptools has
@@ -19,7 +24,7 @@ from pathlib import Path
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (every other PEP 517 hook, unchanged)
 
-PTH_FILES = (Path(__file__).with_name("reason_plugins_lm_eval.pth"),)
+PTH_FILES = (Path(__file__).with_name("reason_plugins.pth"),)
 
 
 def _add_to_wheel(wheel_path: Path, files=PTH_FILES) -> None:
