@@ -29,7 +29,11 @@ def reason_feature_scorers() -> dict:
 
 @hookspec
 def reason_steering_methods() -> dict:
-    """Steering methods: ``name -> callable(resid, sae_rows, edits) -> new resid`` (pure torch)."""
+    """Steering methods: ``name -> fn(x, sae, spec) -> x'`` (pure torch), where ``x`` holds residual-stream
+    activations ``[..., d_in]`` at ``spec.hook``, ``sae`` is the SAELens SAE loaded for ``spec`` and ``spec`` is
+    the request's ``reason_plugins.spec.SteeringSpec`` (its ``edits`` say which features change and how).
+    Third-party methods run wherever steering is applied by hooks (HF models, lm-eval's HF path); the vLLM
+    op runs the built-in methods only and refuses others at the front-end."""
 
 
 @hookspec

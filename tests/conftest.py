@@ -68,3 +68,27 @@ def layer_saes(fixture_root, llama_dir, tokenizer_dir, sae_dirs):
     jump = fixtures.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes_l3", hook_name="blocks.3.hook_resid_post", architectures=("jumprelu",))
     return {"blocks.1.hook_resid_post": ("topk", topk["topk"]), FIXTURE_HOOK: ("standard", sae_dirs["standard"]),
             "blocks.3.hook_resid_post": ("jumprelu", jump["jumprelu"])}
+
+
+@pytest.fixture(scope="session")
+def scored_data(tmp_path_factory, llama_dir):
+    import datasets
+    from transformers import AutoTokenizer
+
+    from reason_plugins.fixtures import training_texts
+
+    path = tmp_path_factory.mktemp("views_data") / "traces"
+    tok = AutoTokenizer.from_pretrained(llama_dir)
+    datasets.Dataset.from_dict({"text": training_texts(tok, n=80, seed=3)}).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def scored_run(tmp_path_factory, llama_dir, sae_dirs, scored_data):
+    """score_to_dir on paths (so run_config can reopen model, SAE and data): 48 rows of 64 tokens."""
+    from sae_lens_ext.reason_score import score_to_dir
+
+    out = tmp_path_factory.mktemp("views_scores")
+    score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(scored_data), out, top_k=10, ignore_tokens=["bos", "eos"],
+                 context_size=64, n_samples=48, progress=False)
+    return out

@@ -1,8 +1,6 @@
 """Top-activating contexts: the running top-n on hand-made tensors, the real run against an
 independent HF + SAELens computation, a sparsify k-SAE on its MLP-output hookpoint, the CLI.
-
-``scored_run`` (a small ReasonScore run on the Llama fixture) is shared by the other "look at
-features" test modules, which import it from here."""
+(``scored_data`` / ``scored_run`` live in ``conftest.py``: the "look at features" modules share them.)"""
 
 from __future__ import annotations
 
@@ -13,30 +11,6 @@ import pytest
 import torch
 
 from tests.conftest import FIXTURE_HOOK
-
-
-@pytest.fixture(scope="session")
-def scored_data(tmp_path_factory, llama_dir):
-    import datasets
-    from transformers import AutoTokenizer
-
-    from reason_plugins.fixtures import training_texts
-
-    path = tmp_path_factory.mktemp("views_data") / "traces"
-    tok = AutoTokenizer.from_pretrained(llama_dir)
-    datasets.Dataset.from_dict({"text": training_texts(tok, n=80, seed=3)}).save_to_disk(str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def scored_run(tmp_path_factory, llama_dir, sae_dirs, scored_data):
-    """score_to_dir on paths (so run_config can reopen model, SAE and data): 48 rows of 64 tokens."""
-    from sae_lens_ext.reason_score import score_to_dir
-
-    out = tmp_path_factory.mktemp("views_scores")
-    score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(scored_data), out, top_k=10, ignore_tokens=["bos", "eos"],
-                 context_size=64, n_samples=48, progress=False)
-    return out
 
 
 def test_running_top_n_windows_and_token_counts():
@@ -111,8 +85,7 @@ def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
     """A sparsify k-SAE at layers.1.mlp: contexts come from blocks.1.hook_mlp_out (via the bridge)."""
     from tests.test_sparsify import D_IN, write_sparsify_folder
 
-    if D_IN != 128:
-        pytest.skip("the sparsify test helper no longer builds d_in=128 SAEs")
+    assert D_IN == 128, "the sparsify folder must match the Llama fixture's width (d_model 128)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sae_lens_ext.contexts import top_contexts

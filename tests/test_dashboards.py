@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tests.conftest import FIXTURE_HOOK
-from tests.test_contexts import scored_data, scored_run  # noqa: F401  (shared session fixtures)
 
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                                     reason="Chromium is not installed (scripts/setup.sh installs the Debian package)")

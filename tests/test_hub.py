@@ -109,6 +109,14 @@ def test_vllm_entry_point_is_declared_and_register_is_idempotent():
     register = eps["reason_steering"].load()
     register()
     register()
+    # each patch wraps its method exactly once, however often vLLM calls register()
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    wrapper = InputProcessor.__dict__["process_inputs"]
+    assert getattr(wrapper, "__reason_steering__", False), "register() armed no patch"
+    assert not getattr(wrapper.__wrapped__, "__reason_steering__", False), "process_inputs wrapped twice"
+    register()
+    assert InputProcessor.__dict__["process_inputs"] is wrapper
 
 
 def test_third_party_steering_method_runs_in_hooks_but_is_refused_by_vllm(tmp_path, monkeypatch, clean_manager):

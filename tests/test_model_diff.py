@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from tests.test_contexts import scored_data, scored_run  # noqa: F401  (shared session fixtures)
 
 
 def _stats(fired, n=1000, label=""):

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from tests.test_contexts import scored_data, scored_run  # noqa: F401  (shared session fixtures)
 
 
 def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
