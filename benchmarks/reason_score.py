@@ -38,11 +38,11 @@ def build(cache: Path, d_sae: int, rows: int):
     from sae_lens import StandardSAE, StandardSAEConfig
     from transformers import AutoTokenizer
 
-    from reason_plugins import fixtures
+    from reason_plugins import tiny_models
     from sae_lens_ext.training import tokens_dataset
 
-    tok_dir = fixtures.build_tokenizer(cache / "tokenizer")
-    model_dir = fixtures.build_model(cache / "llama", tok_dir)
+    tok_dir = tiny_models.build_tokenizer(cache / "tokenizer")
+    model_dir = tiny_models.build_model(cache / "llama", tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=d_sae))
@@ -50,7 +50,7 @@ def build(cache: Path, d_sae: int, rows: int):
         sae.b_enc.normal_(0.0, 0.02)  # some features fire, some do not
     sae.cfg.metadata.hook_name = HOOK
     sae.cfg.metadata.context_size = CONTEXT
-    texts = fixtures.training_texts(tokenizer, max(40, rows * 2), seed=7)
+    texts = tiny_models.training_texts(tokenizer, max(40, rows * 2), seed=7)
     tokens = torch.tensor(tokens_dataset(tokenizer, texts, context_size=CONTEXT)["tokens"][:rows])
     assert tokens.shape[0] == rows, f"not enough text for {rows} rows"
     return model_dir, tokenizer, sae, tokens
@@ -181,7 +181,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from sae_lens_ext.reason_score import compute_reason_score
-    from sae_lens_ext.vocabulary import resolve_vocabulary
+    from reason_plugins.vocabulary import resolve_vocabulary
 
     torch.set_num_threads(os.cpu_count() or 1)
     model_dir, tokenizer, sae, tokens = build(Path(args.cache), args.d_sae, args.rows)

@@ -129,12 +129,13 @@ def main() -> None:
         args.role = args.child
         child(args)
         return
-    from reason_plugins import fixtures
+    from reason_plugins import tiny_models
+    from sae_lens_ext import tiny_saes
 
     root = Path(tempfile.mkdtemp(prefix="vllm_bench_"))
-    tok = fixtures.build_tokenizer(root / "tok")
-    model = fixtures.build_model(root / "llama", tok)
-    sae = fixtures.build_saes(model, tok, root / "saes", hook_name=HOOK, architectures=("standard",))["standard"]
+    tok = tiny_models.build_tokenizer(root / "tok")
+    model = tiny_models.build_model(root / "llama", tok)
+    sae = tiny_saes.build_saes(model, tok, root / "saes", hook_name=HOOK, architectures=("standard",))["standard"]
     runs: dict[str, list] = {}
     per_round: list[dict] = []
     for r in range(args.rounds):

@@ -78,7 +78,7 @@ def compare(baseline: dict, steered: dict, tasks=None, n_boot: int = 10_000, see
 
 
 def plot(report: dict, out: str | Path) -> Path:
-    from reason_plugins.io import pyplot, write_figure_atomic
+    from reason_plugins.figures import pyplot, write_figure_atomic
 
     plt = pyplot()
     metrics = [m for m in ("exact_match", "reasoning_tokens") if any(m in r for r in report.values())]

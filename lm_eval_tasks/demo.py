@@ -33,10 +33,9 @@ def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if method is None:
-        from reason_plugins.steering import DELTA_ARCHITECTURES
-        from sae_lens_ext.loading import sae_shape
+        from reason_plugins.saes import default_method, sae_shape
 
-        method = "delta" if sae_shape(str(sae_dir), sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
+        method = default_method(sae_shape(str(sae_dir), sae_id))
     spec = parse_spec({"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "method": method,
                        "edits": [{"feature": int(feature), "mode": mode, "value": float(value)}]}).to_dict()
     (out / "steer.json").write_text(json.dumps(spec, indent=2))

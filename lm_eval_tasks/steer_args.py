@@ -33,15 +33,16 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 
 def _sae(sae: str, sae_id: str | None, loader: str | None = None):
-    from sae_lens_ext.loading import load_sae
+    from reason_plugins.saes import load_sae
 
     return load_sae(sae, sae_id, loader=loader)
 
 
 def _method_for(sae) -> str:
-    from reason_plugins.steering import DELTA_ARCHITECTURES, sae_architecture
+    from reason_plugins.saes import default_method
+    from reason_plugins.steering import sae_architecture
 
-    return "delta" if sae_architecture(sae) in DELTA_ARCHITECTURES else "reconstruct"
+    return default_method({"architecture": sae_architecture(sae)})
 
 
 def hook_of(hookpoint: str | None, sae=None, where: str = "hookpoint") -> str:

@@ -16,15 +16,12 @@ from reason_plugins import hookspecs
 
 ENTRY_POINT_GROUP = "reason_plugins"
 
-# Our own implementations, each living beside the code it wraps.
+# The hub's own implementations. The adapters' built-ins (ReasonScore, DeepSeek models, releases, sparsify,
+# training recipes) are declared like anyone else's: entry points of this distribution (pyproject.toml),
+# so the hub names no adapter.
 BUILTIN_PLUGIN_MODULES = (
     "reason_plugins.builtin_methods",
-    "sae_lens_ext.vocabulary",
-    "sae_lens_ext.reason_score",
-    "sae_lens_ext.deepseek",
-    "sae_lens_ext.releases",
-    "sae_lens_ext.sparsify",
-    "sae_lens_ext.training_configs",
+    "reason_plugins.vocabulary",
 )
 
 # Public kind name -> hook that answers it.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from sae_lens_ext.cli_views import add_run_arguments
+    from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser)
     parser.add_argument("--holdout-every", type=int, default=4, help="every k-th token row is held out (default: 4)")
@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sae_lens_ext.cli_views import resolve
+    from sae_lens_ext.cli_scored_run import resolve
     from sae_lens_ext.token_control import markdown_table, token_control, write_control
 
     run_, model, sae, data, features = resolve(args)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from sae_lens_ext.cli_views import add_run_arguments
+    from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser, scores_required=True)
     parser.add_argument("--per-file", type=int, default=20, help="features per dashboard page (default: 20)")
@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sae_lens_ext.cli_views import resolve
+    from sae_lens_ext.cli_scored_run import resolve
     from sae_lens_ext.dashboards import chromium_dom, dashboard, drawn_panels
 
     _, model, sae, data, features = resolve(args)

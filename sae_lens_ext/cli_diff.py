@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from sae_lens_ext.cli_views import add_run_arguments
+    from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser)
     parser.add_argument("--model-b", default=None, help="side B's model (default: side A's)")
@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sae_lens_ext.cli_views import resolve
+    from sae_lens_ext.cli_scored_run import resolve
     from sae_lens_ext.model_diff import markdown_table, model_diff
 
     run_, model, sae, data, features = resolve(args)

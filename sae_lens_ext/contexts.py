@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reason_plugins.io import write_text_atomic
+from reason_plugins.files import write_text_atomic
 
 
 # ---------------------------------------------------------------- a scored run

@@ -25,7 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from reason_plugins.io import write_figure_atomic, write_text_atomic
+from reason_plugins.figures import write_figure_atomic
+from reason_plugins.files import write_text_atomic
 
 ASSETS = Path(__file__).with_name("assets")
 CDN = {"https://d3js.org/d3.v6.min.js": ("d3.v5.min.js", "d3-v6-events.js"),
@@ -124,7 +125,7 @@ def render_dashboards(model, sae, data, features, out_dir, *, run=None, per_file
 
     from sae_lens_ext.contexts import check_features
     from sae_lens_ext.reason_score import token_batches
-    from sae_lens_ext.loading import load_sae
+    from reason_plugins.saes import load_sae
 
     cfg = run.config if run else {}
     sae = load_sae(sae, cfg.get("sae_id"), device)
@@ -194,7 +195,7 @@ def dashboard(scores_dir, out_dir, *, top_k: int = 100, features=None, model=Non
     """Everything ``reason-sae dashboard`` writes: pages for the top-k (or given) features of the run
     in ``scores_dir`` (same model/SAE/data unless overridden), score histogram, group profiles, index.
     ``control``: also run the token-driven control and show it in the index."""
-    from reason_plugins.io import write_json_atomic
+    from reason_plugins.files import write_json_atomic
     from sae_lens_ext import plots
     from sae_lens_ext.contexts import load_scored_run, run_inputs
 

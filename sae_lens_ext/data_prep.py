@@ -190,7 +190,7 @@ def prepare(tokenizer, out_dir: str | Path, *, lmsys: list | None = None, openth
     of file paths or of records. ``push_to_hub`` is a repo-id prefix (``user/name``) or None."""
     from datasets import Dataset
 
-    from reason_plugins.io import write_json_atomic
+    from reason_plugins.files import write_json_atomic
 
     if not lmsys and not openthoughts:
         raise ValueError("give at least one LMSYS or OpenThoughts input")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from reason_plugins.io import write_json_atomic
+from reason_plugins.files import write_json_atomic
 
 
 @dataclass
@@ -121,7 +121,7 @@ def model_diff(sae, *, model_a, model_b=None, data_a, data_b=None, features=None
               "a_only": sorted((r for r in everything if r["status"] == "A-only"), key=lambda r: -r["freq_ratio"])[:50],
               "b_only": sorted((r for r in everything if r["status"] == "B-only"), key=lambda r: r["freq_ratio"])[:50]}
     if out_dir is not None:
-        from reason_plugins.io import write_figure_atomic
+        from reason_plugins.figures import write_figure_atomic
         from sae_lens_ext.plots import diff_figure
 
         out = Path(out_dir)

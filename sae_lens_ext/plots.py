@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reason_plugins.io import pyplot
-from reason_plugins.io import write_bytes_atomic
+from reason_plugins.figures import pyplot
+from reason_plugins.files import write_bytes_atomic
 
 
 def score_distribution(run, top_k: int, path) -> Path:
@@ -80,23 +80,5 @@ def diff_figure(rows: list[dict], labels=("A", "B"), highlight=()):
            title="Feature activation frequency")
     if hi:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def sweep_figure(data: dict):
-    """Mean reasoning-word count and mean trace length (tokens) against the steering value."""
-    plt = pyplot()
-    rows = [r for r in data["summary"] if r["value"] is not None]
-    base = next((r for r in data["summary"] if r["value"] is None), None)
-    xs = [r["value"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, key, label in ((a1, "reasoning_words", "reasoning words per output"), (a2, "length", "output length (tokens)")):
-        ax.plot(xs, [r[key] for r in rows], marker="o", color="tab:red", label=f"{data['mode']} feature {data['feature']}")
-        if base is not None:
-            ax.axhline(base[key], color="k", ls="--", lw=0.8, label="unsteered")
-        ax.set(xlabel="steering value", ylabel=label)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Steering sweep at {data['hook']}")
     fig.tight_layout()
     return fig

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from reason_plugins.hookspecs import hookimpl
-from sae_lens_ext.loading import load_sae  # noqa: F401  (part of this module's API)
+from reason_plugins.saes import load_sae  # noqa: F401  (part of this module's API)
 
 RESID_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(post|pre)")
 CHUNKABLE = ("standard", "jumprelu", "gated", "topk")  # encoders we can evaluate on a feature slice
@@ -327,7 +327,7 @@ def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1
     from tqdm.auto import tqdm
 
     from sae_lens_ext import reason_score_math as rsm
-    from sae_lens_ext.vocabulary import resolve_vocabulary
+    from reason_plugins.vocabulary import resolve_vocabulary
 
     sae_name = str(sae) if isinstance(sae, (str, Path)) else _describe(sae)
     sae = load_sae(sae, sae_id, device, sae_loader)
@@ -403,7 +403,7 @@ def write_outputs(result, out_dir, top_k: int = 20) -> dict[str, Path]:
     import torch
     from safetensors.torch import save
 
-    from reason_plugins.io import write_bytes_atomic, write_json_atomic
+    from reason_plugins.files import write_bytes_atomic, write_json_atomic
 
     out = Path(out_dir)
     s = result.stats
@@ -421,7 +421,7 @@ def write_outputs(result, out_dir, top_k: int = 20) -> dict[str, Path]:
 
 
 def histogram_png(result, top_k: int = 20) -> bytes:
-    from reason_plugins.io import figure_png, pyplot
+    from reason_plugins.figures import figure_png, pyplot
 
     fig, ax = pyplot().subplots(figsize=(7, 4))
     ax.hist(result.scores.numpy(), bins=100, color="tab:blue", log=True)

@@ -167,7 +167,7 @@ class ReasonStats:
         """Atomic safetensors write (temp file + rename): a crash never leaves a torn checkpoint."""
         from safetensors.torch import save
 
-        from reason_plugins.io import write_bytes_atomic
+        from reason_plugins.files import write_bytes_atomic
 
         tensors, meta = self.to_tensors()
         return write_bytes_atomic(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))

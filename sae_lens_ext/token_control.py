@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reason_plugins.io import write_json_atomic
+from reason_plugins.files import write_json_atomic
 
 THRESHOLDS = {"r2_word": 0.5, "ratio_word": 0.7, "r2_context": 0.3, "ratio_context": 0.3}
 
@@ -75,7 +75,7 @@ def word_contexts(vocabulary="paper", n: int = 48, seed: int = 0) -> tuple[list[
     """(reasoning texts, chat texts): R1-style traces, and plain chat sentences with a vocabulary word
     inserted between two sentences ("<sentence>. Wait, <sentence>"), cycling through the groups."""
     from reason_plugins.corpus import chat_texts, reasoning_examples, render_trace
-    from sae_lens_ext.vocabulary import resolve_vocabulary
+    from reason_plugins.vocabulary import resolve_vocabulary
 
     groups = resolve_vocabulary(vocabulary)
     forms = [next((s.strip() for s in strings if s.strip()[:1].isupper()), strings[0].strip()) for strings in groups.values()]
@@ -139,7 +139,7 @@ def token_control(model, sae, data, features, *, run=None, vocabulary=None, n_sa
         group_seqs = [[tuple(s) for s in seqs] for seqs in cfg["vocabulary"].values()]
         words = {g: [tok.decode(list(s)) for s in seqs] for g, seqs in cfg["vocabulary"].items() if seqs}
     else:
-        from sae_lens_ext.vocabulary import resolve_vocabulary
+        from reason_plugins.vocabulary import resolve_vocabulary
 
         words = resolve_vocabulary(vocabulary or "paper")
         group_seqs = list(vocabulary_sequences(words, lambda s: tok.encode(s, add_special_tokens=False), tok.unk_token_id).values())
@@ -164,7 +164,7 @@ def token_control(model, sae, data, features, *, run=None, vocabulary=None, n_sa
 
 def write_control(rows: list[dict], out_dir, thresholds: dict | None = None) -> dict[str, Path]:
     """control.json (rows + thresholds) and control.png (the figure; data is control.json)."""
-    from reason_plugins.io import write_figure_atomic
+    from reason_plugins.figures import write_figure_atomic
     from sae_lens_ext.plots import control_figure
 
     out = Path(out_dir)

@@ -11,7 +11,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from reason_plugins import fixtures  # noqa: E402
+from reason_plugins import tiny_models  # noqa: E402
+
+from sae_lens_ext import tiny_saes  # noqa: E402
 
 FIXTURE_HOOK = "blocks.2.hook_resid_post"
 
@@ -23,19 +25,19 @@ def fixture_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(fixture_root):
-    return fixtures.build_tokenizer(fixture_root / "tokenizer")
+    return tiny_models.build_tokenizer(fixture_root / "tokenizer")
 
 
 @pytest.fixture(scope="session")
 def llama_dir(fixture_root, tokenizer_dir):
     """Random-weight tiny Llama (4 layers, d_model 128, head_dim 32)."""
-    return fixtures.build_model(fixture_root / "llama", tokenizer_dir, family="llama")
+    return tiny_models.build_model(fixture_root / "llama", tokenizer_dir, family="llama")
 
 
 @pytest.fixture(scope="session")
 def qwen2_dir(fixture_root, tokenizer_dir):
     """Random-weight tiny Qwen2 (same shape as the Llama fixture, with q/k/v biases)."""
-    return fixtures.build_model(fixture_root / "qwen2", tokenizer_dir, family="qwen2")
+    return tiny_models.build_model(fixture_root / "qwen2", tokenizer_dir, family="qwen2")
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +59,15 @@ def tokenizer(llama_dir):
 @pytest.fixture(scope="session")
 def sae_dirs(fixture_root, llama_dir, tokenizer_dir):
     """``{"standard"|"topk"|"jumprelu": dir}``: SAEs (d_sae 256) fitted to the Llama fixture at FIXTURE_HOOK."""
-    return fixtures.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes", hook_name=FIXTURE_HOOK)
+    return tiny_saes.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes", hook_name=FIXTURE_HOOK)
 
 
 @pytest.fixture(scope="session")
 def layer_saes(fixture_root, llama_dir, tokenizer_dir, sae_dirs):
     """SAEs at three layers of the Llama fixture, for multi-layer steering:
     ``{hook: (architecture, dir)}`` — topk at layer 1, standard at 2, jumprelu at 3."""
-    topk = fixtures.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes_l1", hook_name="blocks.1.hook_resid_post", architectures=("topk",))
-    jump = fixtures.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes_l3", hook_name="blocks.3.hook_resid_post", architectures=("jumprelu",))
+    topk = tiny_saes.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes_l1", hook_name="blocks.1.hook_resid_post", architectures=("topk",))
+    jump = tiny_saes.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes_l3", hook_name="blocks.3.hook_resid_post", architectures=("jumprelu",))
     return {"blocks.1.hook_resid_post": ("topk", topk["topk"]), FIXTURE_HOOK: ("standard", sae_dirs["standard"]),
             "blocks.3.hook_resid_post": ("jumprelu", jump["jumprelu"])}
 
@@ -75,7 +77,7 @@ def scored_data(tmp_path_factory, llama_dir):
     import datasets
     from transformers import AutoTokenizer
 
-    from reason_plugins.fixtures import training_texts
+    from reason_plugins.tiny_models import training_texts
 
     path = tmp_path_factory.mktemp("views_data") / "traces"
     tok = AutoTokenizer.from_pretrained(llama_dir)

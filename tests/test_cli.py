@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reason_plugins.cli import SUBCOMMANDS
+from reason_plugins.app.cli import SUBCOMMANDS
 
 SCRIPT = Path(sys.executable).parent / "reason-sae"
 

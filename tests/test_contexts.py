@@ -113,7 +113,7 @@ def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
 
 
 def test_cli_writes_jsonl_markdown_and_html(scored_run, tmp_path, capsys):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     assert main(["contexts", "--scores", str(scored_run), "--top-k", "2", "--n-samples", "8", "--n", "3", "--out", str(tmp_path), "--no-progress"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "contexts.jsonl").read_text().splitlines()]

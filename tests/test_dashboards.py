@@ -77,7 +77,7 @@ def test_demo_views_draw_offline(scored_run, llama_dir, sae_dirs, tmp_path):
 
 @needs_chromium
 def test_cli_dashboard_with_check(scored_run, tmp_path, capsys):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     out = tmp_path / "dash"
     assert main(["dashboard", "--scores", str(scored_run), "--top-k", "3", "--per-file", "2", "--n-samples", "8",

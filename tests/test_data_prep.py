@@ -137,7 +137,7 @@ def test_bad_inputs_are_named(tokenizer, tmp_path):
 
 
 def test_cli_data(tokenizer_dir, tmp_path):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     files = write_fixture_files(tmp_path / "raw")
     rc = main(["data", "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "out"), "--lmsys", str(files["lmsys"]),

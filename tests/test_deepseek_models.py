@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reason_plugins import fixtures
+from reason_plugins import tiny_models
 
 LLAMA_NAME = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
 QWEN_NAME = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -20,7 +20,7 @@ def _build(family: str, out, tokenizer_dir, rope_scaling=None):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    common = dict(fixtures.MODEL_SHAPE, max_position_embeddings=LONG_CTX, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+    common = dict(tiny_models.MODEL_SHAPE, max_position_embeddings=LONG_CTX, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     torch.manual_seed(1)
     if family == "llama":

@@ -11,7 +11,7 @@ import pytest
 def test_demo_writes_report_with_generations_and_sae(tmp_path):
     from sae_lens import SAE
 
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--cache", str(tmp_path / "cache"), "--lm-steps", "40", "--sae-tokens", "30000"]) == 0

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from reason_plugins import manager
-from sae_lens_ext.vocabulary import count_reasoning_words, paper_vocabulary, resolve_vocabulary
+from reason_plugins.vocabulary import count_reasoning_words, paper_vocabulary, resolve_vocabulary
 
 
 def _install_fake_plugin(root, dist: str, module: str, body: str) -> None:

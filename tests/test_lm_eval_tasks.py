@@ -115,7 +115,7 @@ def _write_samples(folder, task, rows):
 
 
 def test_compare_cli_prints_plots_and_refuses_mismatched_runs(tmp_path, capsys):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     base, steer = tmp_path / "base" / "model", tmp_path / "steer" / "model"
     n = 30

@@ -36,7 +36,7 @@ def test_status_rule():
 def test_reasoning_vs_chat_data_through_the_cli(scored_run, tmp_path, capsys):
     import datasets
 
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
     from reason_plugins.corpus import chat_texts
 
     chat = tmp_path / "chat"
@@ -55,7 +55,7 @@ def test_reasoning_vs_chat_data_through_the_cli(scored_run, tmp_path, capsys):
 
 
 def test_two_models_and_identical_sides(tmp_path, llama_dir, tokenizer_dir, sae_dirs, scored_data):
-    from reason_plugins.fixtures import build_model
+    from reason_plugins.tiny_models import build_model
     from sae_lens_ext.model_diff import activation_stats, compare, model_diff
 
     kw = dict(n_samples=8, context_size=64, progress=False)

@@ -12,7 +12,7 @@ import torch
 
 from sae_lens_ext import reason_score_math as rsm
 from sae_lens_ext.reason_score import FeatureEncoder, compute_reason_score
-from sae_lens_ext.vocabulary import resolve_vocabulary
+from reason_plugins.vocabulary import resolve_vocabulary
 
 EPS = 1e-12
 
@@ -92,7 +92,7 @@ def assert_close(ours: torch.Tensor, ref: np.ndarray, name: str, rtol=1e-6):
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def rows(tokenizer):
-    from reason_plugins.fixtures import training_texts
+    from reason_plugins.tiny_models import training_texts
     from sae_lens_ext.training import tokens_dataset
 
     ds = tokens_dataset(tokenizer, training_texts(tokenizer, 12, seed=3), context_size=128)

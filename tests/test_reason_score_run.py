@@ -26,7 +26,7 @@ def text_dataset_dir(tmp_path_factory, tokenizer):
     """A tiny local text dataset saved with datasets.save_to_disk (what --dataset DIR reads)."""
     from datasets import Dataset
 
-    from reason_plugins.fixtures import training_texts
+    from reason_plugins.tiny_models import training_texts
 
     path = tmp_path_factory.mktemp("rs_data") / "traces"
     Dataset.from_dict({"text": training_texts(tokenizer, 24, seed=5)}).save_to_disk(str(path))
@@ -181,7 +181,7 @@ def test_registered_as_feature_scorer():
 def test_cli_end_to_end_and_merge(llama_dir, sae_dirs, text_dataset_dir, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     base = ["score", "--model", str(llama_dir), "--sae", str(sae_dirs["jumprelu"]), "--dataset", str(text_dataset_dir),
             "--n-samples", "6", "--batch-size", "4", "--top-k", "5", "--no-progress"]

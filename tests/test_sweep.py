@@ -12,7 +12,7 @@ import pytest
 
 
 def test_requests_are_baseline_then_every_value_for_every_prompt(sae_dirs):
-    from sae_lens_ext.sweep import sweep_requests
+    from vllm_patches.sweep import sweep_requests
 
     reqs = sweep_requests(7, [0, 4.5], ["p0", "p1"], sae=str(sae_dirs["standard"]), hook="blocks.2.hook_resid_post")
     assert [(v, i) for v, i, _ in reqs] == [(None, 0), (None, 1), (0.0, 0), (0.0, 1), (4.5, 0), (4.5, 1)]
@@ -23,7 +23,7 @@ def test_requests_are_baseline_then_every_value_for_every_prompt(sae_dirs):
 
 
 def test_summary_means_per_value():
-    from sae_lens_ext.sweep import markdown_table, summarize
+    from vllm_patches.sweep import markdown_table, summarize
 
     rows = [{"value": 2.0, "reasoning_words": 4, "length": 10}, {"value": None, "reasoning_words": 1, "length": 6},
             {"value": 2.0, "reasoning_words": 2, "length": 20}, {"value": 0.0, "reasoning_words": 0, "length": 8}]
@@ -34,7 +34,7 @@ def test_summary_means_per_value():
 
 
 def test_bad_feature_fails_before_any_engine_starts(sae_dirs, tmp_path):
-    from sae_lens_ext.sweep import run_sweep
+    from vllm_patches.sweep import run_sweep
 
     with pytest.raises(ValueError, match="d_sae=256"):
         run_sweep("no-such-model", sae_dirs["standard"], "blocks.2.hook_resid_post", 256, [1.0], ["p"], tmp_path)
@@ -50,7 +50,7 @@ def test_cli_sweep_on_the_vllm_engine(llama_dir, sae_dirs, tmp_path):
     feature = int(sae.W_dec.norm(dim=-1).argmax())
     out = tmp_path / "sweep"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    cmd = [sys.executable, "-m", "reason_plugins.cli", "sweep", "--model", str(llama_dir), "--sae", str(sae_dirs["standard"]),
+    cmd = [sys.executable, "-m", "reason_plugins.app.cli", "sweep", "--model", str(llama_dir), "--sae", str(sae_dirs["standard"]),
            "--feature", str(feature), "--values", "0,40", "--max-tokens", "12", "--eager", "--max-model-len", "256",
            "--prompt", "What is 3 + 4?", "--prompt", "What is 12 * 3?", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

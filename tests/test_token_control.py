@@ -83,7 +83,7 @@ def test_a_pure_word_detector_is_called_one(llama_dir, scored_data):
 
 
 def test_control_on_a_scored_run_writes_figure_and_data(scored_run, tmp_path, capsys):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     assert main(["control", "--scores", str(scored_run), "--top-k", "3", "--n-samples", "16", "--n-contexts", "12",
                  "--out", str(tmp_path), "--no-progress"]) == 0

@@ -66,7 +66,7 @@ def test_overrides_and_their_errors():
 
 
 def test_cli_show_and_list(capsys):
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
 
     assert main(["train", "--config", "r1-distill-qwen-7b", "--override", "lr=2e-5", "--show"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -82,7 +82,7 @@ def test_train_tiny_recipe_offline_and_load_back(llama_dir, tokenizer_dir, tmp_p
     from sae_lens import SAE
     from transformers import AutoTokenizer
 
-    from reason_plugins.cli import main
+    from reason_plugins.app.cli import main
     from sae_lens_ext import data_prep
     from tests.test_data_prep import lmsys_records, openthoughts_records
 

@@ -28,12 +28,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def sae_hook(sae: str, sae_id: str | None) -> str:
-    from sae_lens_ext.loading import load_sae
-
-    return load_sae(sae, sae_id).cfg.metadata.hook_name
-
-
 def run(args) -> int:
     import os
 
@@ -42,15 +36,14 @@ def run(args) -> int:
     from vllm import SamplingParams
 
     from reason_plugins.spec import parse_spec
-    from reason_plugins.steering import DELTA_ARCHITECTURES
-    from sae_lens_ext.loading import sae_shape
+    from reason_plugins.saes import default_method, sae_hook, sae_shape
     from vllm_patches.llm import SteeredLLM
 
     if len(args.value) not in (1, len(args.feature)):
         raise SystemExit(f"give one --value for all features or one per --feature ({len(args.feature)})")
     values = args.value * len(args.feature) if len(args.value) == 1 else args.value
     hook = args.hook or sae_hook(args.sae, args.sae_id)
-    method = args.method or ("delta" if sae_shape(args.sae, args.sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct")
+    method = args.method or default_method(sae_shape(args.sae, args.sae_id))
     spec = parse_spec({"sae": args.sae, "sae_id": args.sae_id, "hook": hook, "method": method, "decode_only": args.decode_only,
                        "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)]}).to_dict()
     llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager)

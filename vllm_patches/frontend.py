@@ -22,7 +22,7 @@ SALT_PREFIX = "reason-steering:"
 
 @lru_cache(maxsize=64)
 def _shape(sae: str, sae_id: str | None) -> dict:
-    from sae_lens_ext.loading import sae_shape
+    from reason_plugins.saes import sae_shape
 
     return sae_shape(sae, sae_id)
 

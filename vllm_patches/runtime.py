@@ -56,7 +56,7 @@ class SteeringRuntime:
     """Per-worker state: the ops by configured SAE, and per-request bookkeeping for reports."""
 
     def __init__(self, model, vllm_config, config: SteeringConfig):
-        from sae_lens_ext.loading import load_sae
+        from reason_plugins.saes import load_sae
 
         self.config = config
         parallel = getattr(vllm_config, "parallel_config", None)

@@ -29,27 +29,3 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def pyplot():
-    """matplotlib's pyplot on the headless Agg backend (never needs a display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_png(fig, tight: bool = True) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, **({"bbox_inches": "tight"} if tight else {}))
-    pyplot().close(fig)
-    return buf.getvalue()
-
-
-def write_figure_atomic(fig, path: str | Path, tight: bool = True) -> Path:
-    return write_bytes_atomic(path, figure_png(fig, tight))

@@ -1,6 +1,9 @@
-"""Load an SAE from whatever a user has — an SAE object, a SAELens directory, a pretrained
-release + id, a sparsify folder, or any registered ``sae_loader`` plugin — and read an SAE's shape
-without loading its weights where possible (what a vLLM front-end needs to validate a request)."""
+"""The SAE service every host adapter uses (SAELens is the SAE library; no host is imported here).
+
+Load an SAE from whatever a user has — an SAE object, a SAELens directory, a pretrained release + id,
+a sparsify folder, or any registered ``sae_loader`` plugin; read an SAE's shape without loading its
+weights where possible (what a vLLM front-end needs to validate a request); the hook it was trained
+at; and the one rule for the default steering method of an SAE (``default_method``)."""
 
 from __future__ import annotations
 
@@ -41,3 +44,17 @@ def sae_shape(sae: str, sae_id: str | None = None) -> dict:
 
     loaded = load_sae(sae, sae_id)
     return {"d_in": loaded.cfg.d_in, "d_sae": loaded.cfg.d_sae, "architecture": sae_architecture(loaded)}
+
+
+def sae_hook(sae: str, sae_id: str | None) -> str:
+    """The hook an SAE was trained at (``cfg.metadata.hook_name``)."""
+    return load_sae(sae, sae_id).cfg.metadata.hook_name
+
+
+def default_method(shape: dict) -> str:
+    """The one rule for "which steering method by default for this SAE": ``delta`` where it is exact
+    (ReLU / JumpReLU SAEs, see ``reason_plugins.steering``), else the literal ``reconstruct``.
+    ``shape`` is what ``sae_shape`` returns."""
+    from reason_plugins.steering import DELTA_ARCHITECTURES
+
+    return "delta" if shape["architecture"] in DELTA_ARCHITECTURES else "reconstruct"

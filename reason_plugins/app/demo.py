@@ -44,12 +44,12 @@ def default_cache() -> Path:
 
 def build_demo_model(cache: Path, lm_steps: int = 300, seed: int = 0) -> tuple[Path, list[float]]:
     """The demo's tiny Llama, trained on the synthetic corpus; cached by its build parameters."""
-    from reason_plugins import fixtures
+    from reason_plugins import tiny_models
 
-    key = fixtures.cache_key("demo", lm_steps, seed)
-    tokenizer = fixtures.build_tokenizer(cache / f"tokenizer-{key}", seed=seed)
-    base = fixtures.build_model(cache / f"llama-init-{key}", tokenizer, family="llama", seed=seed)
-    return fixtures.train_model(base, cache / f"llama-trained-{key}", steps=lm_steps, seed=seed)
+    key = tiny_models.cache_key("demo", lm_steps, seed)
+    tokenizer = tiny_models.build_tokenizer(cache / f"tokenizer-{key}", seed=seed)
+    base = tiny_models.build_model(cache / f"llama-init-{key}", tokenizer, family="llama", seed=seed)
+    return tiny_models.train_model(base, cache / f"llama-trained-{key}", steps=lm_steps, seed=seed)
 
 
 def greedy_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 120) -> list[str]:
@@ -69,7 +69,7 @@ def greedy_generate(model_dir: Path, prompts: list[str], max_new_tokens: int = 1
 
 
 def _plot_losses(losses: list[float], path: Path) -> None:
-    from reason_plugins.io import pyplot, write_figure_atomic
+    from reason_plugins.figures import pyplot, write_figure_atomic
 
     fig, ax = pyplot().subplots(figsize=(5, 3))
     ax.plot(losses)
@@ -105,11 +105,11 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
              steer_strength: float = 3.0, vllm: bool = True) -> Path:
     from transformers import AutoTokenizer
 
-    from reason_plugins import fixtures
-    from reason_plugins.io import write_json_atomic, write_text_atomic
+    from reason_plugins import tiny_models
+    from reason_plugins.files import write_json_atomic, write_text_atomic
     from sae_lens_ext.reason_score import score_to_dir
     from sae_lens_ext.training import tokens_dataset, train_sae
-    from sae_lens_ext.vocabulary import count_reasoning_words
+    from reason_plugins.vocabulary import count_reasoning_words
 
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -127,14 +127,14 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
 
     print(f"[3/{steps}] SAE on {DEMO_HOOK} with SAELens's training runner")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = tokens_dataset(tokenizer, fixtures.training_texts(tokenizer, n=2000, seed=seed + 1), context_size=128)
+    dataset = tokens_dataset(tokenizer, tiny_models.training_texts(tokenizer, n=2000, seed=seed + 1), context_size=128)
     sae = train_sae(model_dir, dataset, DEMO_HOOK, out / "sae", architecture="standard", d_sae=512,
                     training_tokens=min(sae_tokens, len(dataset) * 128), seed=seed)
-    stats = _sae_stats(sae, model_dir, fixtures.training_texts(tokenizer, n=20, seed=seed + 99))
+    stats = _sae_stats(sae, model_dir, tiny_models.training_texts(tokenizer, n=20, seed=seed + 99))
     max_acts = stats.pop("max_acts")
 
     print(f"[4/{steps}] ReasonScore of every feature (one pass over held-out traces)")
-    held_out = tokens_dataset(tokenizer, fixtures.training_texts(tokenizer, n=300, seed=seed + 2), context_size=128)
+    held_out = tokens_dataset(tokenizer, tiny_models.training_texts(tokenizer, n=300, seed=seed + 2), context_size=128)
     result = score_to_dir(str(model_dir), sae, held_out, out / "reason_score", top_k=10,
                           ignore_tokens=["bos", "eos", "pad"], progress=True)
     top = result.top(10)
@@ -169,10 +169,10 @@ def steer_in_vllm(model_dir: Path, out: Path, feature: int, value: float, max_ac
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
-    from sae_lens_ext.vocabulary import count_reasoning_words
+    from reason_plugins.vocabulary import count_reasoning_words
     from vllm_patches.llm import SteeredLLM
 
-    from sae_lens_ext.sweep import run_sweep
+    from vllm_patches.sweep import run_sweep
 
     sae_dir = out / "sae"
     spec = {"sae": str(sae_dir), "hook": DEMO_HOOK, "edits": [{"feature": feature, "mode": "set", "value": value}]}

@@ -27,7 +27,7 @@ def resolve(args):
         raise SystemExit("without --scores, give --model, --sae, --dataset and --features")
     model, sae, data = run_inputs(run, args.model, args.sae, args.dataset)
     if args.sae_id is not None:
-        from sae_lens_ext.loading import load_sae
+        from reason_plugins.saes import load_sae
 
         sae = load_sae(sae, args.sae_id, args.device)
     if args.features:

@@ -38,8 +38,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from vllm_patches.cli_steer import sae_hook
-    from sae_lens_ext.sweep import default_prompts, markdown_table, run_sweep
+    from reason_plugins.saes import sae_hook
+    from vllm_patches.sweep import default_prompts, markdown_table, run_sweep
 
     result = run_sweep(args.model, args.sae, args.hook or sae_hook(args.sae, args.sae_id), args.feature, _values(args.values),
                        args.prompt or default_prompts(), args.out, sae_id=args.sae_id, mode=args.mode, method=args.method,

@@ -12,7 +12,7 @@ import sys
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
-    "demo": ("reason_plugins.demo", "build the embedded tiny model + SAE and write a report"),
+    "demo": ("reason_plugins.app.demo", "build the embedded tiny model + SAE and write a report"),
     "score": ("sae_lens_ext.cli_score", "rank SAE features by ReasonScore (paper defaults), or merge shard runs"),
     "train": ("sae_lens_ext.cli_train", "train a registered SAE recipe (paper configs for the R1 distills) with SAELens's runner"),
     "data": ("sae_lens_ext.cli_data", "tokenise LMSYS-Chat / OpenThoughts files into SAELens-ready datasets"),
@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "contexts": ("sae_lens_ext.cli_contexts", "top-activating contexts and most frequent tokens of chosen features"),
     "control": ("sae_lens_ext.cli_control", "token-driven control: reasoning feature or word detector?"),
     "diff": ("sae_lens_ext.cli_diff", "compare one SAE's feature activations between two models and/or datasets"),
-    "sweep": ("sae_lens_ext.cli_sweep", "steer one feature at several strengths in vLLM; plot reasoning words and length"),
+    "sweep": ("vllm_patches.cli_sweep", "steer one feature at several strengths in vLLM; plot reasoning words and length"),
     "compare": ("lm_eval_tasks.cli_compare", "baseline vs steered lm-eval runs: accuracy and reasoning length, 95% CIs, paired test, plot"),
     "plugins": ("reason_plugins.cli_plugins", "list registered vocabularies, scorers, steering methods, loaders and configs"),
 }

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reason_plugins.io import write_json_atomic
+from reason_plugins.figures import pyplot
+from reason_plugins.files import write_json_atomic
 
 
 def default_prompts(n: int = 4) -> list[str]:
@@ -55,18 +56,16 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
     SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start)."""
     from vllm import SamplingParams
 
-    from reason_plugins.steering import DELTA_ARCHITECTURES
-    from sae_lens_ext.loading import sae_shape
-    from reason_plugins.io import write_figure_atomic
-    from sae_lens_ext.plots import sweep_figure
-    from sae_lens_ext.vocabulary import count_reasoning_words
+    from reason_plugins.saes import default_method, sae_shape
+    from reason_plugins.figures import write_figure_atomic
+    from reason_plugins.vocabulary import count_reasoning_words
 
     shape = sae_shape(str(sae_dir), sae_id)
     if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < shape["d_sae"]:
         raise ValueError(f"feature index {feature!r} is out of range: this SAE has d_sae={shape['d_sae']} (valid: 0..{shape['d_sae'] - 1})")
     if not prompts:
         raise ValueError("a sweep needs at least one prompt")
-    method = method or ("delta" if shape["architecture"] in DELTA_ARCHITECTURES else "reconstruct")
+    method = method or default_method(shape)
     requests = sweep_requests(feature, values, prompts, sae=str(sae_dir), hook=hook, sae_id=sae_id, mode=mode, method=method)
     if llm is None:
         from vllm_patches.llm import SteeredLLM
@@ -101,3 +100,21 @@ def markdown_table(summary: list[dict]) -> str:
         value = "unsteered" if r["value"] is None else f"{r['value']:g}"
         lines.append(f"| {value} | {r['reasoning_words']:.2f} | {r['length']:.1f} | {r['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def sweep_figure(data: dict):
+    """Mean reasoning-word count and mean trace length (tokens) against the steering value."""
+    plt = pyplot()
+    rows = [r for r in data["summary"] if r["value"] is not None]
+    base = next((r for r in data["summary"] if r["value"] is None), None)
+    xs = [r["value"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((a1, "reasoning_words", "reasoning words per output"), (a2, "length", "output length (tokens)")):
+        ax.plot(xs, [r[key] for r in rows], marker="o", color="tab:red", label=f"{data['mode']} feature {data['feature']}")
+        if base is not None:
+            ax.axhline(base[key], color="k", ls="--", lw=0.8, label="unsteered")
+        ax.set(xlabel="steering value", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Steering sweep at {data['hook']}")
+    fig.tight_layout()
+    return fig

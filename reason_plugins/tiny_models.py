@@ -1,7 +1,7 @@
 """Tiny, deterministic, offline stand-ins for the real things: a BPE tokenizer with R1's chat
 template and ``<think>`` tokens, Llama / Qwen2 causal LMs (head_dim 32 so vLLM's CPU backend
-accepts them), an optional short LM training run on the synthetic corpus, and tiny SAELens SAEs
-(standard, topk, jumprelu) fitted to one layer's residual stream.
+accepts them) and an optional short LM training run on the synthetic corpus. (Tiny SAEs fitted to
+them: ``sae_lens_ext.tiny_saes``.)
 
 Used by the tests (built once per session under a temp dir) and by the embedded demo (cached).
 """
@@ -39,7 +39,7 @@ MODEL_SHAPE = dict(
 FAMILIES = ("llama", "qwen2")
 
 
-def _atomic_dir(final: Path, build) -> Path:
+def atomic_dir(final: Path, build) -> Path:
     """Build into a temp sibling, then rename: an interrupted build never looks finished."""
     if final.exists():
         return final
@@ -80,7 +80,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 1024, seed: int = 0) 
         fast.chat_template = CHAT_TEMPLATE
         fast.save_pretrained(tmp)
 
-    return _atomic_dir(Path(out_dir), build)
+    return atomic_dir(Path(out_dir), build)
 
 
 def build_model(out_dir: str | Path, tokenizer_dir: str | Path, family: str = "llama", seed: int = 0) -> Path:
@@ -105,7 +105,7 @@ def build_model(out_dir: str | Path, tokenizer_dir: str | Path, family: str = "l
         model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
-    return _atomic_dir(Path(out_dir), build)
+    return atomic_dir(Path(out_dir), build)
 
 
 def training_texts(tokenizer, n: int = 600, seed: int = 0) -> list[str]:
@@ -157,7 +157,7 @@ def train_model(model_dir: str | Path, out_dir: str | Path, steps: int = 300, se
         tokenizer.save_pretrained(tmp)
         (tmp / "train_losses.json").write_text(json.dumps(losses))
 
-    _atomic_dir(out_dir, build)
+    atomic_dir(out_dir, build)
     return out_dir, json.loads((out_dir / "train_losses.json").read_text())
 
 
@@ -166,27 +166,3 @@ def cache_key(*parts) -> str:
     from reason_plugins import __version__
 
     return hashlib.sha256(json.dumps([__version__, MODEL_SHAPE, *parts], sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def build_saes(model_dir: str | Path, tokenizer_dir: str | Path, out_root: str | Path, *,
-               hook_name: str = "blocks.2.hook_resid_post", architectures=("standard", "topk", "jumprelu"),
-               d_sae: int = 256, training_tokens: int = 40_000, seed: int = 0) -> dict[str, Path]:
-    """Tiny SAEs of SAELens's architectures fitted (with SAELens's own runner) to one layer of a
-    fixture model. Returns ``{architecture: SAE directory}`` loadable with ``SAE.load_from_disk``."""
-    from transformers import AutoTokenizer
-
-    from sae_lens_ext.training import tokens_dataset, train_sae
-
-    out_root = Path(out_root)
-    todo = [a for a in architectures if not (out_root / a).exists()]
-    if todo:
-        from transformer_lens.model_bridge import TransformerBridge
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        dataset = tokens_dataset(tokenizer, training_texts(tokenizer, seed=seed), context_size=128)
-        bridge = TransformerBridge.boot_transformers(str(model_dir), device="cpu")
-        for arch in todo:
-            _atomic_dir(out_root / arch, lambda tmp, arch=arch: train_sae(
-                model_dir, dataset, hook_name, tmp, architecture=arch, d_sae=d_sae,
-                k=16 if arch == "topk" else None, l1_coefficient=0.2, training_tokens=training_tokens, seed=seed, model=bridge))
-    return {a: out_root / a for a in architectures}
