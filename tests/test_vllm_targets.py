@@ -74,6 +74,7 @@ def test_missing_or_reshaped_target_is_left_unwrapped_and_named(case, expected, 
     source = None if case == "missing" else "def _prepare_inputs(self, scheduler_output):\n    return 1\n"
     module, _ = _runner_module(f"fake_runner_{case}", source)
     monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(targets, "TARGETS", _table(module.__name__))
     with caplog.at_level(logging.WARNING, logger="vllm.reason_steering"):
         assert patching.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is False
     assert "not patching" in caplog.text and "_prepare_inputs" in caplog.text
@@ -93,6 +94,7 @@ def test_a_fitting_target_is_wrapped_once_and_passes(monkeypatch):
     module, _ = _runner_module("fake_runner_ok", source)
     monkeypatch.setitem(sys.modules, module.__name__, module)
     table = _table(module.__name__)
+    monkeypatch.setattr(targets, "TARGETS", table)
     assert targets.check_live(table) == {f"{module.__name__}.GPUModelRunner._prepare_inputs":
                                          "not wrapped (the patch did not run)"}
     assert patching.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is True

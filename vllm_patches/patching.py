@@ -30,7 +30,7 @@ def wrap_method(cls, name: str, make_wrapper: Callable) -> bool:
     original = cls.__dict__.get(name)
     if getattr(original, "__reason_steering__", False):
         return True
-    target = targets.lookup(cls.__name__, name)
+    target = targets.lookup(cls.__module__, cls.__name__, name)
     problem = None
     if original is None:
         problem = f"{cls.__name__}.{name} not found"

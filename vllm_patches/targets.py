@@ -78,9 +78,10 @@ def vllm_version() -> str:
         return "unknown"
 
 
-def lookup(cls_name: str, attr: str) -> Target | None:
+def lookup(module: str, cls_name: str, attr: str) -> Target | None:
+    """The declared target ``module.cls_name.attr`` (V1 and V2 runners share a class name)."""
     for target in TARGETS:
-        if target.cls == cls_name and target.attr == attr:
+        if (target.module, target.cls, target.attr) == (module, cls_name, attr):
             return target
     return None
 
