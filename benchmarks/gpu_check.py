@@ -92,11 +92,16 @@ def graph_parity(d: int, tokens: int, slots_list, dtype, device, rounds: int = 2
                 ref = _reference_f64(op, hidden_in, residual)
                 scale = ref.abs().max().item()
                 err = (graphed.double() - ref).abs().max().item() / max(scale, 1e-12)
+                vs_eager = (graphed.double() - eager.double()).abs().max().item() / max(scale, 1e-12)
                 unsteered_same = bool(torch.equal(graphed[~rows.to(device)], hidden_in[~rows.to(device)]))
-                ok = bool(torch.equal(graphed, eager)) and unsteered_same and err < tolerance
-                results.append({"slots": slots, "scenario": name, "round": round_, "graph_equals_eager": bool(torch.equal(graphed, eager)),
+                # a graph reading stale buffers is off by O(1); bit-equality with eager is expected
+                # (same kernels) and reported, but a different GEMM algorithm under capture may round
+                # differently, so the verdict allows a quarter of the rounding tolerance
+                ok = vs_eager <= tolerance / 4 and unsteered_same and err < tolerance
+                results.append({"slots": slots, "scenario": name, "round": round_,
+                                "graph_equals_eager": bool(torch.equal(graphed, eager)), "max_rel_diff_vs_eager": vs_eager,
                                 "unsteered_rows_unchanged": unsteered_same, "max_rel_err_vs_f64": err,
-                                "steered_rows": int(rows.sum()), "ok": ok})
+                                "steered_rows": int(rows.sum()), "captured": replay.captured, "ok": ok})
     return results
 
 
@@ -212,6 +217,16 @@ def machine(device) -> str:
 
 
 def run(quick: bool, device: str, cache: Path) -> dict:
+    threads = torch.get_num_threads()
+    if quick and device == "cpu":  # tiny shapes: one thread avoids spin-waiting on a shared machine
+        torch.set_num_threads(1)
+    try:
+        return _run(quick, device, cache)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool, device: str, cache: Path) -> dict:
     dtype = torch.bfloat16
     if quick:
         shape, parity = TINY, dict(d=TINY["hidden_size"], tokens=24)
@@ -248,8 +263,10 @@ def report(out: dict) -> str:
              "", "a. op captured and replayed with buffers rewritten between replays vs the eager op and float64:"]
     bad = [r for r in out["graph_parity"] if not r["ok"]]
     worst = max(r["max_rel_err_vs_f64"] for r in out["graph_parity"])
-    lines.append(f"   {len(out['graph_parity']) - len(bad)}/{len(out['graph_parity'])} replays OK "
-                 f"(graph == eager bit for bit, unsteered rows unchanged; worst error vs float64 {worst:.2e} of max)")
+    bitwise = sum(r["graph_equals_eager"] for r in out["graph_parity"])
+    captured = "captured in a CUDA graph" if all(r["captured"] for r in out["graph_parity"]) else "no CUDA graph: eager re-runs"
+    lines.append(f"   {len(out['graph_parity']) - len(bad)}/{len(out['graph_parity'])} replays OK ({captured}; "
+                 f"{bitwise} bit-equal to the eager op; unsteered rows unchanged; worst error vs float64 {worst:.2e} of max)")
     lines += [f"   FAILED: {r}" for r in bad]
     t = out["op_cost_target"]
     lines += ["", "b. op cost vs one decoder layer" + (" (both captured in CUDA graphs):" if out["device"] == "cuda" else " (eager):"),

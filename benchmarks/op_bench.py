@@ -32,8 +32,8 @@ class Replay:
     A captured graph reads and writes the same tensors on every replay, so callers rewrite the
     inputs and buffers in place between runs."""
 
-    def __init__(self, fn: Callable[[], object], device, warmup: int = 3):
-        self.graph = None
+    def __init__(self, fn: Callable[[], object], device, warmup: int = 3, required: bool = True):
+        self.graph, self.captured, self.error = None, False, None
         if torch.device(device).type == "cuda":
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -42,10 +42,19 @@ class Replay:
                     fn()
             torch.cuda.current_stream().wait_stream(stream)
             sync(device)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    fn()
+            except RuntimeError as exc:  # e.g. a host sync inside fn; timing may go on eagerly
+                if required:
+                    raise
+                self.error = f"{type(exc).__name__}: {exc}"[:300]
+                sync(device)
                 fn()
-            self.run = self.graph.replay
+                self.run = fn
+                return
+            self.graph, self.captured, self.run = graph, True, graph.replay
         else:
             fn()
             self.run = fn
@@ -144,14 +153,17 @@ def op_vs_layer(shape: dict, tokens_list, slots_list, dtype, device, repeats: in
     rows = []
     for tokens in tokens_list:
         layer, run_layer = decoder_layer(shape, tokens, dtype, device)
-        layer_s = median_seconds(Replay(run_layer, device).run, device, repeats)
+        replay = Replay(run_layer, device, required=False)
+        layer_s = median_seconds(replay.run, device, repeats)
         del layer, run_layer
-        rows.append({"tokens": tokens, "variant": "decoder layer", "slots": None, "ms": layer_s * 1e3, "vs_layer": 1.0})
+        rows.append({"tokens": tokens, "variant": "decoder layer", "slots": None, "ms": layer_s * 1e3, "vs_layer": 1.0,
+                     "captured": replay.captured, "capture_error": replay.error})
         for slots in slots_list:
             op = make_op(shape["hidden_size"], slots, tokens, dtype, device)
-            op_s = median_seconds(Replay(op_timing_closure(op, tokens, dtype, device), device).run, device, repeats)
+            replay = Replay(op_timing_closure(op, tokens, dtype, device), device, required=False)
+            op_s = median_seconds(replay.run, device, repeats)
             rows.append({"tokens": tokens, "variant": "op, every row steered", "slots": slots, "ms": op_s * 1e3,
-                         "vs_layer": op_s / layer_s})
+                         "vs_layer": op_s / layer_s, "captured": replay.captured, "capture_error": replay.error})
             if progress is not None:
                 progress.update(1)
         if torch.device(device).type == "cuda":
@@ -163,5 +175,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| tokens | variant | slots | ms | vs one decoder layer |", "|---|---|---|---|---|"]
     for r in rows:
         slots = "" if r["slots"] is None else r["slots"]
-        lines.append(f"| {r['tokens']} | {r['variant']} | {slots} | {r['ms']:.3f} | {r['vs_layer']:.2%} |")
-    return "\n".join(lines)
+        eager = " (eager: capture failed)" if r.get("capture_error") else ""
+        lines.append(f"| {r['tokens']} | {r['variant']}{eager} | {slots} | {r['ms']:.3f} | {r['vs_layer']:.2%} |")
+    errors = sorted({r["capture_error"] for r in rows if r.get("capture_error")})
+    return "\n".join(lines + [f"capture failed: {e}" for e in errors])

@@ -33,7 +33,11 @@ def test_quick_kit_runs_and_its_checks_pass(gpu_check, tmp_path, capsys):
     assert out["mode"] == "quick" and out["parity_ok"] is True
     parity = out["graph_parity"]
     assert {(r["slots"], r["scenario"]) for r in parity} == {(s, c) for s in (1, 64) for c in ("steered", "unsteered", "mixed")}
-    assert all(r["graph_equals_eager"] and r["unsteered_rows_unchanged"] for r in parity)
+    assert all(r["unsteered_rows_unchanged"] and r["max_rel_diff_vs_eager"] <= 2 ** -8 for r in parity)
+    if device == "cpu":  # the same closure re-run: bit for bit
+        assert all(r["graph_equals_eager"] and not r["captured"] for r in parity)
+    else:
+        assert all(r["captured"] for r in parity)
     assert {r["steered_rows"] for r in parity if r["scenario"] == "unsteered"} == {0}
     assert [(r["variant"], r["slots"]) for r in out["op_cost"]] == [("decoder layer", None), ("op, every row steered", 16),
                                                                     ("op, every row steered", 64)]
