@@ -7,7 +7,8 @@ with the call shape its wrapper relies on, and checked two ways by the same rule
 
 - **live** (``check_live``): in a running process, on the classes themselves: present in the
   class body, with the expected leading parameters, and wrapped by us. A module not imported yet
-  in this process is checked from its source file instead (nothing is imported for the check);
+  in this process is checked from its source file instead (found through its parent package,
+  parsed, not executed);
 - **source** (``check_source``): on a vLLM source tree or wheel, by parsing the modules (``ast``),
   without importing them: what ``scripts/check_vllm_targets.py`` runs on any vLLM wheel.
 
@@ -142,7 +143,7 @@ def check_source(read_module, targets=None) -> dict[str, str | None]:
 
 
 def installed_source(module: str) -> str | None:
-    """Source text of an installed module, found without importing it (or its package's code)."""
+    """Source text of an installed module, found without executing it (its parent packages are imported)."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
