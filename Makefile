@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_out
 setup: $(STAMP)
 
 # Re-run setup only when the pins or the package metadata change (idempotent either way).
-$(STAMP): scripts/setup.sh pyproject.toml requirements/constraints.txt requirements/working-set.txt requirements/lock.txt
+$(STAMP): scripts/setup.sh pyproject.toml requirements/constraints.txt requirements/working-set.txt requirements/lock.txt requirements/lock-cuda.txt
 	PYTHON=$(PYTHON) bash scripts/setup.sh
 	touch $(STAMP)
 

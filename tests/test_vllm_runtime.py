@@ -150,6 +150,9 @@ def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
     module = types.ModuleType("fake_vllm_config")
     module.VllmConfig = Config
     monkeypatch.delenv("REASON_STEERING", raising=False)
+    # the patch-target check steered engines run is tested in test_vllm_targets.py; here: none declared
+    monkeypatch.setattr("vllm_patches.targets.TARGETS", ())
+    monkeypatch.setattr("vllm_patches.patching._checked", {})
     vllm_patches._patch_config(module)
     vllm_patches._patch_config(module)  # idempotent
     assert Config({}).use_v2_model_runner is True

@@ -13,6 +13,11 @@ load (``patching.py``):
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
 - workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request).
+
+Every patched name is declared in ``targets.py`` with the call shape its wrapper expects; an engine
+given a steering config checks them all at start (``patching.require_targets``: in the front-end
+when the input processor asks which runner to use, in the worker at ``load_model``) and refuses to
+start on a vLLM whose internals moved, instead of running steered requests unsteered.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ def _patch_runner(module) -> None:
                 from vllm_patches.runtime import SteeringRuntime
 
                 config = config_from(self.vllm_config)
+                if config:
+                    from vllm_patches.patching import current_platform, require_targets
+
+                    require_targets(current_platform())
                 self.reason_steering = SteeringRuntime(self.model, self.vllm_config, config) if config else None
             return result
         return wrapper
@@ -87,6 +96,10 @@ def _patch_input_processor(module) -> None:
 
             if not hasattr(self, "_reason_steering_config"):  # parsed once per processor, not per request
                 self._reason_steering_config = config_from(self.vllm_config)
+                if self._reason_steering_config:
+                    from vllm_patches.patching import current_platform, require_targets
+
+                    require_targets(current_platform())
             salt = prepare_request(params, self._reason_steering_config)
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if salt is not None:
@@ -100,7 +113,13 @@ def _patch_input_processor(module) -> None:
 def _patch_config(module) -> None:
     cls = module.VllmConfig
     original = cls.__dict__.get("use_v2_model_runner")
-    if not isinstance(original, property) or getattr(original.fget, "__reason_steering__", False):
+    if not isinstance(original, property):  # require_targets names it when an engine steers
+        import logging
+
+        logging.getLogger("vllm.reason_steering").warning(
+            "reason-steering: VllmConfig.use_v2_model_runner is not a property in this vLLM; not patched")
+        return
+    if getattr(original.fget, "__reason_steering__", False):
         return
 
     def use_v2_model_runner(self) -> bool:
@@ -108,7 +127,13 @@ def _patch_config(module) -> None:
 
         if config_from(self) is None:
             return original.fget(self)
-        return False  # steering is installed by, and reads the batch of, the V1 runner
+        # steering is installed by, and reads the batch of, the V1 runner; the earliest point an
+        # engine start with a steering config reaches us (the input processor asks): check every target
+        from vllm_patches.patching import current_platform, note_v1_switch, require_targets
+
+        require_targets(current_platform())
+        note_v1_switch(original.fget, self)
+        return False
 
     use_v2_model_runner.__reason_steering__ = True
     cls.use_v2_model_runner = property(use_v2_model_runner)
@@ -122,6 +147,7 @@ def _patch_worker(module) -> None:
     def reason_steering_capture(self, hook, num_tokens):
         return self.model_runner.reason_steering.captured(hook, num_tokens)
 
+    reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report
         module.WorkerBase.reason_steering_capture = reason_steering_capture
