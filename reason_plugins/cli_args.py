@@ -48,9 +48,11 @@ def finite_float(low: float | None = None, *, strict: bool = False, high: float 
             ok = value <= high
         if not ok:
             parts = ["a finite number"]
-            if low is not None:
+            if low is not None and high is not None:
+                parts.append(f"in {'(' if strict else '['}{low:g}, {high:g}]")
+            elif low is not None:
                 parts.append(f"{'>' if strict else '>='} {low:g}")
-            if high is not None:
+            elif high is not None:
                 parts.append(f"<= {high:g}")
             raise argparse.ArgumentTypeError(f"expected {' '.join(parts)}, got {text!r}")
         return value

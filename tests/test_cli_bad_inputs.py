@@ -109,7 +109,7 @@ CASES = [
     ("control n-contexts 0", lambda e: ["control", "--scores", e["run"], "--n-contexts", "0", "--out", e["out"]], "got '0'", False),
     ("dashboard per-file 0", lambda e: ["dashboard", "--scores", e["run"], "--per-file", "0", "--out", e["out"]], "got '0'", False),
     ("diff ratio 1", lambda e: ["diff", "--scores", e["run"], "--ratio", "1", "--out", e["out"]], "--ratio: expected a finite number > 1", False),
-    ("diff min-freq 2", lambda e: ["diff", "--scores", e["run"], "--min-freq", "2", "--out", e["out"]], "<= 1, got '2'", False),
+    ("diff min-freq 2", lambda e: ["diff", "--scores", e["run"], "--min-freq", "2", "--out", e["out"]], "--min-freq: expected a finite number in [0, 1], got '2'", False),
     # ---- data
     ("data empty openthoughts file", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts",
                                                 str(e["root"] / "empty.jsonl")], "empty.jsonl' is empty", False),
