@@ -117,7 +117,7 @@ def _tokenizer(cache: Path):
 def _rows(tokenizer, n_rows: int, length: int, seed: int = 0) -> torch.Tensor:
     """Random token rows from the tokenizer's vocabulary with the paper's reasoning words planted
     in them (so every group is matched), BOS first."""
-    from sae_lens_ext.vocabulary import resolve_vocabulary
+    from reason_plugins.vocabulary import resolve_vocabulary
 
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(10, len(tokenizer), (n_rows, length), generator=g)

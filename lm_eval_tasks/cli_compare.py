@@ -20,11 +20,13 @@ _SAMPLES = re.compile(r"^samples_(.+)_(\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 
 
 def add_arguments(parser) -> None:
+    from reason_plugins.cli_args import int_at_least
+
     parser.add_argument("baseline", help="lm-eval --output_path dir (or a samples_*.jsonl) of the baseline run")
     parser.add_argument("steered", help="the same for the steered run")
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: every task in both runs)")
     parser.add_argument("--out", default="compare.png", help="plot path (PNG); a .json with the numbers is written beside it")
-    parser.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--n-boot", type=int_at_least(100), default=10_000, help="bootstrap resamples (>= 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
 

@@ -23,6 +23,7 @@ import os
 from lm_eval.models.vllm_causallms import VLLM
 
 from lm_eval_tasks.steer_args import REFERENCE_ARGS, engine_saes, steering_from_args
+from vllm_patches.preflight import preflight
 
 logger = logging.getLogger("reason_plugins.lm_eval")
 STEERING_ARGS = ("steer_path", *REFERENCE_ARGS, "sae_hook", "sae_method", "sae_mode")
@@ -40,6 +41,7 @@ class SteeredVLLM(VLLM):
             from vllm_patches.config import CONFIG_KEY
 
             vllm_patches.register()  # also when vLLM's entry-point plugin loading is restricted (VLLM_PLUGINS)
+            preflight(pretrained, self.steering, max_edits=int(steer_max_edits))  # model/SAE/spec checked before the engine
             extra = dict(kwargs.pop("additional_config", None) or {})
             extra[CONFIG_KEY] = {"saes": engine_saes(specs), "max_edits": int(steer_max_edits)}
             kwargs["additional_config"] = extra

@@ -11,13 +11,34 @@ import json
 from pathlib import Path
 
 
+def _read_cfg(path: Path) -> dict:
+    """An SAE's cfg.json, with a message naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"SAE config {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                         f"expected the cfg.json SAELens's save_model writes") from None
+
+
 def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | None = None):
     """An SAELens SAE (eval mode). ``loader`` names a registered ``sae_loader`` plugin; a folder
-    holding sparsify's ``sae.safetensors`` picks the "sparsify" loader by itself."""
+    holding sparsify's ``sae.safetensors`` picks the "sparsify" loader by itself. What it loads
+    remembers where it came from (``run_identity.source_of``), so a run can record how to reopen it."""
     from sae_lens import SAE
 
     if isinstance(sae, SAE):
         return sae
+    loaded = _load(sae, sae_id, device, loader)
+    from sae_lens_ext.run_identity import SOURCE_ATTR
+
+    ref = str(Path(str(sae)).resolve()) if Path(str(sae)).exists() else str(sae)
+    object.__setattr__(loaded, SOURCE_ATTR, {"sae": ref, "sae_id": sae_id, "loader": loader})
+    return loaded
+
+
+def _load(sae, sae_id, device, loader):
+    from sae_lens import SAE
+
     folder = Path(str(sae)) / (sae_id or "")
     if loader is None and (folder / "sae.safetensors").is_file() and not (folder / "sae_weights.safetensors").exists():
         loader = "sparsify"
@@ -28,6 +49,7 @@ def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | 
     if Path(str(sae)).exists():
         if not (Path(str(sae)) / "cfg.json").is_file():
             raise FileNotFoundError(f"SAE directory {str(sae)!r} has no cfg.json (expected a SAELens SAE saved with save_model)")
+        _read_cfg(Path(str(sae)) / "cfg.json")
         return SAE.load_from_disk(str(sae), device=device).eval()
     if sae_id is None:
         raise ValueError(f"SAE {sae!r} is not a local directory; a pretrained release also needs an sae_id")
@@ -38,7 +60,7 @@ def sae_shape(sae: str, sae_id: str | None = None) -> dict:
     """``{"d_in", "d_sae", "architecture"}`` of an SAE, from a SAELens ``cfg.json`` when there is one."""
     path = Path(sae) / "cfg.json"
     if path.is_file() and not (Path(sae) / "sae.safetensors").exists():
-        cfg = json.loads(path.read_text())
+        cfg = _read_cfg(path)
         return {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "architecture": cfg.get("architecture", "standard")}
     from reason_plugins.steering import sae_architecture
 

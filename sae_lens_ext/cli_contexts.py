@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+from reason_plugins.cli_args import int_at_least
+
 
 def add_arguments(parser) -> None:
     from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser)
-    parser.add_argument("--n", type=int, default=20, help="top activations kept per feature (default: 20)")
-    parser.add_argument("--window", type=int, default=8, help="context tokens each side (default: 8)")
-    parser.add_argument("--context-size", type=int, default=None, help="row length without --scores (default: the SAE's)")
+    parser.add_argument("--n", type=int_at_least(1), default=20, help="top activations kept per feature (default: 20)")
+    parser.add_argument("--window", type=int_at_least(0), default=8, help="context tokens each side (default: 8)")
+    parser.add_argument("--context-size", type=int_at_least(2), default=None, help="row length without --scores (default: the SAE's)")
 
 
 def run(args) -> int:

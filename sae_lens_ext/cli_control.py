@@ -6,13 +6,15 @@ held-out data; the same words in chat vs reasoning contexts).
 
 from __future__ import annotations
 
+from reason_plugins.cli_args import int_at_least
+
 
 def add_arguments(parser) -> None:
     from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser)
-    parser.add_argument("--holdout-every", type=int, default=4, help="every k-th token row is held out (default: 4)")
-    parser.add_argument("--n-contexts", type=int, default=48, help="built reasoning / chat contexts each (default: 48)")
+    parser.add_argument("--holdout-every", type=int_at_least(2), default=4, help="every k-th token row is held out (default: 4)")
+    parser.add_argument("--n-contexts", type=int_at_least(1), default=48, help="built reasoning / chat contexts each (default: 48)")
     parser.add_argument("--vocabulary", default=None, help="reasoning words (default: the scoring run's)")
 
 

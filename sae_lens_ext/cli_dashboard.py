@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+from reason_plugins.cli_args import int_at_least
+
 
 def add_arguments(parser) -> None:
     from sae_lens_ext.cli_scored_run import add_run_arguments
 
     add_run_arguments(parser, scores_required=True)
-    parser.add_argument("--per-file", type=int, default=20, help="features per dashboard page (default: 20)")
+    parser.add_argument("--per-file", type=int_at_least(1), default=20, help="features per dashboard page (default: 20)")
     parser.add_argument("--control", action="store_true", help="also run the token-driven control and show it in the index")
     parser.add_argument("--inline", action="store_true", help="inline d3/plotly into every page (self-contained, ~5 MB each)")
     parser.add_argument("--check", action="store_true", help="render the first page in headless Chromium and report the drawn panels")

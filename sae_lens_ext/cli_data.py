@@ -14,6 +14,9 @@ Writes ``OUT/{lmsys,openthoughts,mixed}-tokenized`` (train with
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from reason_plugins.cli_args import UserError, check_file, check_out_dir, check_ref, int_at_least
 
 
 def add_arguments(parser) -> None:
@@ -22,9 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lmsys", nargs="*", default=[], metavar="FILE", help="LMSYS-Chat-1M-style .json/.jsonl/.parquet files")
     parser.add_argument("--openthoughts", nargs="*", default=[], metavar="FILE", help="OpenThoughts-114k-style files")
     parser.add_argument("--ratio", default="lmsys=1,openthoughts=1", help="row mix of the mixed dataset (default: 1:1)")
-    parser.add_argument("--context-size", type=int, default=1024, help="tokens per row (default: 1024, the paper's)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="cap per dataset, in tokens")
-    parser.add_argument("--scoring-samples", type=int, default=0, help="OpenThoughts rows held out as the scoring subset")
+    parser.add_argument("--context-size", type=int_at_least(2), default=1024, help="tokens per row (default: 1024, the paper's)")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=None, help="cap per dataset, in tokens")
+    parser.add_argument("--scoring-samples", type=int_at_least(0), default=0, help="OpenThoughts rows held out as the scoring subset")
     parser.add_argument("--system-prompt", default="none", help="none (default), dataset (the row's own) or a text")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--push-to-hub", default=None, metavar="USER/NAME", help="also push each dataset as NAME-<kind>")
@@ -32,9 +35,22 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from transformers import AutoTokenizer
+    from sae_lens_ext.data_prep import parse_ratio, prepare
 
-    from sae_lens_ext.data_prep import prepare
+    check_out_dir(args.out)  # everything checked before the tokenizer or any file is loaded
+    if not args.lmsys and not args.openthoughts:
+        raise UserError("give at least one --lmsys or --openthoughts file")
+    for option, files in (("--lmsys", args.lmsys), ("--openthoughts", args.openthoughts)):
+        for f in files:
+            if not Path(f).is_dir():
+                check_file(f, option, "data file (.json/.jsonl/.parquet or a saved dataset dir)")
+                if Path(f).suffix not in (".json", ".jsonl", ".parquet"):
+                    raise UserError(f"{option} {f!r} is not a .json/.jsonl/.parquet file or a saved dataset dir")
+    if args.max_tokens is not None and args.max_tokens < args.context_size:
+        raise UserError(f"--max-tokens {args.max_tokens} is smaller than one row (expected >= --context-size {args.context_size})")
+    parse_ratio(args.ratio)
+    check_ref(args.tokenizer, "--tokenizer", "model/tokenizer directory")
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     system = None if args.system_prompt == "none" else args.system_prompt

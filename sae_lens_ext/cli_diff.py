@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from reason_plugins.cli_args import finite_float, int_at_least
+
 
 def add_arguments(parser) -> None:
     from sae_lens_ext.cli_scored_run import add_run_arguments
@@ -13,9 +15,9 @@ def add_arguments(parser) -> None:
     add_run_arguments(parser)
     parser.add_argument("--model-b", default=None, help="side B's model (default: side A's)")
     parser.add_argument("--dataset-b", default=None, help="side B's dataset (default: side A's)")
-    parser.add_argument("--ratio", type=float, default=5.0, help="frequency ratio that makes a feature A-only / B-only (default: 5)")
-    parser.add_argument("--min-freq", type=float, default=1e-3, help="minimum activation frequency on the side it is 'only' in (default: 1e-3)")
-    parser.add_argument("--context-size", type=int, default=None, help="row length (default: the scoring run's, else the SAE's)")
+    parser.add_argument("--ratio", type=finite_float(1, strict=True), default=5.0, help="frequency ratio that makes a feature A-only / B-only (default: 5)")
+    parser.add_argument("--min-freq", type=finite_float(0, high=1), default=1e-3, help="minimum activation frequency on the side it is 'only' in (default: 1e-3)")
+    parser.add_argument("--context-size", type=int_at_least(2), default=None, help="row length (default: the scoring run's, else the SAE's)")
 
 
 def run(args) -> int:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from reason_plugins.cli_args import UserError, check_file, check_out_dir, check_ref, int_at_least
+
 
 def add_run_arguments(parser, *, scores_required: bool = False) -> None:
     parser.add_argument("--scores", required=scores_required, help="a `reason-sae score --out` directory: its model, SAE, data and ranking are reused")
@@ -10,9 +12,9 @@ def add_run_arguments(parser, *, scores_required: bool = False) -> None:
     parser.add_argument("--sae", default=None, help="SAE dir / release / sparsify folder (default: the scoring run's)")
     parser.add_argument("--sae-id", default=None)
     parser.add_argument("--dataset", default=None, help="dataset dir / file / name (default: the scoring run's)")
-    parser.add_argument("--top-k", type=int, default=20, help="the run's top-k features by ReasonScore (default: 20)")
-    parser.add_argument("--features", type=int, nargs="+", default=None, metavar="F", help="these features instead of the top-k")
-    parser.add_argument("--n-samples", type=int, default=256, help="token rows read (default: 256)")
+    parser.add_argument("--top-k", type=int_at_least(1), default=20, help="the run's top-k features by ReasonScore (default: 20)")
+    parser.add_argument("--features", type=int_at_least(0), nargs="+", default=None, metavar="F", help="these features instead of the top-k")
+    parser.add_argument("--n-samples", type=int_at_least(1), default=256, help="token rows read (default: 256)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
@@ -22,9 +24,15 @@ def resolve(args):
     """(run or None, model, sae, data, features) from the shared arguments; clear errors otherwise."""
     from sae_lens_ext.contexts import load_scored_run, run_inputs
 
+    check_out_dir(args.out)  # before anything is loaded
+    if args.scores:
+        check_file(f"{args.scores}/run_config.json", "--scores", "`reason-sae score --out` directory (with run_config.json)")
+    for option, value, what in (("--model", args.model, "model directory"), ("--sae", args.sae, "SAE directory"),
+                                ("--dataset", args.dataset, "dataset")):
+        check_ref(value, option, what)
     run = load_scored_run(args.scores) if args.scores else None
     if run is None and (args.model is None or args.sae is None or args.dataset is None or not args.features):
-        raise SystemExit("without --scores, give --model, --sae, --dataset and --features")
+        raise UserError("without --scores, give --model, --sae, --dataset and --features")
     model, sae, data = run_inputs(run, args.model, args.sae, args.dataset)
     if args.sae_id is not None:
         from reason_plugins.saes import load_sae
@@ -33,7 +41,10 @@ def resolve(args):
     if args.features:
         features = list(args.features)
     else:
-        if args.top_k < 1:
-            raise SystemExit(f"--top-k must be >= 1, got {args.top_k}")
         features = [r["feature"] for r in run.top(args.top_k)]
+    if run is not None:
+        bad = [f for f in features if f >= run.result.d_sae]
+        if bad:
+            raise UserError(f"--features {bad[0]} is out of range: the run's SAE has d_sae={run.result.d_sae} "
+                            f"(expected 0..{run.result.d_sae - 1})")
     return run, model, sae, data, features

@@ -111,7 +111,7 @@ class FeatureActivations:
                                                model_tokenizer)
 
         cfg = run.config if run else {}
-        sae = load_sae(sae, sae_id if sae_id is not None else cfg.get("sae_id"), device)
+        sae = load_sae(sae, sae_id if sae_id is not None else cfg.get("sae_id"), device, cfg.get("sae_loader"))
         hook = hook or cfg.get("hook") or sae.cfg.metadata.hook_name
         features = check_features(list(features), int(sae.cfg.d_sae))
         model = load_model(model, hook, backend, device)
@@ -256,6 +256,9 @@ def top_contexts(model, sae, data, features, *, run: ScoredRun | None = None, n:
                  **open_kwargs) -> list[dict]:
     """Top-``n`` activating tokens (context ``window`` each side) of each feature, plus the tokens it
     fires on most often, over the first ``n_samples`` rows of ``data`` (packed as in scoring)."""
+    for name, value, low in (("n", n, 1), ("window", window, 0), ("batch_size", batch_size, 1), ("n_samples", n_samples, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}={value!r} is invalid (expected an int >= {low})")
     acts = acts or FeatureActivations.open(model, sae, features, run=run, **open_kwargs)
     cfg = run.config if run else {}
     top = TopContexts(len(acts.features), len(acts.tokenizer), n, window)

@@ -199,6 +199,8 @@ def dashboard(scores_dir, out_dir, *, top_k: int = 100, features=None, model=Non
     from sae_lens_ext import plots
     from sae_lens_ext.contexts import load_scored_run, run_inputs
 
+    if isinstance(per_file, bool) or not isinstance(per_file, int) or per_file < 1:
+        raise ValueError(f"per_file={per_file!r} is invalid (expected an int >= 1)")
     run = load_scored_run(scores_dir)
     model, sae, data = run_inputs(run, model, sae, data)
     feats = [r["feature"] for r in run.top(top_k)] if features is None else [int(f) for f in features]

@@ -194,8 +194,13 @@ def prepare(tokenizer, out_dir: str | Path, *, lmsys: list | None = None, openth
 
     if not lmsys and not openthoughts:
         raise ValueError("give at least one LMSYS or OpenThoughts input")
+    for name, value, low in (("context_size", context_size, 2), ("scoring_samples", scoring_samples, 0),
+                             ("max_tokens", max_tokens, context_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}={value!r} is invalid (expected an int >= {low})")
+    parse_ratio(ratio)  # a bad ratio is refused before any file is read
     out_dir, rng = Path(out_dir), random.Random(seed)
-    records = {"lmsys": _load_all(lmsys), "openthoughts": _load_all(openthoughts)}
+    records = {"lmsys": _load_all(lmsys, "lmsys"), "openthoughts": _load_all(openthoughts, "openthoughts")}
     for records_of in records.values():
         rng.shuffle(records_of)
     meta = {"tokenizer": getattr(tokenizer, "name_or_path", None), "context_size": context_size, "seed": seed,
@@ -235,12 +240,21 @@ def prepare(tokenizer, out_dir: str | Path, *, lmsys: list | None = None, openth
         _save(Dataset.from_dict({"tokens": mixed}), out_dir / "mixed-tokenized",
               push_to_hub and f"{push_to_hub}-mixed-tokenized", private)
         meta["datasets"]["mixed-tokenized"] = {"rows": len(mixed), "from": counts, "ratio": weights}
+    if not any(info["rows"] for info in meta["datasets"].values()):
+        raise ValueError(f"the inputs gave no full row of context_size {context_size} (nothing written); inputs: {meta['inputs']}")
     write_json_atomic(out_dir / "meta.json", meta)
     return meta
 
 
-def _load_all(inputs) -> list[dict]:
+def _load_all(inputs, source: str = "input") -> list[dict]:
     records = []
     for item in inputs or []:
-        records += read_records(item) if isinstance(item, (str, Path)) else [item]
+        if isinstance(item, (str, Path)):
+            got = read_records(item)
+            if not got:
+                raise ValueError(f"{source} file {str(item)!r} has no records (expected a non-empty .json/.jsonl/.parquet "
+                                 f"or saved dataset)")
+            records += got
+        else:
+            records.append(item)
     return records

@@ -220,9 +220,18 @@ def load_data(data, split: str = "train"):
         elif path.suffix in (".json", ".jsonl", ".parquet"):
             if not path.is_file():
                 raise FileNotFoundError(f"dataset file {str(path)!r} does not exist")
-            ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
+            if path.stat().st_size == 0:
+                raise ValueError(f"dataset file {str(path)!r} is empty (expected rows with a text or tokens column)")
+            try:
+                ds = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
+            except Exception as exc:  # e.g. "generator raised StopIteration" on a file of blank lines
+                raise ValueError(f"cannot read dataset file {str(path)!r} ({type(exc).__name__}: {exc})") from exc
         else:
-            ds = datasets.load_dataset(str(data), split=split)
+            try:
+                ds = datasets.load_dataset(str(data), split=split)
+            except Exception as exc:  # offline, misspelt, gated: datasets' own message, on one line
+                raise ValueError(f"cannot load dataset {str(data)!r} ({type(exc).__name__}: {exc}); expected a hub "
+                                 f"dataset name, a saved dataset dir or a .json/.jsonl/.parquet file") from exc
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise ValueError(f"dataset {data!r} has no split {split!r}; splits: {list(ds)}")
@@ -293,102 +302,185 @@ def _ignore_ids(ignore_tokens, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def _describe(obj) -> str:
-    if isinstance(obj, (str, Path)):
-        return str(obj)
-    name = getattr(getattr(obj, "config", None), "_name_or_path", None) or getattr(getattr(obj, "cfg", None), "model_name", None)
-    return f"{type(obj).__name__}({name})" if name else type(obj).__name__
-
-
 # ---------------------------------------------------------------- the run
+def _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
+                   feature_chunk_size, context_size) -> None:
+    """Numeric options, checked before anything is loaded (names the value and what was expected)."""
+    import math
+
+    def bad(name, value, expected):
+        raise ValueError(f"{name}={value!r} is invalid (expected {expected})")
+
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        bad("alpha", alpha, "a finite number > 0")
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        bad("eps", eps, "a finite number > 0")
+    if len(tuple(expand_range)) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in expand_range):
+        bad("expand_range", expand_range, "two non-negative ints (LEFT, RIGHT)")
+    for name, value, low in (("batch_size", batch_size, 1), ("n_samples", n_samples, 1), ("num_chunks", num_chunks, 1),
+                             ("checkpoint_every", checkpoint_every, 1), ("feature_chunk_size", feature_chunk_size, 1),
+                             ("context_size", context_size, 2)):
+        if value is None and name in ("n_samples", "feature_chunk_size", "context_size"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            bad(name, value, f"an int >= {low}")
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or not 0 <= chunk_index < num_chunks:
+        bad("chunk_index", chunk_index, f"an int in 0..{num_chunks - 1} (num_chunks={num_chunks})")
+
+
+class PreparedRun:
+    """Everything loaded and checked for one scoring run, before any batch is read: model, SAE,
+    tokenizer, vocabulary, the run config (with the references that reopen it) and its identity."""
+
+    def __init__(self, model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
+                 eps=1e-12, sae_id=None, hook=None, tokenizer=None, batch_size=8, feature_chunk_size=None,
+                 n_samples=None, seed=None, text_column="text", context_size=None, prepend_bos=None,
+                 num_chunks=1, chunk_index=0, checkpoint_every=50, backend="auto", sae_loader=None, device="cpu"):
+        import torch
+
+        from sae_lens_ext import reason_score_math as rsm
+        from sae_lens_ext import run_identity as ri
+        from reason_plugins.vocabulary import resolve_vocabulary
+
+        _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
+                       feature_chunk_size, context_size)
+        model_ref = str(model) if isinstance(model, (str, Path)) else None
+        if isinstance(tokens, (str, Path)):  # a path or name: opened (not read) now, so bad data fails before the model loads
+            if len(load_data(tokens)) == 0:
+                raise ValueError(f"dataset {str(tokens)!r} has no rows (expected rows with a text or tokens column)")
+        sae = load_sae(sae, sae_id, device, sae_loader)
+        meta = sae.cfg.metadata
+        hook = hook or meta.hook_name
+        if not hook:
+            raise ValueError("the SAE's config names no hook; pass hook=")
+        model = load_model(model, hook, backend, device)
+        if model_ref is None:  # an instance: its own name, when that is a local dir or a hub name
+            name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
+            model_ref = str(name) if name else None
+        source = ActivationSource(model, hook)
+        if int(sae.cfg.d_in) != source.d_model:
+            raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
+        tok = model_tokenizer(model, tokenizer)
+        groups = resolve_vocabulary(vocabulary)
+        seqs = rsm.vocabulary_sequences(groups, lambda s: tok.encode(s, add_special_tokens=False), tok.unk_token_id)
+        ignore = _ignore_ids(ignore_tokens, tok)
+        context_size = int(context_size or meta.context_size or 1024)
+        prepend_bos = bool(meta.get("prepend_bos", True) if prepend_bos is None else prepend_bos)
+        encoder = FeatureEncoder(sae, feature_chunk_size)
+        in_memory_rows = isinstance(tokens, (torch.Tensor, list))
+        sae_src = ri.source_of(sae) or {}
+        data_id = ri.data_identity(tokens)
+        self.config = {
+            # how to reopen the run (paths or names; None when the caller passed an object we cannot name)
+            "model": model_ref, "model_class": type(model).__name__, "backend": backend,
+            "sae": sae_src.get("sae"), "sae_id": sae_id if sae_id is not None else sae_src.get("sae_id"),
+            "sae_loader": sae_loader or sae_src.get("loader"), "sae_class": type(sae).__name__,
+            "data": data_id["ref"], "hook": hook, "architecture": encoder.arch, "d_sae": encoder.d_sae,
+            "n_samples": n_samples, "seed": None if in_memory_rows else seed, "text_column": text_column,
+            "context_size": context_size, "prepend_bos": prepend_bos, "batch_size": batch_size,
+            "vocabulary": {g: [list(s) for s in v] for g, v in seqs.items()},
+            "expand_range": [int(v) for v in expand_range], "ignore_tokens": ignore, "alpha": alpha, "eps": eps,
+            "num_chunks": num_chunks, "chunk_index": chunk_index}
+        # what the run computes: any difference here means different numbers
+        self.identity = {"sae": ri.sae_identity(sae), "model": ri.model_identity(model, model_ref), "data": data_id,
+                         **{k: self.config[k] for k in ("hook", "n_samples", "seed", "text_column", "context_size",
+                                                        "prepend_bos", "batch_size", "vocabulary", "expand_range",
+                                                        "ignore_tokens", "alpha", "eps", "num_chunks")}}
+        job = hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.config.update(job=job, fingerprint=f"{job}-{chunk_index}of{num_chunks}", identity=self.identity)
+        self.model, self.sae, self.tokens, self.tokenizer, self.source, self.encoder = model, sae, tokens, tok, source, encoder
+        self.groups, self.seqs, self.ignore = groups, seqs, ignore
+        self.opts = dict(expand_range=expand_range, alpha=alpha, eps=eps, batch_size=batch_size, n_samples=n_samples,
+                         seed=seed, text_column=text_column, context_size=context_size, prepend_bos=prepend_bos,
+                         num_chunks=num_chunks, chunk_index=chunk_index, checkpoint_every=checkpoint_every)
+
+    def check_against(self, other: dict, what: str, hint: str) -> None:
+        """Refuse when ``other`` (a saved run's config / checkpoint extra) was computed by another job."""
+        from sae_lens_ext.run_identity import differences
+
+        theirs = other.get("identity")
+        if other.get("fingerprint") == self.config["fingerprint"] and theirs is not None:
+            return
+        if theirs is None:
+            diff = ["it predates run identities (no record of what it computed)"]
+        else:
+            diff = differences(theirs, self.identity)
+            if other.get("chunk_index") != self.config["chunk_index"]:
+                diff.append(f"chunk_index: {other.get('chunk_index')} != {self.config['chunk_index']}")
+        raise ValueError(f"{what} belongs to a different run ({'; '.join(diff) or 'fingerprint differs'}); {hint}")
+
+    def run(self, checkpoint=None, progress=True, require_matches=True, _interrupt_after=None):
+        import sys
+
+        import torch
+        from tqdm.auto import tqdm
+
+        from sae_lens_ext import reason_score_math as rsm
+
+        o, config = self.opts, self.config
+        stats = rsm.ReasonStats(list(self.groups), self.encoder.d_sae,
+                                extra={k: config[k] for k in ("job", "fingerprint", "num_chunks", "chunk_index", "identity")})
+        rows = o["n_samples"] if o["n_samples"] is not None else len(self.tokens) if isinstance(self.tokens, (torch.Tensor, list)) else None
+        total = None if rows is None else -(-len(range(o["chunk_index"], rows, o["num_chunks"])) // o["batch_size"])
+        if checkpoint is not None and Path(checkpoint).is_file():
+            saved = rsm.ReasonStats.load(checkpoint)
+            self.check_against(saved.extra, f"checkpoint {str(checkpoint)!r}", "delete it, choose another output, or start over (--overwrite)")
+            stats = saved
+            print(f"ReasonScore: resuming from batch {stats.n_batches}/{total if total is not None else '?'} "
+                  f"({str(checkpoint)!r}, identical run {config['job']})", file=sys.stderr)
+        done = stats.n_batches
+        group_seqs = list(self.seqs.values())
+        batches = token_batches(self.tokens, self.tokenizer, batch_size=o["batch_size"], context_size=o["context_size"],
+                                prepend_bos=o["prepend_bos"], n_samples=o["n_samples"], seed=o["seed"],
+                                text_column=o["text_column"], num_chunks=o["num_chunks"], chunk_index=o["chunk_index"])
+        sae_device = next(self.encoder.sae.parameters()).device
+        for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
+            if i < done:
+                continue  # resumed: these batches are already in the checkpoint
+            acts = self.source(batch).to(sae_device)
+            masks = rsm.token_masks(batch.to(sae_device), group_seqs, o["expand_range"], self.ignore)
+            stats.add_counts(*masks)
+            flat = acts.reshape(-1, acts.shape[-1])
+            for start, chunk_acts in self.encoder.chunks(flat):
+                stats.add_acts(chunk_acts, *masks, start=start)
+            if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
+                stats.save(checkpoint)
+            if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
+                raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
+        if stats.n_tokens == 0:
+            what = config["data"] or type(self.tokens).__name__
+            raise ValueError(f"the data {what!r} gave no token rows (empty dataset, or too short for context_size {o['context_size']})")
+        if require_matches and stats.count_pos == 0:
+            raise ValueError(f"no vocabulary string occurs in the {stats.n_tokens} scored tokens (groups: {list(self.groups)}); "
+                             f"check the vocabulary and the tokenizer")
+        return rsm.ReasonScoreResult.from_stats(stats, o["alpha"], o["eps"], config)
+
+
 def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
-                         eps=1e-12, sae_id=None, hook=None, tokenizer=None, batch_size=8, feature_chunk_size=None,
-                         n_samples=None, seed=None, text_column="text", context_size=None, prepend_bos=None,
-                         num_chunks=1, chunk_index=0, checkpoint=None, checkpoint_every=50, backend="auto", sae_loader=None,
-                         device="cpu", progress=True, require_matches=True, _interrupt_after=None):
+                         checkpoint=None, progress=True, require_matches=True, _interrupt_after=None, **kwargs):
     """ReasonScore of every feature of ``sae`` on ``tokens`` in one pass over the data.
 
     ``model``: HookedTransformer, TransformerBridge, HF causal LM, or an HF name / local dir.
     ``sae``: SAELens SAE, local dir, release (with ``sae_id``) or what a ``sae_loader`` plugin reads.
     ``tokens``: [N, T] tensor / list of rows, a ``datasets.Dataset``, or a dataset path/name (text
     column tokenised and concatenated to the SAE's context_size, or a pre-tokenised ``tokens``
-    column). ``ignore_tokens``: ids or "bos"/"eos"/"pad". ``feature_chunk_size``: encode that many
-    features at a time (bounds memory; same result). ``checkpoint``: a file the accumulators are
-    saved to every ``checkpoint_every`` batches and resumed from. ``num_chunks``/``chunk_index``:
-    score one shard of the rows (merge with ``merge_shards``).
+    column). ``ignore_tokens``: ids or "bos"/"eos"/"pad". Keyword options (``PreparedRun``):
+    ``eps, sae_id, hook, tokenizer, batch_size, feature_chunk_size`` (encode that many features at a
+    time: bounds memory, same result), ``n_samples, seed, text_column, context_size, prepend_bos,
+    num_chunks, chunk_index`` (score one shard of the rows; merge with ``merge_shards``),
+    ``checkpoint_every, backend, sae_loader, device``. ``checkpoint``: a file the accumulators are
+    saved to every ``checkpoint_every`` batches and resumed from — only by the same run (identity:
+    SAE weights, model, data fingerprint, vocabulary, options); another run's checkpoint is refused.
     Returns a ``ReasonScoreResult`` (``.scores``, ``.mu_pos``, ``.mu_neg``, ``.mu_groups``, ``.top(k)``).
 
-    Vocabulary errors: strings that tokenize to the unknown token cannot match and are dropped; if
-    none is left, or (with ``require_matches``, off for shards) if no string occurs anywhere in the
-    scored tokens, a ValueError names the groups. Groups that never occur are kept (mu_g = 0), as in
-    the reference, so G is the vocabulary's group count.
+    Every option is checked before the model or SAE is loaded. Vocabulary errors: strings that
+    tokenize to the unknown token cannot match and are dropped; if none is left, or (with
+    ``require_matches``, off for shards) if no string occurs anywhere in the scored tokens, a
+    ValueError names the groups. Groups that never occur are kept (mu_g = 0), as in the reference,
+    so G is the vocabulary's group count.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from sae_lens_ext import reason_score_math as rsm
-    from reason_plugins.vocabulary import resolve_vocabulary
-
-    sae_name = str(sae) if isinstance(sae, (str, Path)) else _describe(sae)
-    sae = load_sae(sae, sae_id, device, sae_loader)
-    meta = sae.cfg.metadata
-    hook = hook or meta.hook_name
-    if not hook:
-        raise ValueError("the SAE's config names no hook; pass hook=")
-    model = load_model(model, hook, backend, device)
-    source = ActivationSource(model, hook)
-    if int(sae.cfg.d_in) != source.d_model:
-        raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
-    if not (isinstance(num_chunks, int) and num_chunks >= 1 and 0 <= chunk_index < num_chunks):
-        raise ValueError(f"chunk_index {chunk_index!r} must be in 0..num_chunks-1 (num_chunks={num_chunks!r})")
-    tok = model_tokenizer(model, tokenizer)
-    groups = resolve_vocabulary(vocabulary)
-    seqs = rsm.vocabulary_sequences(groups, lambda s: tok.encode(s, add_special_tokens=False), tok.unk_token_id)
-    ignore = _ignore_ids(ignore_tokens, tok)
-    context_size = int(context_size or meta.context_size or 1024)
-    prepend_bos = bool(meta.get("prepend_bos", True) if prepend_bos is None else prepend_bos)
-    encoder = FeatureEncoder(sae, feature_chunk_size)
-    config = {"model": _describe(model), "sae": sae_name,
-              "sae_id": sae_id, "hook": hook, "architecture": encoder.arch, "d_sae": encoder.d_sae,
-              "data": _describe(tokens) if not hasattr(tokens, "shape") else f"tensor{list(tokens.shape)}",
-              "n_samples": n_samples, "seed": seed, "text_column": text_column, "context_size": context_size,
-              "prepend_bos": prepend_bos, "batch_size": batch_size, "vocabulary": {g: [list(s) for s in v] for g, v in seqs.items()},
-              "expand_range": [int(v) for v in expand_range], "ignore_tokens": ignore, "alpha": alpha, "eps": eps,
-              "num_chunks": num_chunks}
-    job = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-    config.update(chunk_index=chunk_index, job=job, fingerprint=f"{job}-{chunk_index}of{num_chunks}")
-    stats = rsm.ReasonStats(list(groups), encoder.d_sae, extra={k: config[k] for k in ("job", "fingerprint", "num_chunks", "chunk_index")})
-    if checkpoint is not None and Path(checkpoint).is_file():
-        saved = rsm.ReasonStats.load(checkpoint)
-        if saved.extra.get("fingerprint") != config["fingerprint"]:
-            raise ValueError(f"checkpoint {str(checkpoint)!r} belongs to a different run; delete it or choose another output")
-        stats = saved
-    done = stats.n_batches
-    group_seqs = list(seqs.values())
-    batches = token_batches(tokens, tok, batch_size=batch_size, context_size=context_size, prepend_bos=prepend_bos,
-                            n_samples=n_samples, seed=seed, text_column=text_column, num_chunks=num_chunks, chunk_index=chunk_index)
-    rows = n_samples if n_samples is not None else len(tokens) if isinstance(tokens, (torch.Tensor, list)) else None
-    total = None if rows is None else -(-len(range(chunk_index, rows, num_chunks)) // batch_size)
-    sae_device = next(encoder.sae.parameters()).device
-    for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
-        if i < done:
-            continue  # resumed: these batches are already in the checkpoint
-        acts = source(batch).to(sae_device)
-        masks = rsm.token_masks(batch.to(sae_device), group_seqs, expand_range, ignore)
-        stats.add_counts(*masks)
-        flat = acts.reshape(-1, acts.shape[-1])
-        for start, chunk_acts in encoder.chunks(flat):
-            stats.add_acts(chunk_acts, *masks, start=start)
-        if checkpoint is not None and stats.n_batches % checkpoint_every == 0:
-            stats.save(checkpoint)
-        if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
-            raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
-    if stats.n_tokens == 0:
-        raise ValueError(f"the data {config['data']!r} gave no token rows (empty dataset, or too short for context_size {context_size})")
-    if require_matches and stats.count_pos == 0:
-        raise ValueError(f"no vocabulary string occurs in the {stats.n_tokens} scored tokens (groups: {list(groups)}); "
-                         f"check the vocabulary and the tokenizer")
-    return rsm.ReasonScoreResult.from_stats(stats, alpha, eps, config)
+    prepared = PreparedRun(model, sae, tokens, vocabulary, expand_range, ignore_tokens, alpha, **kwargs)
+    return prepared.run(checkpoint, progress, require_matches, _interrupt_after)
 
 
 @hookimpl
@@ -433,15 +525,72 @@ def histogram_png(result, top_k: int = 20) -> bytes:
     return figure_png(fig)
 
 
-def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, **kwargs):
-    """Run ``compute_reason_score`` checkpointing into ``out_dir`` (rerunning resumes), then write the
-    outputs; returns the result. Bad input raises before anything is written."""
+def _check_out(out: Path) -> None:
+    """--out must be (or become) a writable directory: checked before anything is loaded."""
+    from reason_plugins.cli_args import check_out_dir
+
+    check_out_dir(out, "out_dir")
+
+
+def save_inputs(prepared: PreparedRun, out: Path) -> None:
+    """Make the run reopenable from its directory alone: in-memory token rows / datasets are saved as
+    a dataset (``out/data``) and an SAE known by no path is saved with SAELens (``out/sae``); the
+    run config then names those."""
+    import datasets
+    import torch
+
+    config = prepared.config
+    tokens = prepared.tokens
+    if config["data"] is None:
+        if isinstance(tokens, (torch.Tensor, list)):
+            ds = datasets.Dataset.from_dict({"tokens": [list(map(int, row)) for row in tokens]})
+        elif isinstance(tokens, datasets.DatasetDict):
+            ds = tokens["train"]
+        else:
+            ds = tokens
+        tmp = out / ".data.tmp"
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        ds.save_to_disk(str(tmp))
+        _replace_dir(tmp, out / "data")
+        config["data"] = str((out / "data").resolve())
+    if config["sae"] is None:
+        tmp = out / ".sae.tmp"
+        prepared.sae.save_model(str(tmp))
+        _replace_dir(tmp, out / "sae")
+        config.update(sae=str((out / "sae").resolve()), sae_id=None, sae_loader=None)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    import shutil
+
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, overwrite: bool = False, progress: bool = True,
+                 require_matches: bool = True, _interrupt_after=None, **kwargs):
+    """Run ``compute_reason_score`` checkpointing into ``out_dir`` (rerunning the same run resumes;
+    a checkpoint or finished run of a different job there is refused unless ``overwrite``), then
+    write the outputs; returns the result. In-memory rows (and an SAE with no path) are saved next to
+    the run so ``--scores out_dir`` can reopen it. Bad input raises before anything is written."""
     out = Path(out_dir)
-    if kwargs.get("checkpoint") is None:
-        kwargs["checkpoint"] = out / "checkpoint.safetensors"
-    result = compute_reason_score(model, sae, data, **kwargs)
+    _check_out(out)
+    checkpoint = Path(kwargs.pop("checkpoint", None) or out / "checkpoint.safetensors")
+    prepared = PreparedRun(model, sae, data, **kwargs)
+    if overwrite:
+        checkpoint.unlink(missing_ok=True)
+    elif (out / "run_config.json").is_file() and not checkpoint.is_file():
+        previous = json.loads((out / "run_config.json").read_text())
+        prepared.check_against(previous, f"the finished run in {str(out)!r}", "choose another --out or pass --overwrite")
+    result = prepared.run(checkpoint, progress, require_matches, _interrupt_after)
+    save_inputs(prepared, out)
+    result.config = dict(prepared.config)
     write_outputs(result, out, top_k)
-    Path(kwargs["checkpoint"]).unlink(missing_ok=True)  # finished: a rerun starts afresh
+    checkpoint.unlink(missing_ok=True)  # finished: a rerun starts afresh
     return result
 
 
@@ -451,11 +600,18 @@ def merge_shards(shard_dirs, out_dir=None, *, top_k: int = 20, alpha: float | No
 
     if not shard_dirs:
         raise ValueError("no shard directories given to merge")
+    from sae_lens_ext.run_identity import differences
+
     stats = [rsm.ReasonStats.load(Path(d) / "stats.safetensors") for d in shard_dirs]
     configs = [json.loads((Path(d) / "run_config.json").read_text()) for d in shard_dirs]
-    jobs = {c["job"] for c in configs}
-    if len(jobs) != 1:
-        raise ValueError(f"shards come from different jobs {sorted(jobs)}: {[str(d) for d in shard_dirs]}")
+    for d, c in zip(shard_dirs, configs):
+        if "identity" not in c:
+            raise ValueError(f"shard {str(d)!r} predates run identities (its run_config.json has no 'identity'); rescore it")
+    for d, c in zip(shard_dirs[1:], configs[1:]):
+        diff = differences(configs[0]["identity"], c["identity"])
+        if diff:
+            raise ValueError(f"shards {str(shard_dirs[0])!r} and {str(d)!r} come from different runs ({'; '.join(diff)}); "
+                             f"only the shard index may differ")
     have, want = sorted(c["chunk_index"] for c in configs), list(range(configs[0]["num_chunks"]))
     if have != want:
         raise ValueError(f"shard chunk indices {have} do not cover 0..{want[-1]} exactly once")

@@ -167,7 +167,8 @@ def test_sparsify_sae_through_the_loader_plugin(llama_dir, hf_model, tokenizer, 
     assert auto.config["hook"] == "blocks.2.hook_resid_post" and auto.d_sae == 64
     assert torch.equal(auto.scores, explicit.scores) and auto.stats.count_pos > 0
     mlp = rs.compute_reason_score(str(llama_dir), str(tmp_path), tokens, sae_id="layers.1.mlp", **common)
-    assert mlp.config["hook"] == "blocks.1.hook_mlp_out" and mlp.config["model"].startswith("TransformerBridge")
+    assert mlp.config["hook"] == "blocks.1.hook_mlp_out" and mlp.config["model"] == str(llama_dir) \
+        and mlp.config["model_class"] == "TransformerBridge"
     assert torch.isfinite(mlp.scores).all() and mlp.mu_pos.abs().sum() > 0
 
 
@@ -206,6 +207,7 @@ def test_cli_end_to_end_and_merge(llama_dir, sae_dirs, text_dataset_dir, tmp_pat
     merged = load_file(tmp_path / "m" / "scores.safetensors")
     assert torch.allclose(merged["scores"], t["scores"], rtol=1e-10, atol=1e-15)
 
-    with pytest.raises(ValueError, match="feature index 999 is out of range"):
-        main(base + ["--out", str(tmp_path / "bad"), "--explain", "999"])
+    assert main(base + ["--out", str(tmp_path / "bad"), "--explain", "999"]) == 2
+    assert "feature index 999 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     assert not (tmp_path / "bad").exists()

@@ -1,5 +1,6 @@
 """``reason-sae steer``: one prompt, baseline vs steered, through the real vLLM engine (greedy by
-default), side by side or as one JSON object."""
+default), side by side or as one JSON object. The spec is validated against the SAE and the
+model's config (``preflight``) before the engine starts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import shutil
 import textwrap
 
+from reason_plugins.cli_args import finite_float, int_at_least
 from reason_plugins.spec import MODES, METHODS
 
 
@@ -15,17 +17,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sae", required=True, help="SAE release or local dir")
     parser.add_argument("--sae-id", default=None)
     parser.add_argument("--hook", default=None, help="blocks.L.hook_resid_post (default: the SAE's own hook)")
-    parser.add_argument("--feature", type=int, required=True, action="append", help="feature index (repeatable)")
-    parser.add_argument("--value", type=float, required=True, action="append", help="edit value (one per --feature, or one for all)")
+    parser.add_argument("--feature", type=int_at_least(0), required=True, action="append", help="feature index (repeatable)")
+    parser.add_argument("--value", type=finite_float(), required=True, action="append", help="edit value (one per --feature, or one for all)")
     parser.add_argument("--mode", choices=MODES, default="set")
     parser.add_argument("--method", choices=METHODS, default=None, help="default: delta, or reconstruct for TopK SAEs")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--raw", action="store_true", help="do not apply the model's chat template to the prompt")
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="default 0: greedy")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=256)
+    parser.add_argument("--temperature", type=finite_float(0), default=0.0, help="default 0: greedy")
     parser.add_argument("--decode-only", action="store_true", help="leave the prompt's tokens unsteered")
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--force-hook", action="store_true", help="allow --hook to differ from the hook the SAE was trained on")
 
 
 def run(args) -> int:
@@ -33,19 +36,26 @@ def run(args) -> int:
 
     # vLLM logs to stdout by default; keep stdout for our output (`--json | jq` must work)
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    from vllm import SamplingParams
-
     from reason_plugins.spec import parse_spec
-    from reason_plugins.saes import default_method, sae_hook, sae_shape
-    from vllm_patches.llm import SteeredLLM
+    from vllm_patches.preflight import preflight, sae_info
 
     if len(args.value) not in (1, len(args.feature)):
-        raise SystemExit(f"give one --value for all features or one per --feature ({len(args.feature)})")
+        raise SystemExit(f"give one --value for all features or one per --feature ({len(args.feature)}), got {len(args.value)}")
+    if not args.prompt.strip():
+        raise SystemExit("--prompt is empty (expected a prompt text)")
     values = args.value * len(args.feature) if len(args.value) == 1 else args.value
-    hook = args.hook or sae_hook(args.sae, args.sae_id)
-    method = args.method or default_method(sae_shape(args.sae, args.sae_id))
+    from reason_plugins.saes import default_method
+
+    info = sae_info(args.sae, args.sae_id)
+    hook = args.hook or info["hook"]
+    method = args.method or default_method(info)
     spec = parse_spec({"sae": args.sae, "sae_id": args.sae_id, "hook": hook, "method": method, "decode_only": args.decode_only,
                        "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)]}).to_dict()
+    preflight(args.model, [spec], force_hook=args.force_hook)  # before the engine: a refusal costs seconds, not a start-up
+    from vllm import SamplingParams
+
+    from vllm_patches.llm import SteeredLLM
+
     llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager)
     prompt = args.prompt if args.raw else llm.chat_prompts([args.prompt])[0]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=0)

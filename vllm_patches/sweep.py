@@ -10,6 +10,7 @@ reports it applied) and ``sweep.png``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from reason_plugins.figures import pyplot
@@ -50,12 +51,12 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sae_id=None, mode: str = "set", method=None,
               max_tokens: int = 64, temperature: float = 0.0, eager: bool = True, chat_template: bool = True,
-              vocabulary="paper", max_model_len: int | None = None, llm=None, **llm_kwargs) -> dict:
+              vocabulary="paper", max_model_len: int | None = None, llm=None, force_hook: bool = False, **llm_kwargs) -> dict:
     """Run the sweep and write ``sweep.json`` / ``sweep.png`` under ``out_dir``; returns
     ``{"json", "png", "summary", "outputs"}``. ``llm``: an existing ``SteeredLLM`` configured with this
-    SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start)."""
-    from vllm import SamplingParams
-
+    SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start). The
+    specs are validated against the SAE and the model's config first (``vllm_patches.preflight``;
+    ``force_hook`` allows a hook other than the SAE's own)."""
     from reason_plugins.saes import default_method, sae_shape
     from reason_plugins.figures import write_figure_atomic
     from reason_plugins.vocabulary import count_reasoning_words
@@ -67,6 +68,12 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
         raise ValueError("a sweep needs at least one prompt")
     method = method or default_method(shape)
     requests = sweep_requests(feature, values, prompts, sae=str(sae_dir), hook=hook, sae_id=sae_id, mode=mode, method=method)
+    from vllm_patches.preflight import preflight
+
+    for spec in {json.dumps(s, sort_keys=True): s for _, _, s in requests if s is not None}.values():
+        preflight(str(model_dir), [spec], force_hook=force_hook)  # each distinct request's spec, before the engine
+    from vllm import SamplingParams
+
     if llm is None:
         from vllm_patches.llm import SteeredLLM
 

@@ -2,13 +2,29 @@
 
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; the table below
 names the modules, which are imported only when their subcommand runs (``--help`` stays fast).
+
+Errors: a user error (bad option value, missing file, a refusal our code raises with a message)
+exits 2 with one line ``reason-sae <cmd>: error: <what> (<expected>)`` and no traceback; anything
+else (an internal bug) keeps its traceback. ``--debug`` (anywhere on the line) or
+``REASON_SAE_DEBUG=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+from pathlib import Path
+
+DEBUG_ENV = "REASON_SAE_DEBUG"
+# exception types our own code raises to refuse bad input (raised from a frame outside these
+# packages, e.g. deep inside numpy, they are bugs and keep their traceback)
+_REFUSALS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+             PermissionError)
+_OUR_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / p) + os.sep
+                      for p in ("reason_plugins", "sae_lens_ext", "vllm_patches", "lm_eval_tasks"))
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -27,13 +43,21 @@ SUBCOMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command (``reason-sae score: error: ...``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     # Only the chosen subcommand's module is imported to define its arguments (--help stays fast).
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reason-sae",
         description="Find, inspect and steer the SAE features that drive reasoning in reasoning LLMs.",
     )
+    parser.add_argument("--debug", action="store_true", help=f"show tracebacks of user errors (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text.replace("%", "%%"), description=help_text)  # argparse %-formats help
@@ -43,10 +67,57 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """A refusal of bad input (one line, exit 2) rather than a bug (traceback)."""
+    from reason_plugins.cli_args import UserError
+    from reason_plugins.manager import UnknownNameError
+
+    if isinstance(exc, (UserError, UnknownNameError)):  # an unknown plugin name (vocabulary, loader, ...) too
+        return True
+    if not isinstance(exc, _REFUSALS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OUR_PACKAGES)
+
+
+def error_line(command: str, exc: BaseException | str) -> str:
+    """``reason-sae <cmd>: error: <message>`` on one line (KeyError's repr quotes dropped)."""
+    if isinstance(exc, LookupError) and len(exc.args) == 1:
+        exc = str(exc.args[0])
+    text = " ".join(str(exc).split())
+    prefix = f"reason-sae {command}:"
+    text = text[len(prefix):].strip() if text.startswith(prefix) else text
+    return f"{prefix} error: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
     args = build_parser(argv).parse_args(argv)
-    return importlib.import_module(args._module).run(args) or 0
+    try:
+        return importlib.import_module(args._module).run(args) or 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # a subcommand's own refusal: same one-line form
+            if debug:
+                traceback.print_exc()
+            print(error_line(args.command, exc.code), file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"reason-sae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(error_line(args.command, exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Argument checks shared by every ``reason-sae`` subcommand, run before any model, SAE, data or
+engine is touched: argparse ``type=`` functions for numeric bounds (the parser names the option,
+the value and what was expected), and path checks for outputs and inputs.
+
+``UserError`` marks a refusal caused by what the user asked for; ``reason_plugins.app.cli`` prints it as
+one line and exits 2 (a traceback only with ``--debug``). Host-free: imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+
+class UserError(ValueError):
+    """Bad input from the user: shown as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- numbers
+def int_at_least(low: int, high: int | None = None):
+    """argparse type: an int ``>= low`` (and ``<= high``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"in {low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {text!r}")
+        return value
+    parse.__name__ = f"int>={low}"
+    return parse
+
+
+def finite_float(low: float | None = None, *, strict: bool = False, high: float | None = None):
+    """argparse type: a finite float, ``> low`` (``strict``) or ``>= low``, and ``<= high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        ok = value is not None and math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if strict else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            parts = ["a finite number"]
+            if low is not None and high is not None:
+                parts.append(f"in {'(' if strict else '['}{low:g}, {high:g}]")
+            elif low is not None:
+                parts.append(f"{'>' if strict else '>='} {low:g}")
+            elif high is not None:
+                parts.append(f"<= {high:g}")
+            raise argparse.ArgumentTypeError(f"expected {' '.join(parts)}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: comma-separated finite numbers, at least one."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, e.g. 0,2,4,8, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------- paths
+def check_out_dir(path, option: str = "--out") -> Path:
+    """An output directory that can be created or written: not an existing file, and its nearest
+    existing ancestor writable. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is an existing file (expected a directory to write into)")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{option} {str(path)!r}: {str(probe)!r} is a file, so the directory cannot be created")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {str(path)!r} is not writable ({str(probe)!r} denies writing)")
+    return path
+
+
+def check_out_file(path, option: str = "--out") -> Path:
+    """An output file: not an existing directory, and its directory creatable/writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {str(path)!r} is a directory (expected a file path)")
+    check_out_dir(path.parent if str(path.parent) else Path("."), option)
+    return path
+
+
+def looks_local(ref: str) -> bool:
+    """True when ``ref`` can only mean a local path (not a hub ``org/name``)."""
+    text = str(ref)
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith((".json", ".jsonl", ".parquet"))
+
+
+def check_ref(ref, option: str, what: str) -> str:
+    """A model / SAE / dataset reference: a path that exists, or something that can only be a hub name."""
+    if ref is None:
+        return ref
+    text = str(ref)
+    if not text.strip():
+        raise UserError(f"{option} is empty (expected a local {what} or a hub name ORG/NAME)")
+    if not Path(text).expanduser().exists() and looks_local(text):
+        raise UserError(f"{option} {text!r} does not exist (expected a local {what} or a hub name ORG/NAME)")
+    return text
+
+
+def check_file(path, option: str, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise UserError(f"{option} {str(path)!r} {state} (expected an existing {what})")
+    if path.stat().st_size == 0:
+        raise UserError(f"{option} {str(path)!r} is empty (expected a non-empty {what})")
+    return path

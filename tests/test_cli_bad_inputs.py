@@ -1,0 +1,252 @@
+"""The bad-input table: every case a new user hit (issue 13) plus each ``--help``-documented bound.
+
+Each row runs ``reason-sae`` in-process and asserts: exit code 2, a single stderr line
+``reason-sae <cmd>: error: ...`` naming the bad value, no traceback, nothing written (the output
+dir is left exactly as it was), and — for rows marked so — no model load and no vLLM engine start
+(both are patched to fail loudly). A few rows run as real subprocesses for the console script's
+exit code, ``--debug`` and ``REASON_SAE_DEBUG``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reason_plugins.app.cli import main
+from tests.conftest import FIXTURE_HOOK
+from tests.test_contexts import scored_data, scored_run  # noqa: F401  (shared session fixtures)
+
+SCRIPT = Path(sys.executable).parent / "reason-sae"
+
+
+class StartedWork(BaseException):
+    """Raised by the patched model loader / engine: the refusal came too late."""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, llama_dir, sae_dirs, tokenizer_dir, scored_run, scored_data):  # noqa: F811
+    """Paths every row may name: an existing file, empty / truncated inputs, a narrow SAE."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    root = tmp_path_factory.mktemp("bad_inputs")
+    (root / "a_file").write_text("x")
+    (root / "empty.jsonl").write_text("")
+    (root / "blank.jsonl").write_text("\n\n")
+    (root / "rows.jsonl").write_text('{"text": "x"}\n')
+    truncated = root / "truncated_sae"
+    truncated.mkdir()
+    cfg = (Path(sae_dirs["standard"]) / "cfg.json").read_text()
+    (truncated / "cfg.json").write_text(cfg[: len(cfg) // 2])
+    narrow = StandardSAE(StandardSAEConfig(d_in=64, d_sae=32))
+    narrow.cfg.metadata.hook_name = FIXTURE_HOOK
+    narrow.save_model(str(root / "narrow_sae"))
+    import datasets
+
+    datasets.Dataset.from_dict({"text": []}).save_to_disk(str(root / "empty_ds"))
+    return {"root": root, "model": str(llama_dir), "sae": str(sae_dirs["standard"]), "tok": str(tokenizer_dir),
+            "run": str(scored_run), "data": str(scored_data), "file": str(root / "a_file"), "jsonl": str(root / "rows.jsonl"), "out": str(root / "out")}
+
+
+def S(e):  # a score command up to its options
+    return ["score", "--model", e["model"], "--sae", e["sae"], "--dataset", e["data"], "--no-progress"]
+
+
+# (case id, argv builder, text the one-line message must contain, may load the model first)
+CASES = [
+    # ---- score: the issue's cases
+    ("score alpha -1", lambda e: S(e) + ["--alpha", "-1", "--out", e["out"]], "--alpha: expected a finite number > 0, got '-1'", False),
+    ("score alpha nan", lambda e: S(e) + ["--alpha", "nan", "--out", e["out"]], "got 'nan'", False),
+    ("score alpha inf", lambda e: S(e) + ["--alpha", "inf", "--out", e["out"]], "got 'inf'", False),
+    ("score --out is a file", lambda e: S(e) + ["--out", e["file"]], "is an existing file", False),
+    ("score --out under a file", lambda e: S(e) + ["--out", e["file"] + "/sub"], "is a file, so the directory cannot be created", False),
+    ("score missing model dir", lambda e: ["score", "--model", "/nonexistent/model", "--sae", e["sae"], "--out", e["out"]],
+     "--model '/nonexistent/model' does not exist", False),
+    ("score missing sae dir", lambda e: ["score", "--model", e["model"], "--sae", "./no_such_sae", "--out", e["out"]],
+     "--sae './no_such_sae' does not exist", False),
+    ("score truncated SAE cfg.json", lambda e: ["score", "--model", e["model"], "--sae", str(e["root"] / "truncated_sae"),
+                                                "--out", e["out"]], "truncated_sae/cfg.json' is not valid JSON", False),
+    ("score empty dataset file", lambda e: S(e)[:5] + ["--dataset", str(e["root"] / "empty.jsonl"), "--out", e["out"]],
+     "empty.jsonl' is empty", False),
+    ("score missing dataset file", lambda e: S(e)[:5] + ["--dataset", str(e["root"] / "nope.jsonl"), "--out", e["out"]],
+     "nope.jsonl' does not exist", False),
+    ("score empty saved dataset", lambda e: S(e)[:5] + ["--dataset", str(e["root"] / "empty_ds"), "--out", e["out"]],
+     "empty_ds", False),
+    ("score batch-size 0", lambda e: S(e) + ["--batch-size", "0", "--out", e["out"]], "--batch-size: expected an integer >= 1, got '0'", False),
+    ("score n-samples 0", lambda e: S(e) + ["--n-samples", "0", "--out", e["out"]], "--n-samples: expected an integer >= 1, got '0'", False),
+    ("score seed -1", lambda e: S(e) + ["--seed", "-1", "--out", e["out"]], "--seed: expected an integer >= 0, got '-1'", False),
+    ("score top-k 0", lambda e: S(e) + ["--top-k", "0", "--out", e["out"]], "--top-k: expected an integer >= 1, got '0'", False),
+    ("score checkpoint-every 0", lambda e: S(e) + ["--checkpoint-every", "0", "--out", e["out"]], "got '0'", False),
+    ("score feature-chunk-size 0", lambda e: S(e) + ["--feature-chunk-size", "0", "--out", e["out"]], "got '0'", False),
+    ("score context-size 1", lambda e: S(e) + ["--context-size", "1", "--out", e["out"]], "expected an integer >= 2, got '1'", False),
+    ("score num-chunks 0", lambda e: S(e) + ["--num-chunks", "0", "--out", e["out"]], "--num-chunks: expected an integer >= 1", False),
+    ("score chunk-index >= num-chunks", lambda e: S(e) + ["--num-chunks", "2", "--chunk-index", "2", "--out", e["out"]],
+     "--chunk-index 2 is out of range (expected 0..1", False),
+    ("score expand-range 1", lambda e: S(e) + ["--expand-range", "1", "--out", e["out"]], "expected LEFT,RIGHT", False),
+    ("score expand-range -1,2", lambda e: S(e) + ["--expand-range=-1,2", "--out", e["out"]], "got '-1,2'", False),
+    ("score explain -1", lambda e: S(e) + ["--out", e["out"], "--explain", "-1"], "--explain: expected an integer >= 0", False),
+    ("score explain >= d_sae", lambda e: S(e) + ["--out", e["out"], "--explain", "999"], "feature index 999 is out of range", False),
+    ("score vocabulary file missing", lambda e: S(e) + ["--vocabulary", "words.json", "--out", e["out"]], "'words.json' does not exist", False),
+    ("score ignore token outside vocab", lambda e: S(e) + ["--ignore-tokens", "99999", "--out", e["out"]], "ignore token 99999", True),
+    ("score merge missing shard", lambda e: ["score", "--merge", str(e["root"] / "shard_x"), "--out", e["out"]], "shard_x", False),
+    ("score without model", lambda e: ["score", "--out", e["out"]], "--model and --sae are required", False),
+    # ---- contexts / control / dashboard / diff
+    ("contexts n 0", lambda e: ["contexts", "--scores", e["run"], "--n", "0", "--out", e["out"]], "--n: expected an integer >= 1, got '0'", False),
+    ("contexts window -3", lambda e: ["contexts", "--scores", e["run"], "--window", "-3", "--out", e["out"]],
+     "--window: expected an integer >= 0, got '-3'", False),
+    ("contexts n-samples 0", lambda e: ["contexts", "--scores", e["run"], "--n-samples", "0", "--out", e["out"]], "got '0'", False),
+    ("contexts top-k 0", lambda e: ["contexts", "--scores", e["run"], "--top-k", "0", "--out", e["out"]], "got '0'", False),
+    ("contexts feature -1", lambda e: ["contexts", "--scores", e["run"], "--features", "-1", "--out", e["out"]], "got '-1'", False),
+    ("contexts feature >= d_sae", lambda e: ["contexts", "--scores", e["run"], "--features", "999", "--out", e["out"]],
+     "--features 999 is out of range", False),
+    ("contexts scores not a run", lambda e: ["contexts", "--scores", str(e["root"]), "--out", e["out"]], "run_config.json' does not exist", False),
+    ("contexts --out is a file", lambda e: ["contexts", "--scores", e["run"], "--out", e["file"]], "is an existing file", False),
+    ("contexts without --scores", lambda e: ["contexts", "--out", e["out"]], "without --scores", False),
+    ("control holdout-every 1", lambda e: ["control", "--scores", e["run"], "--holdout-every", "1", "--out", e["out"]], "got '1'", False),
+    ("control n-contexts 0", lambda e: ["control", "--scores", e["run"], "--n-contexts", "0", "--out", e["out"]], "got '0'", False),
+    ("dashboard per-file 0", lambda e: ["dashboard", "--scores", e["run"], "--per-file", "0", "--out", e["out"]], "got '0'", False),
+    ("diff ratio 1", lambda e: ["diff", "--scores", e["run"], "--ratio", "1", "--out", e["out"]], "--ratio: expected a finite number > 1", False),
+    ("diff min-freq 2", lambda e: ["diff", "--scores", e["run"], "--min-freq", "2", "--out", e["out"]], "--min-freq: expected a finite number in [0, 1], got '2'", False),
+    # ---- data
+    ("data empty openthoughts file", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts",
+                                                str(e["root"] / "empty.jsonl")], "empty.jsonl' is empty", False),
+    ("data openthoughts file with no records", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts",
+                                                          str(e["root"] / "blank.jsonl")], "blank.jsonl' has no records", False),
+    ("data missing lmsys file", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--lmsys", "nope.parquet"],
+     "'nope.parquet' does not exist", False),
+    ("data no inputs", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"]], "give at least one", False),
+    ("data context-size 1", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--context-size", "1"], "got '1'", False),
+    ("data scoring-samples -1", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--scoring-samples", "-1"], "got '-1'", False),
+    ("data max-tokens < context", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts", e["jsonl"],
+                                             "--max-tokens", "10"], "--max-tokens 10 is smaller than one row", False),
+    ("data bad ratio", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts", e["jsonl"],
+                                  "--ratio", "foo=1"], "bad ratio 'foo=1'", False),
+    ("data not a data file", lambda e: ["data", "--tokenizer", e["tok"], "--out", e["out"], "--openthoughts", e["file"]],
+     "a_file' is not a .json/.jsonl/.parquet file", False),
+    ("data missing tokenizer dir", lambda e: ["data", "--tokenizer", "/no/tokenizer", "--out", e["out"], "--openthoughts", e["jsonl"]],
+     "--tokenizer '/no/tokenizer' does not exist", False),
+    # ---- steer / sweep: refused before the engine starts
+    ("steer feature >= d_sae", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "999", "--value", "3",
+                                          "--prompt", "hi"], "feature index 999 is out of range", False),
+    ("steer hook past last layer", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--hook", "blocks.9.hook_resid_post",
+                                              "--feature", "1", "--value", "3", "--prompt", "hi"], "blocks.9.hook_resid_post' is past", False),
+    ("steer SAE at another hook", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--hook", "blocks.0.hook_resid_post",
+                                             "--feature", "1", "--value", "3", "--prompt", "hi"], "--force-hook", False),
+    ("steer SAE d_in != model width", lambda e: ["steer", "--model", e["model"], "--sae", str(e["root"] / "narrow_sae"), "--feature", "1",
+                                                 "--value", "3", "--prompt", "hi"], "d_in=64 but model", False),
+    ("steer value nan", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--value", "nan",
+                                   "--prompt", "hi"], "--value: expected a finite number, got 'nan'", False),
+    ("steer feature -1", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "-1", "--value", "3",
+                                    "--prompt", "hi"], "got '-1'", False),
+    ("steer max-tokens 0", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--value", "3",
+                                      "--prompt", "hi", "--max-tokens", "0"], "got '0'", False),
+    ("steer temperature -1", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--value", "3",
+                                        "--prompt", "hi", "--temperature", "-1"], ">= 0, got '-1'", False),
+    ("steer missing model dir", lambda e: ["steer", "--model", "/no/model", "--sae", e["sae"], "--feature", "1", "--value", "3",
+                                           "--prompt", "hi"], "'/no/model' does not exist", False),
+    ("steer two values for three features", lambda e: ["steer", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--feature", "2",
+                                                       "--feature", "3", "--value", "1", "--value", "2", "--prompt", "hi"], "got 2", False),
+    ("sweep values not numbers", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "a,b",
+                                            "--out", e["out"]], "got 'a,b'", False),
+    ("sweep values nan", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,nan",
+                                    "--out", e["out"]], "got '0,nan'", False),
+    ("sweep feature >= d_sae", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "999", "--values", "0,2",
+                                          "--out", e["out"]], "feature index 999 is out of range", False),
+    ("sweep hook past last layer", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--hook", "blocks.9.hook_resid_post",
+                                              "--feature", "1", "--values", "0,2", "--out", e["out"], "--force-hook"], "is past the model's last layer", False),
+    ("sweep --out is a file", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,2",
+                                         "--out", e["file"]], "is an existing file", False),
+    ("sweep max-tokens 0", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,2",
+                                      "--out", e["out"], "--max-tokens", "0"], "got '0'", False),
+    # ---- compare
+    ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
+    ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, env, capsys, monkeypatch):
+    name, argv_of, expected, may_load = case
+    argv = [str(a) for a in argv_of(env)]
+    if not may_load:
+        def started(*a, **k):
+            raise StartedWork(f"{name}: work started before the refusal")
+
+        import sae_lens_ext.reason_score as rs
+        import vllm_patches.llm as llm
+
+        monkeypatch.setattr(rs, "load_model", started)
+        monkeypatch.setattr(llm.SteeredLLM, "__init__", started)
+    before = _snapshot(env["root"])
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    err = capsys.readouterr().err
+    # libraries' own warnings / progress bars may also reach stderr; ours is the one line starting "reason-sae"
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("reason-sae")]
+    command = argv[0]
+    assert code == 2, (name, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"reason-sae {command}: error: "), err
+    assert expected in lines[0], (expected, lines[0])
+    assert _snapshot(env["root"]) == before, "the refused run wrote or changed files"
+    assert not Path(env["out"]).exists()
+
+
+def test_console_script_exit_code_and_debug_traceback(env):
+    argv = [str(SCRIPT), "score", "--model", env["model"], "--sae", str(env["root"] / "truncated_sae"), "--out", env["out"]]
+    plain = subprocess.run(argv, capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines()[-1].startswith("reason-sae score: error: SAE config")
+    debug = subprocess.run(argv + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    import os
+
+    by_env = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "REASON_SAE_DEBUG": "1"})
+    assert by_env.returncode == 2 and "Traceback" in by_env.stderr
+
+
+def test_internal_bug_keeps_its_traceback(monkeypatch, capsys):
+    """Only refusals become one line: an error raised outside our packages propagates."""
+    import reason_plugins.cli_plugins as cp
+
+    def boom(args):
+        json.loads("{")  # a JSONDecodeError raised inside the json module: a bug, not user input
+
+    monkeypatch.setattr(cp, "run", boom)
+    with pytest.raises(json.JSONDecodeError):
+        main(["plugins"])
+
+
+def test_preflight_accepts_a_good_spec_and_runs_the_front_end_validator(env, sae_dirs):
+    from reason_plugins.spec import SpecError
+    from vllm_patches.preflight import preflight
+
+    good = {"sae": env["sae"], "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 2.0}]}
+    assert [s.edits[0].feature for s in preflight(env["model"], [good])] == [3]
+    topk_delta = {**good, "sae": str(sae_dirs["topk"]), "method": "delta"}  # only the engine front-end knows this rule
+    with pytest.raises(SpecError, match="method 'delta' is not exact"):
+        preflight(env["model"], [topk_delta])
+    assert preflight(env["model"], [{**good, "hook": "blocks.0.hook_resid_post"}], force_hook=True)
+
+
+def test_steered_vllm_refuses_before_the_engine(env, tmp_path, monkeypatch):
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from lm_eval_tasks.steered_vllm import SteeredVLLM
+
+    monkeypatch.setattr(VLLM, "__init__", lambda *a, **k: (_ for _ in ()).throw(StartedWork("engine started")))
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"sae": env["sae"], "hook": "blocks.9.hook_resid_post",
+                                "edits": [{"feature": 1, "mode": "set", "value": 1.0}]}))
+    with pytest.raises(ValueError, match="blocks.9.hook_resid_post' is past the model's last layer"):
+        SteeredVLLM(pretrained=env["model"], steer_path=str(spec))

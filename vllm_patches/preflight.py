@@ -1,0 +1,117 @@
+"""Pre-engine validation: everything a steering request can get wrong about the model and the SAE,
+checked from files before a vLLM engine is started (which takes a minute, and whose start-up
+failure buries the real message under ~100 lines of engine logs).
+
+``preflight(model, specs)`` reads the model's HF ``config.json`` (layers, hidden size), then for
+every spec checks that its hook is inside the model, that the SAE's ``d_in`` equals the model
+width, that the SAE is used at its own hook (refused unless ``force_hook``), and finally runs the
+engine front-end's own validator (``frontend.check_specs``) against the ``SteeringConfig`` the
+engine would get — so a spec that passes here is one the engine accepts. Used by ``reason-sae
+steer``, ``reason-sae sweep`` and lm-eval's ``steered_vllm``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from reason_plugins.cli_args import UserError, looks_local
+from reason_plugins.spec import parse_steering
+
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+
+def model_shape(model: str) -> dict:
+    """``{"num_hidden_layers", "hidden_size"}`` from the model's ``config.json`` (a local dir, or a hub
+    name resolved through transformers' cache); the text config of multimodal models."""
+    path = Path(str(model)).expanduser()
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise UserError(f"model directory {str(model)!r} has no config.json (expected a Hugging Face model folder)")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"model config {str(cfg_file)!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    elif looks_local(str(model)):
+        raise UserError(f"model {str(model)!r} does not exist (expected a local model directory or a hub name ORG/NAME)")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            cfg = AutoConfig.from_pretrained(str(model)).to_dict()
+        except OSError as exc:
+            raise UserError(f"cannot read the config of model {str(model)!r} ({' '.join(str(exc).split())[:200]})") from None
+    cfg = cfg.get("text_config") or cfg
+    missing = [k for k in ("num_hidden_layers", "hidden_size") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise UserError(f"model {str(model)!r}: config.json lacks {missing} (expected a decoder-only LM config)")
+    return {"num_hidden_layers": cfg["num_hidden_layers"], "hidden_size": cfg["hidden_size"]}
+
+
+@lru_cache(maxsize=32)
+def _sae_info(sae: str, sae_id: str | None) -> tuple:
+    return tuple(sorted(_read_sae_info(sae, sae_id).items()))
+
+
+def sae_info(sae: str, sae_id: str | None) -> dict:
+    """``{"d_in", "d_sae", "architecture", "hook"}`` of an SAE (``hook``: the one it was trained on)."""
+    return dict(_sae_info(str(sae), sae_id))
+
+
+def _read_sae_info(sae: str, sae_id: str | None) -> dict:
+    """``{"d_in", "d_sae", "architecture", "hook"}`` of an SAE (``hook``: the one it was trained on)."""
+    from reason_plugins.saes import load_sae, sae_shape
+
+    path = Path(str(sae))
+    if not path.exists() and looks_local(str(sae)):
+        raise UserError(f"SAE {str(sae)!r} does not exist (expected a SAELens SAE directory or a release name)")
+    shape = dict(sae_shape(str(sae), sae_id))
+    cfg_file = path / "cfg.json"
+    if cfg_file.is_file() and not (path / "sae.safetensors").exists():
+        cfg = json.loads(cfg_file.read_text())
+        shape["hook"] = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
+    else:
+        shape["hook"] = load_sae(str(sae), sae_id).cfg.metadata.hook_name
+    return shape
+
+
+def preflight(model: str, specs, *, force_hook: bool = False, max_edits: int = 16) -> list:
+    """Validate steering ``specs`` (dicts / SteeringSpecs / JSON) against ``model`` and their SAEs;
+    returns the parsed specs. Raises a one-line ``UserError`` / ``SpecError`` naming the bad value."""
+    from vllm_patches.config import parse_config
+    from vllm_patches.frontend import check_specs
+
+    parsed = parse_steering(specs)
+    shape = model_shape(model)
+    slots: dict[tuple, dict] = {}
+    infos: dict[tuple, dict] = {}
+    for spec in parsed:
+        m = _HOOK.match(spec.hook)
+        if not m:
+            raise UserError(f"hook {spec.hook!r} is not steerable in vLLM (expected 'blocks.<layer>.hook_resid_post')")
+        layer = int(m.group(1))
+        if layer >= shape["num_hidden_layers"]:
+            raise UserError(f"hook {spec.hook!r} is past the model's last layer (model {str(model)!r} has "
+                            f"{shape['num_hidden_layers']} layers: blocks.0 .. blocks.{shape['num_hidden_layers'] - 1})")
+        if (spec.sae, spec.sae_id) not in infos:
+            infos[(spec.sae, spec.sae_id)] = sae_info(spec.sae, spec.sae_id)
+        info = infos[(spec.sae, spec.sae_id)]
+        if int(info["d_in"]) != shape["hidden_size"]:
+            raise UserError(f"SAE {spec.sae!r} has d_in={info['d_in']} but model {str(model)!r} has hidden_size="
+                            f"{shape['hidden_size']} (expected an SAE trained on this model)")
+        if info["hook"] and info["hook"] != spec.hook and not force_hook:
+            raise UserError(f"SAE {spec.sae!r} was trained on {info['hook']!r}, not {spec.hook!r} (use its own hook, "
+                            f"or --force-hook to steer at another layer anyway)")
+        for edit in spec.edits:
+            if not 0 <= edit.feature < int(info["d_sae"]):
+                raise UserError(f"feature index {edit.feature} is out of range: SAE {spec.sae!r} has d_sae={info['d_sae']} "
+                                f"(expected 0..{int(info['d_sae']) - 1})")
+        slot = slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
+        if spec.method == "reconstruct":
+            slot["reconstruct"] = True
+    if parsed:
+        check_specs([s.to_dict() for s in parsed], parse_config({"saes": list(slots.values()), "max_edits": int(max_edits)}))
+    return parsed
