@@ -20,17 +20,18 @@ def _read_cfg(path: Path) -> dict:
                          f"expected the cfg.json SAELens's save_model writes") from None
 
 
+SOURCE_ATTR = "_reason_source"  # set by load_sae on what it loads: {"sae", "sae_id", "loader"}
+
+
 def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | None = None):
     """An SAELens SAE (eval mode). ``loader`` names a registered ``sae_loader`` plugin; a folder
     holding sparsify's ``sae.safetensors`` picks the "sparsify" loader by itself. What it loads
-    remembers where it came from (``run_identity.source_of``), so a run can record how to reopen it."""
+    remembers where it came from (``SOURCE_ATTR``; ``source_of``), so a run can record how to reopen it."""
     from sae_lens import SAE
 
     if isinstance(sae, SAE):
         return sae
     loaded = _load(sae, sae_id, device, loader)
-    from sae_lens_ext.run_identity import SOURCE_ATTR
-
     ref = str(Path(str(sae)).resolve()) if Path(str(sae)).exists() else str(sae)
     object.__setattr__(loaded, SOURCE_ATTR, {"sae": ref, "sae_id": sae_id, "loader": loader})
     return loaded
@@ -80,3 +81,8 @@ def default_method(shape: dict) -> str:
     from reason_plugins.steering import DELTA_ARCHITECTURES
 
     return "delta" if shape["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
+
+
+def source_of(sae) -> dict | None:
+    """Where ``load_sae`` loaded ``sae`` from (``{"sae", "sae_id", "loader"}``), or None."""
+    return getattr(sae, SOURCE_ATTR, None)

@@ -13,8 +13,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from reason_plugins.saes import source_of  # noqa: F401  (re-exported: where load_sae loaded an SAE from)
+
 BIG_FILE = 256 << 20  # files larger than this are fingerprinted by size + head + tail (not read whole)
-SOURCE_ATTR = "_reason_source"  # set by loading.load_sae on what it loads: {"sae", "sae_id", "loader"}
 
 
 def _tensor_bytes(t):
@@ -109,7 +110,3 @@ def differences(a: dict, b: dict, skip=()) -> list[str]:
         out.append(f"{key}: {short(va)} != {short(vb)}")
     return out
 
-
-def source_of(sae) -> dict | None:
-    """How ``loading.load_sae`` loaded this SAE (path or release, sae_id, loader), if it did."""
-    return getattr(sae, SOURCE_ATTR, None)
