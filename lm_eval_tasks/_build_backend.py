@@ -19,7 +19,9 @@ from pathlib import Path
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (every other PEP 517 hook, unchanged)
 
-PTH_FILES = (Path(__file__).with_name("reason_plugins_lm_eval.pth"),)
+PTH_FILES = (Path(__file__).with_name("reason_plugins_lm_eval.pth"),
+             # `vllm serve` on the CPU build: importlib.metadata finds "vllm" (vllm_patches/dist_alias.py)
+             Path(__file__).parent.parent / "vllm_patches" / "reason_plugins_vllm.pth")
 
 
 def _add_to_wheel(wheel_path: Path, files=PTH_FILES) -> None:

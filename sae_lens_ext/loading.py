@@ -32,12 +32,15 @@ def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | 
 
 
 def sae_shape(sae: str, sae_id: str | None = None) -> dict:
-    """``{"d_in", "d_sae", "architecture"}`` of an SAE, from a SAELens ``cfg.json`` when there is one."""
+    """``{"d_in", "d_sae", "architecture", "normalize_activations"}`` of an SAE, from a SAELens
+    ``cfg.json`` when there is one (the normalisation as the loaded SAE will run it)."""
     path = Path(sae) / "cfg.json"
     if path.is_file() and not (Path(sae) / "sae.safetensors").exists():
         cfg = json.loads(path.read_text())
-        return {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "architecture": cfg.get("architecture", "standard")}
-    from reason_plugins.steering import sae_architecture
+        return {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "architecture": cfg.get("architecture", "standard"),
+                "normalize_activations": cfg.get("normalize_activations") or "none"}
+    from reason_plugins.steering import sae_architecture, sae_normalisation
 
     loaded = load_sae(sae, sae_id)
-    return {"d_in": loaded.cfg.d_in, "d_sae": loaded.cfg.d_sae, "architecture": sae_architecture(loaded)}
+    return {"d_in": loaded.cfg.d_in, "d_sae": loaded.cfg.d_sae, "architecture": sae_architecture(loaded),
+            "normalize_activations": sae_normalisation(loaded)}

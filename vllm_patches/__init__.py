@@ -8,8 +8,11 @@ load (``patching.py``):
   capture, install the steering ops on the configured decoder layers (``runtime.py``, ``op.py``);
 - model runner ``_update_states`` / ``_prepare_inputs``: per step, write which edits apply to
   which token rows, and close the books of finished requests;
-- ``InputProcessor.process_inputs``: validate each request's spec and salt its prefix cache
-  (``frontend.py``);
+- ``InputProcessor.process_inputs``: validate each request's spec (``frontend.check_specs``, the
+  one validator), refuse a bad one as a client error (HTTP 400 on the server) and salt its prefix
+  cache (``frontend.py``);
+- ``Scheduler``: steering slots are admitted like LoRA adapters under ``max_loras``; requests the
+  worker could not steer are finished with an error (``admission.py``);
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
 - workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request).
@@ -32,6 +35,13 @@ def register() -> None:
     when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
     when_imported("vllm.v1.worker.worker_base", _patch_worker)
     when_imported("vllm.config.vllm", _patch_config)
+    when_imported("vllm.v1.core.sched.scheduler", _patch_scheduler)
+
+
+def _patch_scheduler(module) -> None:
+    from vllm_patches.admission import install
+
+    install(module)
 
 
 def _patch_runner(module) -> None:
@@ -87,7 +97,7 @@ def _patch_input_processor(module) -> None:
 
             if not hasattr(self, "_reason_steering_config"):  # parsed once per processor, not per request
                 self._reason_steering_config = config_from(self.vllm_config)
-            salt = prepare_request(params, self._reason_steering_config)
+            salt = prepare_request(params, self._reason_steering_config)  # raises SteeringRequestError
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if salt is not None:
                 request.cache_salt = f"{request.cache_salt}|{salt}" if request.cache_salt else salt

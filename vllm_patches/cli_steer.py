@@ -42,7 +42,7 @@ def run(args) -> int:
     from vllm import SamplingParams
 
     from reason_plugins.spec import parse_spec
-    from reason_plugins.steering import DELTA_ARCHITECTURES
+    from reason_plugins.steering import needs_full_sae
     from sae_lens_ext.loading import sae_shape
     from vllm_patches.llm import SteeredLLM
 
@@ -50,7 +50,8 @@ def run(args) -> int:
         raise SystemExit(f"give one --value for all features or one per --feature ({len(args.feature)})")
     values = args.value * len(args.feature) if len(args.value) == 1 else args.value
     hook = args.hook or sae_hook(args.sae, args.sae_id)
-    method = args.method or ("delta" if sae_shape(args.sae, args.sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct")
+    shape = sae_shape(args.sae, args.sae_id)
+    method = args.method or ("reconstruct" if needs_full_sae(shape["architecture"], shape["normalize_activations"]) else "delta")
     spec = parse_spec({"sae": args.sae, "sae_id": args.sae_id, "hook": hook, "method": method, "decode_only": args.decode_only,
                        "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)]}).to_dict()
     llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager)
