@@ -15,7 +15,9 @@ load (``patching.py``):
   worker could not steer are finished with an error (``admission.py``);
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
-- workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request).
+- workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request),
+  and ``reason_steering_stats`` (admission counters); ``endpoint.py`` serves the report over HTTP
+  (``vllm.endpoint_plugins``).
 """
 
 from __future__ import annotations
@@ -132,9 +134,15 @@ def _patch_worker(module) -> None:
     def reason_steering_capture(self, hook, num_tokens):
         return self.model_runner.reason_steering.captured(hook, num_tokens)
 
+    def reason_steering_stats(self):
+        from vllm_patches.admission import STATS
+
+        return dict(STATS)  # the scheduler's counters (same process as a single worker)
+
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report
         module.WorkerBase.reason_steering_capture = reason_steering_capture
+        module.WorkerBase.reason_steering_stats = reason_steering_stats
 
 
 def __getattr__(name):

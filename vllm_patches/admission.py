@@ -33,6 +33,9 @@ logger = logging.getLogger("reason_plugins.vllm")
 # request ids the worker could not steer (same process as the scheduler with one worker); the
 # scheduler finishes them with an error at its next output update
 WORKER_FAILED: set[str] = set()
+# counters for tests and operators: steps, preemptions, waiting requests held back for slots,
+# requests finished with an error, most slots in use at one layer
+STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0}
 
 
 def slot_ident(spec, edit) -> tuple[str, tuple]:
@@ -85,6 +88,7 @@ def _config(scheduler):
 
 def _fail(scheduler, request, reason: str) -> None:
     logger.error("reason-steering: request %s finished with an error: %s", request.request_id, reason)
+    STATS["failed"] += 1
     scheduler.grammar_compile_error_reqs.add(request.request_id)  # the scheduler's per-request error path
 
 
@@ -100,6 +104,11 @@ def install(module) -> None:
                 for request in self.running:
                     merge(used, slots_of(request.sampling_params))
                 self._reason_slots_used = used
+                output = original(self, *args, **kwargs)
+                STATS["steps"] += 1
+                STATS["preemptions"] += len(getattr(output, "preempted_req_ids", None) or ())
+                STATS["peak_slots"] = max([STATS["peak_slots"], *map(len, used.values())])
+                return output
             return original(self, *args, **kwargs)
         return wrapper
 
@@ -123,6 +132,7 @@ def install(module) -> None:
                 _fail(self, request, f"needs more than max_slots={config.max_slots} steering slots at one layer")
                 return False
             if not fits(used, needed, config.max_slots):
+                STATS["held_for_slots"] += 1
                 return False  # stays waiting until running requests free their slots
             merge(used, needed)  # counted from here on, even if the token budget then stops it
             return True
@@ -134,6 +144,7 @@ def install(module) -> None:
                 failed = {r for r in WORKER_FAILED if r in self.requests}
                 WORKER_FAILED.difference_update(failed)
                 self.grammar_compile_error_reqs.update(failed)
+                STATS["failed"] += len(failed)
             return original(self, scheduler_output, model_runner_output, *args, **kwargs)
         return wrapper
 
