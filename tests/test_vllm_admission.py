@@ -127,8 +127,6 @@ def test_slots_are_per_layer_and_per_method(scheduler_cls):
 
 
 def test_a_request_that_can_never_fit_or_parse_is_finished_with_an_error(scheduler_cls):
-    from vllm_patches.admission import WORKER_FAILED
-
     sched = scheduler_cls({"saes": [{"sae": "S", "hook": FIXTURE_HOOK}], "max_edits": 2, "max_slots": 2})
     sched.add(_steered("too-big", [0, 1, 2]))  # bypassed the front-end somehow
     broken = _unsteered("broken")
@@ -139,8 +137,9 @@ def test_a_request_that_can_never_fit_or_parse_is_finished_with_an_error(schedul
     assert _ids(sched.running) == ["fine"]
     assert sched.update_from_output(None, None) == {"too-big", "broken"}
     assert not sched.waiting
-    WORKER_FAILED.add("fine")  # the worker could not steer it: the scheduler finishes it
-    assert sched.update_from_output(None, None) == {"fine"} and not sched.running and not WORKER_FAILED
+    # the worker could not steer it and said so with the step's output: the scheduler finishes it
+    assert sched.update_from_output(None, SimpleNamespace(reason_steering_failed=["fine", "gone"])) == {"fine"}
+    assert not sched.running
 
 
 def test_engines_without_steering_are_left_alone(scheduler_cls, monkeypatch):
@@ -175,7 +174,7 @@ def standard(sae_dirs):
 
 def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard, caplog):
     from reason_plugins.steering import steer
-    from vllm_patches.admission import WORKER_FAILED
+    from vllm_patches.admission import FAILED_ATTR, attach_failed
 
     sae_dir, sae = standard
     runtime = _runtime(sae_dir)
@@ -186,15 +185,17 @@ def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(sta
     with caplog.at_level("ERROR", logger="reason_plugins.vllm"):
         hidden, residual, out = _step(runtime, requests, ["bad", "good"], [2, 3])
     assert "request bad cannot be steered" in caplog.text and "out of range" in caplog.text
-    assert WORKER_FAILED == {"bad"}
-    WORKER_FAILED.clear()
+    assert runtime.failed_pending == {"bad"}
+    output = SimpleNamespace(_model_runner_output=SimpleNamespace())  # an async output wraps the real one
+    attach_failed(output, runtime.failed_pending)
+    assert getattr(output._model_runner_output, FAILED_ATTR) == ["bad"] and not runtime.failed_pending
     assert torch.equal(out[0:2], hidden[0:2])  # cleared, not half-steered
     x = hidden + residual
     torch.testing.assert_close(out[2:5], steer(x[2:5], sae, parse_steering(good)[0]) - residual[2:5], rtol=1e-5, atol=1e-5)
     report = runtime.report(["bad", "good"])
     assert "out of range" in report["bad"]["error"] and report["good"]["tokens"] == 3
     hidden, residual, out = _step(runtime, requests, ["bad", "good"], [1, 1])  # later steps: no retry, no crash
-    assert torch.equal(out[0], hidden[0]) and not WORKER_FAILED
+    assert torch.equal(out[0], hidden[0]) and not runtime.failed_pending
 
 
 # -- SAELens normalisations ----------------------------------------------------------------------

@@ -30,7 +30,9 @@ def main(job_path: str, out_path: str) -> None:
     abort_after = {}
     for r in job["requests"]:
         extra = {"steering": r["steering"]} if r.get("steering") is not None else None
-        params = SamplingParams(max_tokens=r["max_tokens"], temperature=0.0, n=r.get("n", 1), extra_args=extra)
+        n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded: a per-request
+        # seed fails in vLLM's CPU runner bookkeeping, GPUModelRunner._bookkeeping_sync, with chunked prefill)
+        params = SamplingParams(max_tokens=r["max_tokens"], n=n, temperature=0.0 if n == 1 else 0.8, extra_args=extra)
         engine.add_request(r["id"], {"prompt_token_ids": r["prompt_token_ids"]}, params)
         if r.get("abort_after"):
             abort_after[r["id"]] = r["abort_after"]

@@ -67,6 +67,9 @@ def _patch_runner(module) -> None:
         def wrapper(self, scheduler_output, *args, **kwargs):
             runtime = getattr(self, "reason_steering", None)
             if runtime is not None:
+                stats = getattr(scheduler_output, "reason_steering_stats", None)
+                if stats is not None:
+                    runtime.scheduler_stats = stats
                 if scheduler_output.finished_req_ids:
                     runtime.finish(scheduler_output.finished_req_ids)
                 runtime.admit(scheduler_output.scheduled_new_reqs)
@@ -83,10 +86,22 @@ def _patch_runner(module) -> None:
             return result
         return wrapper
 
+    def sample_tokens(original):
+        def wrapper(self, *args, **kwargs):
+            output = original(self, *args, **kwargs)
+            runtime = getattr(self, "reason_steering", None)
+            if runtime is not None and runtime.failed_pending:
+                from vllm_patches.admission import attach_failed
+
+                attach_failed(output, runtime.failed_pending)
+            return output
+        return wrapper
+
     wrap_method(cls, "load_model", load_model)
     if cls.__name__ == "GPUModelRunner":
         wrap_method(cls, "_update_states", update_states)
         wrap_method(cls, "_prepare_inputs", prepare_inputs)
+        wrap_method(cls, "sample_tokens", sample_tokens)
 
 
 def _patch_input_processor(module) -> None:
@@ -135,9 +150,8 @@ def _patch_worker(module) -> None:
         return self.model_runner.reason_steering.captured(hook, num_tokens)
 
     def reason_steering_stats(self):
-        from vllm_patches.admission import STATS
-
-        return dict(STATS)  # the scheduler's counters (same process as a single worker)
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
 
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report

@@ -13,9 +13,9 @@ waiting while ``max_loras`` other adapters are in the batch; this module does th
   fit stays waiting; slots of requests that finish, are aborted or preempted leave ``running``
   and so are free at the next step; a preempted request is re-admitted through the same gate;
 - a request whose steering cannot be applied at all (its own slots exceed the catalogue, its spec
-  fails the front-end check, or the worker reported it failed) is finished with an error through
-  the scheduler's own error path (``FINISHED_ERROR``), with a log line naming it; the engine
-  keeps serving everyone else.
+  fails the front-end check, or the worker reported it failed with the step's output,
+  ``FAILED_ATTR``) is finished with an error through the scheduler's own error path
+  (``FINISHED_ERROR``), with a log line naming it; the engine keeps serving everyone else.
 
 Runs in the engine-core process (the scheduler's), installed by ``vllm_patches.register``.
 """
@@ -30,12 +30,26 @@ from reason_plugins.spec import SpecError, parse_steering
 
 logger = logging.getLogger("reason_plugins.vllm")
 
-# request ids the worker could not steer (same process as the scheduler with one worker); the
-# scheduler finishes them with an error at its next output update
-WORKER_FAILED: set[str] = set()
+# Worker -> scheduler: the ids of requests the worker could not steer ride on the step's
+# ModelRunnerOutput under this attribute (it is pickled to the scheduler's process with the rest).
+FAILED_ATTR = "reason_steering_failed"
+# Scheduler -> workers: this process's counters ride on each SchedulerOutput under this attribute,
+# so ``collective_rpc("reason_steering_stats")`` can read them where the workers run.
+STATS_ATTR = "reason_steering_stats"
 # counters for tests and operators: steps, preemptions, waiting requests held back for slots,
 # requests finished with an error, most slots in use at one layer
 STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0}
+
+
+def attach_failed(model_runner_output, pending: set) -> None:
+    """Worker side: hand the ids in ``pending`` to the scheduler with this step's output."""
+    from vllm.v1.outputs import EMPTY_MODEL_RUNNER_OUTPUT
+
+    target = getattr(model_runner_output, "_model_runner_output", model_runner_output)  # async outputs wrap it
+    if not pending or target is None or target is EMPTY_MODEL_RUNNER_OUTPUT:
+        return  # kept for the next step's output
+    setattr(target, FAILED_ATTR, sorted(pending))
+    pending.clear()
 
 
 def slot_ident(spec, edit) -> tuple[str, tuple]:
@@ -108,6 +122,7 @@ def install(module) -> None:
                 STATS["steps"] += 1
                 STATS["preemptions"] += len(getattr(output, "preempted_req_ids", None) or ())
                 STATS["peak_slots"] = max([STATS["peak_slots"], *map(len, used.values())])
+                setattr(output, STATS_ATTR, dict(STATS))
                 return output
             return original(self, *args, **kwargs)
         return wrapper
@@ -140,11 +155,13 @@ def install(module) -> None:
 
     def update_from_output(original):
         def wrapper(self, scheduler_output, model_runner_output, *args, **kwargs):
-            if WORKER_FAILED and _config(self) is not None:
-                failed = {r for r in WORKER_FAILED if r in self.requests}
-                WORKER_FAILED.difference_update(failed)
-                self.grammar_compile_error_reqs.update(failed)
-                STATS["failed"] += len(failed)
+            failed = getattr(model_runner_output, FAILED_ATTR, None)
+            if failed:
+                for req_id in failed:
+                    if req_id in self.requests:
+                        logger.error("reason-steering: request %s finished with an error: the worker could not steer it", req_id)
+                        self.grammar_compile_error_reqs.add(req_id)
+                        STATS["failed"] += 1
             return original(self, scheduler_output, model_runner_output, *args, **kwargs)
         return wrapper
 

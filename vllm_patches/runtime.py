@@ -20,7 +20,7 @@ import torch
 from reason_plugins.hf_hooks import decoder_layers
 from reason_plugins.spec import SpecError, parse_steering, specs_hash
 from reason_plugins.steering import edit_constants, feature_rows, needs_full_sae, row_gates, sae_architecture, sae_normalisation
-from vllm_patches.admission import WORKER_FAILED, slot_ident
+from vllm_patches.admission import slot_ident
 from vllm_patches.config import SteeringConfig
 from vllm_patches.op import SteeringOp
 
@@ -99,6 +99,8 @@ class SteeringRuntime:
         self._last_ids, self._last_counts, self._steady = [], b"", False  # the last step's batch
         self.active: dict[str, dict] = {}
         self.finished: OrderedDict[str, dict] = OrderedDict()
+        self.failed_pending: set[str] = set()  # requests this worker could not steer, not yet told to the scheduler
+        self.scheduler_stats: dict = {}  # the scheduler's admission counters, as of the last step
         logger.info("reason-steering: ops installed at %s",
                     {s.hook: "fused" if self.ops[s.key].fused else "opaque" for s in config.saes})
 
@@ -203,12 +205,12 @@ class SteeringRuntime:
 
     def _fail(self, entry, exc: Exception, host: dict) -> None:
         """Defence in depth: a request the worker cannot steer is finished with an error by the
-        scheduler (``admission.WORKER_FAILED``); its rows are cleared, everyone else runs on."""
+        scheduler (``admission.attach_failed``); its rows are cleared, everyone else runs on."""
         req_id, start, end, _ = entry
         logger.error("reason-steering: request %s cannot be steered, finishing it with an error: %s", req_id, exc)
         for rows in host.values():
             rows[start:end] = 0
-        WORKER_FAILED.add(req_id)
+        self.failed_pending.add(req_id)  # handed to the scheduler with this step's output
         specs, digest = self._specs.pop(req_id)
         rec = self.active.pop(req_id, None) or {}
         self.finished[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
