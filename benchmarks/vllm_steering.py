@@ -156,6 +156,8 @@ def main() -> None:
     clocked = {k: runs.pop(k) for k in list(runs) if ":" in k}
     # the engine process is the unit of noise: compare medians of per-engine medians
     engines = {name: [row[name] for row in per_round if name in row] for name in runs}
+    if "plain" not in engines:  # --engines plugin: only the paired comparisons within the plugin engine
+        engines["plain"] = [float("nan")]
     base = statistics.median(engines["plain"])
     print(f"\n{args.prompts} prompts x {args.max_tokens} new tokens, greedy, torch.compile on; "
           f"{args.rounds} rounds x {args.repeats} repeats per engine")

@@ -2,7 +2,7 @@
 ``vllm serve`` (the console script, as the README documents it) driven by the official ``openai``
 client from concurrent threads — loopback only, bounded in requests and time.
 
-The load: 200 requests, 64 distinct (layer, feature) edits over two layers with a catalogue of 8
+The load: 200 requests, 64 distinct (layer, feature) edits over two layers with a catalogue of 4
 slots per layer (so the scheduler must hold requests back), unsteered requests mixed in, some with
 ``n=2``, some aborted mid-generation, a KV cache of 24 blocks of 32 tokens (preemption), prefix
 caching on, prompts up to ~150 tokens through 64-token chunked prefill. Pass: no engine death;

@@ -36,12 +36,15 @@ def main(job_path: str, out_path: str) -> None:
         engine.add_request(r["id"], {"prompt_token_ids": r["prompt_token_ids"]}, params)
         if r.get("abort_after"):
             abort_after[r["id"]] = r["abort_after"]
-    outputs, aborted = {}, []
+    outputs, aborted, choices = {}, [], {}
     while engine.has_unfinished_requests():
         for out in engine.step():
+            seen = choices.setdefault(out.request_id, {})  # n > 1: choices arrive as they progress
+            for c in out.outputs:
+                seen[c.index] = (list(c.token_ids), c.finish_reason)
             if out.finished:
-                outputs[out.request_id] = {"token_ids": [list(c.token_ids) for c in out.outputs],
-                                           "finish_reasons": [c.finish_reason for c in out.outputs]}
+                outputs[out.request_id] = {"token_ids": [seen[i][0] for i in sorted(seen)],
+                                           "finish_reasons": [seen[i][1] for i in sorted(seen)]}
             elif out.request_id in abort_after and len(out.outputs[0].token_ids) >= abort_after[out.request_id]:
                 engine.abort_request([out.request_id])
                 aborted.append(out.request_id)
