@@ -13,9 +13,12 @@ vLLM loads endpoint plugins only when named in ``VLLM_PLUGINS``, which then also
 general plugins: ``VLLM_PLUGINS=reason_steering,reason_steering_report vllm serve ...``.
 """
 
-from __future__ import annotations
-
 import re
+
+# at module level and without postponed annotations: FastAPI reads the route's signature to
+# inject the Request (this module is only imported by the API server, which has FastAPI)
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 NAME = "reason_steering_report"
 _CHILD = re.compile(r"^\d+_")  # n > 1: vLLM's per-choice requests are "<index>_<parent id>"
@@ -36,9 +39,6 @@ class SteeringReportPlugin:
     required_tasks = ("generate",)
 
     def attach_router(self, app) -> None:
-        from fastapi import APIRouter, Request
-        from fastapi.responses import JSONResponse
-
         router = APIRouter()
 
         @router.get("/v1/steering/{request_id}")
