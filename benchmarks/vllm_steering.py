@@ -1,12 +1,13 @@
-"""Decode throughput of plain vLLM vs our plugin loaded but idle vs every request steered
-(1 and 8 features), same engine settings (torch.compile on), measured in one run.
+"""Decode throughput of plain vLLM vs our plugin loaded but idle vs every request steered, with
+1, 16 and 64 (= the default ``max_slots``) distinct features active in one batch — the engine's
+slot cost curve — same engine settings (torch.compile on), measured in one run.
 
     python benchmarks/vllm_steering.py [--prompts 32] [--max-tokens 256] [--repeats 5] [--rounds 2]
                                        [--engines plain,plugin[,opaque]]
 
 Engines cannot share a process, so each runs in a child process, alternating plain / plugin for
 ``--rounds`` rounds (ABAB...) so drift of the machine hits both alike; within the plugin engine the
-variants (idle, 1 feature, 8 features) are interleaved request set by request set. ``opaque`` adds
+variants (idle, 1 / 16 / 64 distinct features) are interleaved request set by request set. ``opaque`` adds
 a plugin engine with ``REASON_STEERING_FUSED=0``: the op as an opaque registered op run eagerly
 each step (the CUDA path) instead of traced into the compiled model behind ``torch.cond``.
 
@@ -35,6 +36,17 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 HOOK = "blocks.2.hook_resid_post"
+SLOT_COUNTS = (1, 16, 64)  # 64: the default max_slots (vllm_patches.config.DEFAULT_MAX_SLOTS)
+
+
+def distinct_features(sae: str, k: int, n_prompts: int) -> tuple:
+    """One spec per prompt such that the batch uses exactly ``k`` distinct features (slots): prompt
+    p edits features p, p + n, p + 2n, ... below k (or feature p % k when k <= n)."""
+    per_prompt = []
+    for p in range(n_prompts):
+        features = sorted({(p + j * n_prompts) % k for j in range(max(1, -(-k // n_prompts)))})
+        per_prompt.append({"sae": sae, "hook": HOOK, "edits": [{"feature": 3 + f, "mode": "set", "value": 2.0} for f in features]})
+    return tuple(per_prompt)
 
 
 def child(args) -> None:
@@ -54,10 +66,8 @@ def child(args) -> None:
         from vllm_patches.llm import SteeredLLM
 
         llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "hook": HOOK}], **kwargs)
-        edits = lambda k: [{"feature": 3 + 5 * i, "mode": "set", "value": 2.0} for i in range(k)]  # noqa: E731
-        variants = {"plugin idle": None,
-                    "steered, 1 feature": {"sae": args.sae, "hook": HOOK, "edits": edits(1)},
-                    "steered, 8 features": {"sae": args.sae, "hook": HOOK, "edits": edits(8)}}
+        variants = {"plugin idle": None, **{f"steered, {k} distinct features": distinct_features(args.sae, k, len(prompts))
+                                            for k in SLOT_COUNTS}}
         run = lambda steering: llm.generate(prompts, params, steering=steering, use_tqdm=False)  # noqa: E731
     clock = _clock_plugin() if args.role != "plain" else None
     for steering in variants.values():  # warm-up
@@ -147,6 +157,8 @@ def main() -> None:
     clocked = {k: runs.pop(k) for k in list(runs) if ":" in k}
     # the engine process is the unit of noise: compare medians of per-engine medians
     engines = {name: [row[name] for row in per_round if name in row] for name in runs}
+    if "plain" not in engines:  # --engines plugin: only the paired comparisons within the plugin engine
+        engines["plain"] = [float("nan")]
     base = statistics.median(engines["plain"])
     print(f"\n{args.prompts} prompts x {args.max_tokens} new tokens, greedy, torch.compile on; "
           f"{args.rounds} rounds x {args.repeats} repeats per engine")
@@ -163,7 +175,7 @@ def main() -> None:
                   f"(rounds: {', '.join(f'{r:+.1%}' for r in ratios)})")
     for prefix in ("plugin", "opaque"):
         idle = runs.get(f"{prefix} idle")
-        for name in (f"{'' if prefix == 'plugin' else 'opaque '}steered, {k}" for k in ("1 feature", "8 features")):
+        for name in (f"{'' if prefix == 'plugin' else 'opaque '}steered, {k} distinct features" for k in SLOT_COUNTS):
             if idle and name in runs:
                 same_engine = statistics.median([s / i for s, i in zip(runs[name], idle)])
                 print(f"{name} vs {prefix} idle, paired within the same engine: {same_engine - 1:+.1%}")
@@ -200,14 +212,14 @@ def op_cost_in_compiled_graph(tokens: int, step_us: float | None, d_model: int =
     without = torch.compile(lambda h, r: (h * 2.0) * 1.5, dynamic=True, fullgraph=True)
     print(f"\nThe op inside a compiled function, d_model {d_model}, {tokens} tokens (us per call above the same function without it"
           + (f"; share of the engine's {step_us:.0f} us decode step" if step_us else "") + "):")
-    print("| op path | idle | steered, 1 feature | steered, 8 features |\n|---|---|---|---|")
+    print("| op path | idle | " + " | ".join(f"steered, {k} slots" for k in SLOT_COUNTS) + " |\n|---|---|" + "---|" * len(SLOT_COUNTS))
     with torch.no_grad():
         base = per_call_us(without, hidden, residual)
         for path, fused in (("fused (CPU default)", True), ("opaque (REASON_STEERING_FUSED=0)", False)):
-            op = SteeringOp(d_model, 16, tokens, 64, torch.float32, "cpu", prefer_fused=fused)
+            op = SteeringOp(d_model, max(SLOT_COUNTS), tokens, 64, torch.float32, "cpu", prefer_fused=fused)
             with_op = torch.compile(lambda h, r: op(h * 2.0, r) * 1.5, dynamic=True, fullgraph=True)
             cells = []
-            for k in (0, 1, 8):
+            for k in (0, *SLOT_COUNTS):
                 op.enc_t.normal_(), op.dec.normal_(), op.edit_a.zero_(), op.edit_b.zero_()
                 op.edit_a[:, :k], op.edit_b[:, :k] = -1.0, 2.0
                 op.set_active(k > 0)

@@ -58,15 +58,18 @@ def _load(sae, sae_id, device, loader):
 
 
 def sae_shape(sae: str, sae_id: str | None = None) -> dict:
-    """``{"d_in", "d_sae", "architecture"}`` of an SAE, from a SAELens ``cfg.json`` when there is one."""
+    """``{"d_in", "d_sae", "architecture", "normalize_activations"}`` of an SAE, from a SAELens
+    ``cfg.json`` when there is one (the normalisation as the loaded SAE will run it)."""
     path = Path(sae) / "cfg.json"
     if path.is_file() and not (Path(sae) / "sae.safetensors").exists():
         cfg = _read_cfg(path)
-        return {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "architecture": cfg.get("architecture", "standard")}
-    from reason_plugins.steering import sae_architecture
+        return {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"], "architecture": cfg.get("architecture", "standard"),
+                "normalize_activations": cfg.get("normalize_activations") or "none"}
+    from reason_plugins.steering import sae_architecture, sae_normalisation
 
     loaded = load_sae(sae, sae_id)
-    return {"d_in": loaded.cfg.d_in, "d_sae": loaded.cfg.d_sae, "architecture": sae_architecture(loaded)}
+    return {"d_in": loaded.cfg.d_in, "d_sae": loaded.cfg.d_sae, "architecture": sae_architecture(loaded),
+            "normalize_activations": sae_normalisation(loaded)}
 
 
 def sae_hook(sae: str, sae_id: str | None) -> str:
@@ -76,11 +79,11 @@ def sae_hook(sae: str, sae_id: str | None) -> str:
 
 def default_method(shape: dict) -> str:
     """The one rule for "which steering method by default for this SAE": ``delta`` where it is exact
-    (ReLU / JumpReLU SAEs, see ``reason_plugins.steering``), else the literal ``reconstruct``.
-    ``shape`` is what ``sae_shape`` returns."""
-    from reason_plugins.steering import DELTA_ARCHITECTURES
+    (ReLU / JumpReLU SAEs that see the raw residual stream, see ``reason_plugins.steering``), else the
+    literal ``reconstruct``. ``shape`` is what ``sae_shape`` returns."""
+    from reason_plugins.steering import needs_full_sae
 
-    return "delta" if shape["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
+    return "reconstruct" if needs_full_sae(shape["architecture"], shape.get("normalize_activations") or "none") else "delta"
 
 
 def source_of(sae) -> dict | None:

@@ -22,6 +22,33 @@ import torch
 from reason_plugins.spec import METHODS, SpecError, SteeringSpec
 
 DELTA_ARCHITECTURES = ("standard", "jumprelu")
+# SAELens normalisations that rescale each input by a statistic of that input (its norm, its mean
+# and std): the features are then not linear in x, and only the SAE's own encode/decode is exact.
+# The others are the identity at run time in SAELens ("expected_average_only_in" is folded into the
+# weights on load when a scaling factor is registered, and otherwise not applied by encode).
+INPUT_DEPENDENT_NORMS = ("constant_norm_rescale", "layer_norm")
+
+
+def sae_normalisation(sae) -> str:
+    return str(getattr(sae.cfg, "normalize_activations", None) or "none")
+
+
+def per_feature_refusal(architecture: str, normalisation: str, method: str) -> str | None:
+    """Why ``method`` has no exact per-feature form for this SAE, or None when it has one. The one
+    rule the vLLM front-end (``check_specs``) and the worker (``feature_rows``) both apply."""
+    if method not in ("delta", "direction"):
+        return None
+    if normalisation in INPUT_DEPENDENT_NORMS:
+        return (f"method {method!r} cannot steer an SAE that normalises each input ({normalisation!r}): "
+                f"its features are not linear in the residual stream; use method 'reconstruct'")
+    if method == "delta" and architecture not in DELTA_ARCHITECTURES:
+        return f"method 'delta' is not exact for the {architecture!r} SAE (only {DELTA_ARCHITECTURES}): use 'reconstruct'"
+    return None
+
+
+def needs_full_sae(architecture: str, normalisation: str) -> bool:
+    """Whether steering this SAE exactly needs its full encode/decode (the ``reconstruct`` path)."""
+    return architecture not in DELTA_ARCHITECTURES or normalisation in INPUT_DEPENDENT_NORMS
 
 
 def edit_constants(modes: list[str], values: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +71,9 @@ def feature_rows(sae, features: list[int], method: str) -> dict[str, torch.Tenso
     bad = [f for f in features if not 0 <= f < d_sae]
     if bad:
         raise SpecError(f"feature index {bad[0]} out of range: this SAE has d_sae = {d_sae}")
+    refusal = per_feature_refusal(sae_architecture(sae), sae_normalisation(sae), method)
+    if refusal:
+        raise SpecError(refusal)
     idx = torch.tensor(features, dtype=torch.long)
     W_dec = sae.W_dec.detach()[idx]
     if method == "direction":
@@ -53,10 +83,6 @@ def feature_rows(sae, features: list[int], method: str) -> dict[str, torch.Tenso
     if method != "delta":
         raise SpecError(f"method {method!r} has no per-feature form; expected 'delta' or 'direction'")
     arch = sae_architecture(sae)
-    if arch not in DELTA_ARCHITECTURES:
-        raise SpecError(f"method 'delta' is exact only for {DELTA_ARCHITECTURES} SAEs, not {arch!r}: use method 'reconstruct'")
-    if getattr(sae.cfg, "normalize_activations", "none") not in ("none", None):
-        raise SpecError(f"SAE normalises its input ({sae.cfg.normalize_activations!r}): use method 'reconstruct'")
     W_enc = sae.W_enc.detach()[:, idx].T
     bias = sae.b_enc.detach()[idx]
     if getattr(sae.cfg, "apply_b_dec_to_input", False):
@@ -111,7 +137,18 @@ def steer_reconstruct(x: torch.Tensor, sae, spec: SteeringSpec) -> torch.Tensor:
         raise SpecError(f"feature index {int(idx.max())} out of range: this SAE has d_sae = {f.shape[-1]}")
     f_new = f.clone()
     f_new[..., idx] = f[..., idx] * a.to(f.dtype) + b.to(f.dtype) + f[..., idx]
-    return sae.decode(f_new) + (x - sae.decode(f))
+    return decode_edited(sae, x, f, f_new)
+
+
+def decode_edited(sae, x: torch.Tensor, f: torch.Tensor, f_new: torch.Tensor) -> torch.Tensor:
+    """decode(f') + (x - decode(f)) with SAELens's own decode. An input-normalising SAE keeps the
+    statistic of its last ``encode`` input for one ``decode`` (and then drops it), so x is encoded
+    again before the second decode: both decodes undo the same normalisation, as SAELens's own
+    ``forward`` would."""
+    plain = sae.decode(f)
+    if sae_normalisation(sae) in INPUT_DEPENDENT_NORMS:
+        sae.encode(x)
+    return sae.decode(f_new) + (x - plain)
 
 
 def steer(x: torch.Tensor, sae, spec: SteeringSpec) -> torch.Tensor:

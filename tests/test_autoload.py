@@ -11,7 +11,8 @@ import sys
 from sae_lens_ext.deepseek import DEEPSEEK_MODELS
 from sae_lens_ext.releases import RELEASES
 
-OURS = ("reason_plugins", "sae_lens_ext", "lm_eval_tasks")
+OURS = ("reason_plugins", "sae_lens_ext", "lm_eval_tasks", "vllm_patches")
+PTH_MODULES = ("lm_eval_tasks.autoload", "sae_lens_ext.autoload", "vllm_patches.dist_alias")  # our .pth's lines
 
 
 def _fresh(code: str) -> str:
@@ -55,7 +56,7 @@ def _pth_imports() -> tuple[list[str], int]:
             continue
         depth, name = len(match.group(2)) // 2, match.group(3)
         if depth == 1:  # a top-level import of site: the end of one .pth line's import tree
-            if name in ("lm_eval_tasks.autoload", "sae_lens_ext.autoload"):
+            if name in PTH_MODULES:
                 total += int(match.group(1))
                 names.append(name)
                 names.extend(pending)
@@ -68,7 +69,7 @@ def _pth_imports() -> tuple[list[str], int]:
 def test_our_pth_imports_nothing_heavy_at_interpreter_start():
     """Structural (load-independent): only our small modules plus ``threading`` load at start-up."""
     names, _ = _pth_imports()
-    assert "lm_eval_tasks.autoload" in names and "sae_lens_ext.autoload" in names, "is the package installed?"
+    assert set(PTH_MODULES) <= set(names), "is the package installed?"
     foreign = [n for n in names if n.split(".")[0] not in OURS]
     assert set(foreign) <= {"threading", "_weakrefset", "collections.abc"}, foreign
 

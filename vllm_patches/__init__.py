@@ -8,11 +8,16 @@ load (``patching.py``):
   capture, install the steering ops on the configured decoder layers (``runtime.py``, ``op.py``);
 - model runner ``_update_states`` / ``_prepare_inputs``: per step, write which edits apply to
   which token rows, and close the books of finished requests;
-- ``InputProcessor.process_inputs``: validate each request's spec and salt its prefix cache
-  (``frontend.py``);
+- ``InputProcessor.process_inputs``: validate each request's spec (``frontend.check_specs``, the
+  one validator), refuse a bad one as a client error (HTTP 400 on the server) and salt its prefix
+  cache (``frontend.py``);
+- ``Scheduler``: steering slots are admitted like LoRA adapters under ``max_loras``; requests the
+  worker could not steer are finished with an error (``admission.py``);
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
-- workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request).
+- workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request),
+  and ``reason_steering_stats`` (admission counters); ``endpoint.py`` serves the report over HTTP
+  (``vllm.endpoint_plugins``).
 
 Every patched name is declared in ``targets.py`` with the call shape its wrapper expects; an engine
 given a steering config checks them all at start (``patching.require_targets``: in the front-end
@@ -37,6 +42,13 @@ def register() -> None:
     when_imported("vllm.v1.engine.input_processor", _patch_input_processor)
     when_imported("vllm.v1.worker.worker_base", _patch_worker)
     when_imported("vllm.config.vllm", _patch_config)
+    when_imported("vllm.v1.core.sched.scheduler", _patch_scheduler)
+
+
+def _patch_scheduler(module) -> None:
+    from vllm_patches.admission import install
+
+    install(module)
 
 
 def _patch_runner(module) -> None:
@@ -64,6 +76,9 @@ def _patch_runner(module) -> None:
         def wrapper(self, scheduler_output, *args, **kwargs):
             runtime = getattr(self, "reason_steering", None)
             if runtime is not None:
+                stats = getattr(scheduler_output, "reason_steering_stats", None)
+                if stats is not None:
+                    runtime.scheduler_stats = stats
                 if scheduler_output.finished_req_ids:
                     runtime.finish(scheduler_output.finished_req_ids)
                 runtime.admit(scheduler_output.scheduled_new_reqs)
@@ -80,10 +95,22 @@ def _patch_runner(module) -> None:
             return result
         return wrapper
 
+    def sample_tokens(original):
+        def wrapper(self, *args, **kwargs):
+            output = original(self, *args, **kwargs)
+            runtime = getattr(self, "reason_steering", None)
+            if runtime is not None and runtime.failed_pending:
+                from vllm_patches.admission import attach_failed
+
+                attach_failed(output, runtime.failed_pending)
+            return output
+        return wrapper
+
     wrap_method(cls, "load_model", load_model)
     if cls.__name__ == "GPUModelRunner":
         wrap_method(cls, "_update_states", update_states)
         wrap_method(cls, "_prepare_inputs", prepare_inputs)
+        wrap_method(cls, "sample_tokens", sample_tokens)
 
 
 def _patch_input_processor(module) -> None:
@@ -100,7 +127,7 @@ def _patch_input_processor(module) -> None:
                     from vllm_patches.patching import current_platform, require_targets
 
                     require_targets(current_platform())
-            salt = prepare_request(params, self._reason_steering_config)
+            salt = prepare_request(params, self._reason_steering_config)  # raises SteeringRequestError
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if salt is not None:
                 request.cache_salt = f"{request.cache_salt}|{salt}" if request.cache_salt else salt
@@ -147,10 +174,16 @@ def _patch_worker(module) -> None:
     def reason_steering_capture(self, hook, num_tokens):
         return self.model_runner.reason_steering.captured(hook, num_tokens)
 
+    def reason_steering_stats(self):
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
+
     reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
+    reason_steering_stats.__reason_steering__ = True
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report
         module.WorkerBase.reason_steering_capture = reason_steering_capture
+        module.WorkerBase.reason_steering_stats = reason_steering_stats
 
 
 def __getattr__(name):

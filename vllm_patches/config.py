@@ -6,11 +6,15 @@ file). Without either, the plugin stays out of the way entirely.
 
     {"saes": [{"sae": "<release or path>", "sae_id": null, "hook": "blocks.2.hook_resid_post",
                "reconstruct": false}],
-     "max_edits": 16}
+     "max_edits": 16, "max_slots": 64}
 
 ``reconstruct`` enables the full-SAE path at that layer (needed for TopK SAEs; default: on for
-SAEs whose architecture is not delta-exact). ``max_edits`` is the number of distinct
-(feature, edit) slots one layer can hold within one engine step, across all requests.
+SAEs whose architecture is not delta-exact). ``max_edits`` is the most edits one request may make
+at one layer. ``max_slots`` is the size of each layer's catalogue: the number of distinct
+(method, feature) rows (and, separately, distinct reconstruct edits) that the requests scheduled
+together in one engine step may use; the scheduler admits steered requests so that they always
+fit (``admission.py``). Its default, 64, keeps a sweep over dozens of features in one batch at a
+measured cost (``benchmarks/vllm_steering.py``, ``benchmarks/RESULTS.md``).
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).
 """
@@ -27,6 +31,7 @@ from reason_plugins.spec import SpecError
 
 ENV_VAR = "REASON_STEERING"
 CONFIG_KEY = "reason_steering"
+DEFAULT_MAX_SLOTS = 64
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 
@@ -51,6 +56,7 @@ class SteeringConfig:
     saes: tuple[SaeSlot, ...]
     max_edits: int = 16
     capture: bool = False
+    max_slots: int = DEFAULT_MAX_SLOTS
 
     def find(self, sae: str, sae_id: str | None, hook: str) -> SaeSlot:
         for slot in self.saes:
@@ -83,12 +89,15 @@ def parse_config(raw) -> SteeringConfig:
     if len({s.layer for s in slots}) != len(slots):
         raise SpecError(f"steering config: one SAE per layer, got layers {[s.layer for s in slots]}")
     max_edits = raw.get("max_edits", 16)
-    if not isinstance(max_edits, int) or max_edits < 1:
+    if isinstance(max_edits, bool) or not isinstance(max_edits, int) or max_edits < 1:
         raise SpecError(f"steering config: max_edits must be a positive integer, got {max_edits!r}")
-    unknown = set(raw) - {"saes", "max_edits", "capture"}
+    max_slots = raw.get("max_slots", max(DEFAULT_MAX_SLOTS, max_edits))
+    if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < max_edits:
+        raise SpecError(f"steering config: max_slots must be an integer >= max_edits ({max_edits}), got {max_slots!r}")
+    unknown = set(raw) - {"saes", "max_edits", "max_slots", "capture"}
     if unknown:
-        raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected saes, max_edits, capture")
-    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)))
+        raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected saes, max_edits, max_slots, capture")
+    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots)
 
 
 def config_from(vllm_config) -> SteeringConfig | None:

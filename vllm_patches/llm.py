@@ -18,7 +18,8 @@ from vllm_patches.config import CONFIG_KEY
 
 
 class SteeredLLM:
-    def __init__(self, model: str, saes: list[dict], max_edits: int = 16, capture: bool = False, **llm_kwargs):
+    def __init__(self, model: str, saes: list[dict], max_edits: int = 16, capture: bool = False,
+                 max_slots: int | None = None, **llm_kwargs):
         from vllm import LLM
 
         import vllm_patches
@@ -26,6 +27,8 @@ class SteeredLLM:
         vllm_patches.register()  # also when the entry point was not picked up (e.g. VLLM_PLUGINS set)
         extra = dict(llm_kwargs.pop("additional_config", None) or {})
         extra[CONFIG_KEY] = {"saes": saes, "max_edits": max_edits, "capture": capture}
+        if max_slots is not None:  # the per-layer catalogue (default: vllm_patches.config.DEFAULT_MAX_SLOTS)
+            extra[CONFIG_KEY]["max_slots"] = max_slots
         self.llm = LLM(model, additional_config=extra, **llm_kwargs)
 
     def generate(self, prompts, sampling_params=None, steering=None, **kwargs):

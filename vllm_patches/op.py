@@ -36,7 +36,7 @@ import weakref
 import torch
 from torch import nn
 
-from reason_plugins.steering import gated_rows_delta
+from reason_plugins.steering import decode_edited, gated_rows_delta
 
 # by name: the registered torch op finds its buffers here (the model owns the ops, not this table)
 _OPS: "weakref.WeakValueDictionary[str, SteeringOp]" = weakref.WeakValueDictionary()
@@ -161,6 +161,6 @@ class SteeringOp(nn.Module):
         f_slots = f[:, self.rec_feature]
         change = (f_slots * self.rec_a + self.rec_b) * mask
         f_new = f.index_add(1, self.rec_feature, change)
-        steered = self.sae.decode(f_new) + (sae_in - self.sae.decode(f))
+        steered = decode_edited(self.sae, sae_in, f, f_new)
         edited = mask.amax(-1, keepdim=True) > 0
         return torch.where(edited, steered.to(x.dtype) - x, torch.zeros_like(x))

@@ -19,7 +19,8 @@ import torch
 
 from reason_plugins.hf_hooks import decoder_layers
 from reason_plugins.spec import SpecError, parse_steering, specs_hash
-from reason_plugins.steering import DELTA_ARCHITECTURES, edit_constants, feature_rows, row_gates, sae_architecture
+from reason_plugins.steering import edit_constants, feature_rows, needs_full_sae, row_gates, sae_architecture, sae_normalisation
+from vllm_patches.admission import slot_ident
 from vllm_patches.config import SteeringConfig
 from vllm_patches.op import SteeringOp
 
@@ -80,8 +81,8 @@ class SteeringRuntime:
             sae = load_sae(slot.sae, slot.sae_id, device=str(device))
             if sae.cfg.d_in != d_model:
                 raise SpecError(f"SAE {slot.sae!r} has d_in {sae.cfg.d_in} but the model's width is {d_model}")
-            reconstruct = slot.reconstruct if slot.reconstruct is not None else sae_architecture(sae) not in DELTA_ARCHITECTURES
-            op = SteeringOp(d_model, config.max_edits, max_tokens, max_requests, dtype, device,
+            reconstruct = slot.reconstruct if slot.reconstruct is not None else needs_full_sae(sae_architecture(sae), sae_normalisation(sae))
+            op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
                             sae=sae if reconstruct else None, capture=config.capture)
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
@@ -98,6 +99,8 @@ class SteeringRuntime:
         self._last_ids, self._last_counts, self._steady = [], b"", False  # the last step's batch
         self.active: dict[str, dict] = {}
         self.finished: OrderedDict[str, dict] = OrderedDict()
+        self.failed_pending: set[str] = set()  # requests this worker could not steer, not yet told to the scheduler
+        self.scheduler_stats: dict = {}  # the scheduler's admission counters, as of the last step
         logger.info("reason-steering: ops installed at %s",
                     {s.hook: "fused" if self.ops[s.key].fused else "opaque" for s in config.saes})
 
@@ -145,7 +148,7 @@ class SteeringRuntime:
         self._count_layout_steps()
         host: dict[tuple, np.ndarray] = {}  # (key, op buffer name) -> its first num_tokens rows
 
-        def table(key, buffer, dtype=np.float32, width=self.config.max_edits):
+        def table(key, buffer, dtype=np.float32, width=self.config.max_slots):
             rows = host.get((key, buffer))
             if rows is None:
                 rows = host[(key, buffer)] = np.zeros((num_tokens, width) if width else num_tokens, dtype=dtype)
@@ -153,28 +156,14 @@ class SteeringRuntime:
 
         used: dict[tuple, dict] = {}
         self._layout_tokens = []
-        for req_id, start, end, prompt_left in layout:
-            specs, digest = self._specs[req_id]
-            number = self._number(req_id)
-            first_steered = end
-            for spec in specs:
-                lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
-                first_steered = min(first_steered, lo)
-                key = (spec.sae, spec.sae_id, spec.hook)
-                for edit in spec.edits:
-                    a, b = _constants(edit.mode, edit.value)
-                    if spec.method == "reconstruct":
-                        ident = (spec.method, edit.feature, edit.mode, edit.value)
-                        table(key, "rec_mask")[lo:end, self._slot(used, key, "rec", ident, (a, b))] = 1
-                    else:  # the slot holds the feature's rows; the edit itself goes per token
-                        slot = self._slot(used, key, "rows", (spec.method, edit.feature), None)
-                        table(key, "edit_a")[lo:end, slot] = a
-                        table(key, "edit_b")[lo:end, slot] = b
-                table(key, "row_request", np.int64, None)[lo:end] = number
-            if req_id not in self.active:
-                self.active[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
-                                       "tokens": 0, "steps": 0, "number": number}
-            self._layout_tokens.append((req_id, end - first_steered))
+        kept = []
+        for entry in layout:
+            try:
+                self._write_request(entry, table, used)
+                kept.append(entry)
+            except Exception as exc:  # one request's steering must never take the engine down
+                self._fail(entry, exc, host)
+        layout = tuple(kept)
         for key, op in self.ops.items():
             buffers = ("edit_a", "edit_b", "row_request") + (("rec_mask",) if op.sae is not None else ())
             for buffer in buffers:
@@ -189,6 +178,44 @@ class SteeringRuntime:
             op.set_active((key, "edit_a") in host, (key, "rec_mask") in host)
         self._layout = layout
         self._layout_steps = 1  # the step about to run
+
+    def _write_request(self, entry, table, used) -> None:
+        req_id, start, end, prompt_left = entry
+        specs, digest = self._specs[req_id]
+        number = self._number(req_id)
+        first_steered = end
+        for spec in specs:
+            lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
+            first_steered = min(first_steered, lo)
+            key = (spec.sae, spec.sae_id, spec.hook)
+            for edit in spec.edits:
+                a, b = _constants(edit.mode, edit.value)
+                path, ident = slot_ident(spec, edit)
+                if path == "rec":
+                    table(key, "rec_mask")[lo:end, self._slot(used, key, "rec", ident, (a, b))] = 1
+                else:  # the slot holds the feature's rows; the edit itself goes per token
+                    slot = self._slot(used, key, "rows", ident, None)
+                    table(key, "edit_a")[lo:end, slot] = a
+                    table(key, "edit_b")[lo:end, slot] = b
+            table(key, "row_request", np.int64, None)[lo:end] = number
+        if req_id not in self.active:
+            self.active[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
+                                   "tokens": 0, "steps": 0, "number": number}
+        self._layout_tokens.append((req_id, end - first_steered))
+
+    def _fail(self, entry, exc: Exception, host: dict) -> None:
+        """Defence in depth: a request the worker cannot steer is finished with an error by the
+        scheduler (``admission.attach_failed``); its rows are cleared, everyone else runs on."""
+        req_id, start, end, _ = entry
+        logger.error("reason-steering: request %s cannot be steered, finishing it with an error: %s", req_id, exc)
+        for rows in host.values():
+            rows[start:end] = 0
+        self.failed_pending.add(req_id)  # handed to the scheduler with this step's output
+        specs, digest = self._specs.pop(req_id)
+        rec = self.active.pop(req_id, None) or {}
+        self.finished[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
+                                 "tokens": rec.get("tokens", 0), "steps": rec.get("steps", 0),
+                                 "error": f"{type(exc).__name__}: {exc}", "mean_abs_delta": float("nan")}
 
     def _number(self, req_id: str) -> int:
         number = self._numbers.get(req_id)
@@ -206,8 +233,8 @@ class SteeringRuntime:
         if ident in taken:
             return taken[ident]
         slot = len(taken)
-        if slot >= self.config.max_edits:
-            raise SpecError(f"more than max_edits={self.config.max_edits} distinct edits at {key[2]} in one step")
+        if slot >= self.config.max_slots:  # the scheduler's admission (admission.py) keeps this from happening
+            raise SpecError(f"more than max_slots={self.config.max_slots} distinct steering slots at {key[2]} in one step")
         taken[ident] = slot
         if self._slot_content.get((key, path, slot)) == ident:
             return slot

@@ -53,16 +53,23 @@ class Target:
 
 
 _RUNNER = "vllm.v1.worker.gpu_model_runner"
+_SCHEDULER = "vllm.v1.core.sched.scheduler"
 TARGETS: tuple[Target, ...] = (
     Target(_RUNNER, "GPUModelRunner", "load_model", uses=("model", "vllm_config")),
     Target(_RUNNER, "GPUModelRunner", "_update_states", ("self", "scheduler_output"), uses=("requests",)),
     Target(_RUNNER, "GPUModelRunner", "_prepare_inputs", ("self", "scheduler_output", "num_scheduled_tokens"),
            uses=("input_batch", "requests")),
+    Target(_RUNNER, "GPUModelRunner", "sample_tokens"),
     Target("vllm.v1.worker.cpu_model_runner", "CPUModelRunner", "load_model", platform="cpu"),
+    Target(_SCHEDULER, "Scheduler", "schedule", uses=("running",)),
+    Target(_SCHEDULER, "Scheduler", "_handle_blocked_waiting_request", ("self", "request")),
+    Target(_SCHEDULER, "Scheduler", "update_from_output", ("self", "scheduler_output", "model_runner_output"),
+           uses=("requests", "grammar_compile_error_reqs")),
     Target("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs",
            ("self", "request_id", "prompt", "params"), uses=("vllm_config",)),
     Target("vllm.config.vllm", "VllmConfig", "use_v2_model_runner", kind="property"),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_report", kind="added", uses=("model_runner",)),
+    Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_stats", kind="added", uses=("model_runner",)),
 )
 
 

@@ -1,0 +1,297 @@
+"""Steering under real traffic, end to end: one engine through ``LLM``'s engine loop, then
+``vllm serve`` (the console script, as the README documents it) driven by the official ``openai``
+client from concurrent threads — loopback only, bounded in requests and time.
+
+The load: 200 requests, 64 distinct (layer, feature) edits over two layers with a catalogue of 4
+slots per layer (so the scheduler must hold requests back), unsteered requests mixed in, some with
+``n=2``, some aborted mid-generation, a KV cache of 24 blocks of 32 tokens (preemption), prefix
+caching on, prompts up to ~150 tokens through 64-token chunked prefill. Pass: no engine death;
+every steered request reported with its spec hash and token count; a sample of greedy outputs
+equal to the HF-hook reference; unsteered outputs bit-identical to a plain engine's; bad specs get
+HTTP 400 and the server keeps serving; the HTTP report (``GET /v1/steering/{id}``) says what was
+applied to each request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from reason_plugins.spec import parse_steering, specs_hash
+from tests.test_vllm_steering import hf_greedy, run_job
+
+pytestmark = pytest.mark.slow
+
+HOOKS = ("blocks.2.hook_resid_post", "blocks.3.hook_resid_post")
+N_REQUESTS = 200
+MAX_SLOTS = 4
+ENGINE = {"dtype": "float32", "max_model_len": 256, "seed": 0, "enforce_eager": True, "max_num_seqs": 16,
+          "max_num_batched_tokens": 64, "enable_prefix_caching": True, "block_size": 32, "num_gpu_blocks_override": 24}
+WORDS = "wait let me check the sum of seventeen and five hmm maybe alternatively therefore however but another".split()
+
+
+def _steering_config(layer_saes):
+    return {"saes": [{"sae": str(layer_saes[h][1]), "hook": h} for h in HOOKS], "max_edits": 2, "max_slots": MAX_SLOTS}
+
+
+def _spec(layer_saes, hook, feature, value=25.0, mode="set"):
+    return {"sae": str(layer_saes[hook][1]), "hook": hook, "method": "delta",
+            "edits": [{"feature": feature, "mode": mode, "value": value}]}
+
+
+@pytest.fixture(scope="module")
+def load_requests(tokenizer, layer_saes):
+    """200 requests, deterministic: 1 in 4 unsteered, 64 distinct (layer, feature) edits, some on both
+    layers, some n=2, some aborted; half the prompts share a 40-token prefix."""
+    rng = random.Random(0)
+    shared = tokenizer(" ".join(rng.choice(WORDS) for _ in range(40)), add_special_tokens=False)["input_ids"][:40]
+    requests = []
+    for i in range(N_REQUESTS):
+        n_words = rng.choice([8, 20, 60, 140])  # the longest run through several prefill chunks
+        ids = tokenizer(" ".join(rng.choice(WORDS) for _ in range(n_words)), add_special_tokens=False)["input_ids"]
+        prompt = ((shared if i % 2 else []) + ids)[:200]
+        steering = None
+        if i % 4:
+            hook = HOOKS[i % 2]
+            spec = _spec(layer_saes, hook, (i * 7) % 37 if hook == HOOKS[0] else (i * 5) % 31)
+            steering = [spec, _spec(layer_saes, HOOKS[1], 3, 12.0, "add")] if i % 9 == 1 and hook == HOOKS[0] else spec
+        requests.append({"id": f"req-{i}", "prompt_token_ids": prompt, "steering": steering,
+                         "max_tokens": 40 if i % 23 == 5 else 12, "n": 2 if i % 17 == 3 else 1,
+                         "abort_after": 3 if i % 23 == 5 else None})
+    distinct = {(s["hook"], e["feature"]) for r in requests if r["steering"]
+                for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]) for e in s["edits"]}
+    assert len(distinct) >= 60 and len({h for h, _ in distinct}) == 2
+    return requests
+
+
+def _hash(steering):
+    return specs_hash(parse_steering(steering))
+
+
+def _check_reports(requests, records_of, outputs, aborted):
+    """Every steered request reported with its spec hash and (at least) the tokens it ran."""
+    for r in requests:
+        recs = records_of(r["id"])
+        if r["steering"] is None:
+            assert not recs, r["id"]
+            continue
+        assert len(recs) == r["n"], (r["id"], recs)
+        for rec in recs:
+            assert rec["spec_hash"] == _hash(r["steering"]) and "error" not in rec, r["id"]
+            # prompt tokens served from the (spec-salted) prefix cache are not run again, and
+            # preempted requests run theirs twice: the generated ones are always there
+            if r["id"] not in aborted:
+                assert rec["tokens"] >= len(outputs[r["id"]][0]) - 1, r["id"]
+                assert rec["mean_abs_delta"] > 0, r["id"]
+            assert rec["tokens"] > 0, r["id"]
+
+
+@pytest.fixture(scope="module")
+def engine_run(llama_dir, layer_saes, load_requests, tmp_path_factory):
+    job = {"model": str(llama_dir), "engine": ENGINE, "steering": _steering_config(layer_saes), "requests": load_requests}
+    tmp = tmp_path_factory.mktemp("load")
+    job_path, out_path = tmp / "job.json", tmp / "out.json"
+    job_path.write_text(json.dumps(job))
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_load_job.py")), str(job_path), str(out_path)],
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-6000:]
+    out = json.loads(out_path.read_text())
+    out["seconds"] = time.monotonic() - started
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain_tokens(llama_dir, load_requests, tmp_path_factory):
+    """The unsteered requests (and the sample used by the server test) on an engine without the plugin."""
+    reqs = [r for r in load_requests if r["steering"] is None and r["n"] == 1 and not r["abort_after"]][:30]
+    out = run_job(tmp_path_factory.mktemp("plain"), {"model": str(llama_dir), "steering": None, "eager": True,
+                                                     "requests": [{"prompt_token_ids": r["prompt_token_ids"], "max_tokens": 12} for r in reqs]})
+    return {r["id"]: ids for r, ids in zip(reqs, out["token_ids"])}
+
+
+def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, hf_model, layer_saes):
+    from sae_lens import SAE
+
+    from vllm_patches.endpoint import records_for
+
+    outputs = {k: v["token_ids"] for k, v in engine_run["outputs"].items()}
+    aborted = set(engine_run["aborted"])
+    stats = engine_run["stats"]
+    print(f"\nload (engine loop): {len(load_requests)} requests, {len(aborted)} aborted, stats {stats}, "
+          f"{engine_run['seconds']:.0f} s")
+    assert aborted and all(r["id"] in aborted for r in load_requests if r["abort_after"])
+    finished = {r["id"] for r in load_requests} - aborted
+    assert finished <= set(outputs)
+    for r in load_requests:
+        if r["id"] in finished:
+            assert len(outputs[r["id"]]) == r["n"] and all(len(t) == r["max_tokens"] for t in outputs[r["id"]]), r["id"]
+            assert engine_run["outputs"][r["id"]]["finish_reasons"] == ["length"] * r["n"], r["id"]
+    assert stats["preemptions"] > 0 and stats["held_for_slots"] > 0 and stats["failed"] == 0
+    assert stats["peak_slots"] <= MAX_SLOTS
+    assert len(engine_run["after"]) == 4  # the engine still serves after all of it
+    _check_reports(load_requests, lambda rid: list(records_for(engine_run["report"], rid).values()), outputs, aborted)
+    for rid, ids in plain_tokens.items():
+        assert outputs[rid] == [ids], rid  # unsteered: bit-identical to an engine without the plugin
+    saes = {str(layer_saes[h][1]): SAE.load_from_disk(str(layer_saes[h][1])).eval() for h in HOOKS}
+    sample = [r for r in load_requests if r["steering"] and r["id"] in finished and r["n"] == 1][::15][:8]
+    assert len(sample) >= 6
+    for r in sample:
+        specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
+        assert outputs[r["id"]][0] == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0], r["id"]
+
+
+# -- vllm serve --------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(llama_dir, layer_saes, engine_run, plain_tokens, tmp_path_factory):
+    """``vllm serve`` exactly as the README's server section runs it (eager, small KV cache)."""
+    port = _free_port()
+    vllm = str(Path(sys.executable).parent / "vllm")
+    cmd = [vllm, "serve", str(llama_dir), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
+           "--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--seed", "0", "--max-num-seqs", "16",
+           "--max-num-batched-tokens", "64", "--block-size", "32", "--num-gpu-blocks-override", "24",
+           "--enable-prefix-caching", "--additional-config", json.dumps({"reason_steering": _steering_config(layer_saes)})]
+    env = dict(os.environ, VLLM_PLUGINS="reason_steering,reason_steering_report", VLLM_CPU_KVCACHE_SPACE="1")
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("vllm serve did not start:\n" + Path(log.name).read_text()[-6000:])
+        time.sleep(2)
+    yield base, proc, Path(log.name)
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def _complete(client, r, **kw):
+    extra = {"return_token_ids": True}
+    if r.get("steering") is not None:
+        extra["vllm_xargs"] = {"steering": json.dumps(r["steering"])}
+    n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded, see vllm_load_job.py)
+    return client.completions.create(model="tiny", prompt=r["prompt_token_ids"], max_tokens=r["max_tokens"],
+                                     n=n, temperature=0.0 if n == 1 else 0.8, extra_body=extra, **kw)
+
+
+def _report(server, request_id):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server[0]}/v1/steering/{request_id}", timeout=60) as response:
+        return json.loads(response.read())
+
+
+def test_served_outputs_equal_a_plain_engine_and_the_hf_reference(client, server, load_requests, plain_tokens,
+                                                                   hf_model, layer_saes):
+    from sae_lens import SAE
+
+    unsteered = [r for r in load_requests if r["id"] in plain_tokens][:4]
+    for r in unsteered:
+        out = _complete(client, r)
+        assert out.choices[0].token_ids == plain_tokens[r["id"]]
+        assert _report(server, out.id) == {"request_id": out.id, "steered": False, "requests": {}}
+    saes = {str(layer_saes[h][1]): SAE.load_from_disk(str(layer_saes[h][1])).eval() for h in HOOKS}
+    for r in [r for r in load_requests if r["steering"] and r["n"] == 1][:3]:
+        out = _complete(client, r)
+        specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
+        assert out.choices[0].token_ids == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0]
+        report = _report(server, out.id)
+        (rec,) = report["requests"].values()
+        assert report["steered"] and rec["spec_hash"] == _hash(r["steering"]) and rec["finished"]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_refused_spec_is_a_400_with_the_spec_error_and_the_server_keeps_serving(client, layer_saes, load_requests, endpoint):
+    import openai
+
+    bad = _spec(layer_saes, HOOKS[0], 256)  # d_sae is 256
+    extra = {"vllm_xargs": {"steering": json.dumps(bad)}}
+    with pytest.raises(openai.BadRequestError) as info:
+        if endpoint == "completions":
+            client.completions.create(model="tiny", prompt="What is 17 + 5?", max_tokens=4, extra_body=extra)
+        else:
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is 17 + 5?"}],
+                                           max_tokens=4, extra_body=extra)
+    assert info.value.status_code == 400
+    assert "feature index 256 out of range" in info.value.message and "d_sae = 256" in info.value.message
+    good = _spec(layer_saes, HOOKS[1], 4)
+    if endpoint == "chat":
+        out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is 17 + 5?"}],
+                                             max_tokens=4, temperature=0.0, extra_body={"vllm_xargs": {"steering": json.dumps(good)}})
+        assert out.choices[0].finish_reason == "length"
+    else:
+        out = _complete(client, {**load_requests[0], "steering": good})
+        assert len(out.choices[0].token_ids) == load_requests[0]["max_tokens"]
+
+
+def test_load_through_the_server_with_concurrent_clients(client, server, load_requests, plain_tokens):
+    """All 200 requests from 16 threads; the ones marked for abort are streamed and dropped after
+    a few chunks (the server aborts them)."""
+    def run(r):
+        if r["abort_after"]:
+            stream = _complete(client, r, stream=True)
+            chunks = 0
+            for chunk in stream:
+                request_id = chunk.id
+                chunks += 1
+                if chunks >= r["abort_after"]:
+                    break
+            stream.close()
+            return r["id"], request_id, None
+        out = _complete(client, r)
+        return r["id"], out.id, [c.token_ids for c in sorted(out.choices, key=lambda c: c.index)]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, load_requests))
+    seconds = time.monotonic() - started
+    ids = {rid: server_id for rid, server_id, _ in results}
+    outputs = {rid: toks for rid, _, toks in results if toks is not None}
+    aborted = {rid for rid, _, toks in results if toks is None}
+    print(f"\nload (server, 16 clients): {len(results)} requests, {len(aborted)} aborted, {seconds:.0f} s")
+    assert server[1].poll() is None  # the server is alive
+    for r in load_requests:
+        if r["id"] in outputs:
+            assert all(len(t) == r["max_tokens"] for t in outputs[r["id"]]) and len(outputs[r["id"]]) == r["n"]
+    for rid, toks in plain_tokens.items():
+        assert outputs[rid] == [toks], rid
+    time.sleep(2)  # aborts reach the engine asynchronously
+    _check_reports(load_requests, lambda rid: list(_report(server, ids[rid])["requests"].values()), outputs, aborted)
+    log = server[2].read_text()
+    assert "EngineDeadError" not in log and "Traceback" not in log
