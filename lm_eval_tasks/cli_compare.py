@@ -81,7 +81,18 @@ def load_arms(runs: list, names: list[str] | None = None) -> dict[str, dict[str,
             if task in arms.setdefault(arm, {}):
                 raise ValueError(f"arm {arm!r} task {task!r} appears in two runs; name the runs apart with --names")
             arms[arm][task] = rows
-    return arms
+    return dict(sorted(arms.items(), key=lambda kv: _arm_order(runs).get(kv[0], (1, kv[0]))))
+
+
+def _arm_order(runs) -> dict:
+    """Arms in the order of the run's own arms file (``arms_*.json`` beside the results), when there is one."""
+    order = {}
+    for run in runs:
+        found = sorted(glob.glob(str(Path(run) / "**" / "arms_*.json"), recursive=True)) if Path(run).is_dir() else []
+        if found:
+            for i, arm in enumerate(json.loads(Path(found[-1]).read_text()).get("arms", [])):
+                order.setdefault(arm["name"], (0, f"{i:06d}"))
+    return order
 
 
 def pick_baseline(arms: dict, baseline: str | None, first_run_arms: list[str]) -> str:
