@@ -191,7 +191,8 @@ class SteeredVLLM(VLLM):
         if missing:
             raise RuntimeError("steered_vllm: arm(s) " + ", ".join(f"{a!r} ({len(r)} request(s), e.g. {r[:3]})" for a, r in missing.items())
                                + " asked to be steered ran unsteered")
-        for arm, s in self.arm_summary.items():
+        for arm in sorted({a for a in arms if a is not None}):
+            s = self.arm_summary[arm]
             logger.info("steered_vllm arm %s: spec(s) %s at layers %s: %d requests, %d tokens, mean |delta| %.4g",
                         arm, s["spec_hashes"], s["layers"], s["requests"], s["tokens"], s["mean_abs_delta"])
         if os.environ.get(REPORT_ENV):

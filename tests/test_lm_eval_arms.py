@@ -34,7 +34,8 @@ def arms_eval(tmp_path_factory, llama_dir, sae_dirs, layer_saes):
                                                        "edits": [{"feature": 7, "mode": "set", "value": 6.0}]}}],
             "sweep": {"sae": std, "hook": "blocks.2.hook_resid_post", "features": [5, 11], "strengths": [2, 4], "max_activation": 3.0}}
     out = tmp_path_factory.mktemp("arms_eval")
-    return run_arms_eval(llama_dir, TASK, arms, out, include_path=str(tasks), n_problems=None, limit=3, single_arms=True, n_boot=500)
+    return run_arms_eval(llama_dir, TASK, arms, out, include_path=str(tasks), n_problems=None, limit=3, max_gen_toks=16,
+                         single_arms=True, n_boot=500)
 
 
 def _resps(folder: Path, task_file: str) -> dict:

@@ -272,3 +272,30 @@ def test_cutoff_token_names_the_think_end_for_reasoning_tokens(tmp_path, tokeniz
     task.set_config(key="generation_kwargs", value={"cutoff_token": 10**9}, update=True)
     with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
         task.process_results(doc, [[text]])
+
+
+def test_the_engine_is_configured_once_with_every_sae_the_arms_need(monkeypatch, llama_dir, sae_dirs, layer_saes):
+    import lm_eval.models.vllm_causallms as host
+
+    from lm_eval_tasks.steered_vllm import SteeredVLLM
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_llm(**kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(host, "LLM", fake_llm)
+    std, jump = str(sae_dirs["standard"]), str(layer_saes["blocks.3.hook_resid_post"][1])
+    arms = {"arms": [{"name": "baseline", "steering": None},
+                     {"name": "l3", "steering": {"sae": jump, "hook": "blocks.3.hook_resid_post", "method": "reconstruct",
+                                                 "edits": [{"feature": 1, "mode": "set", "value": 1.0}]}}],
+            "sweep": {"sae": std, "hook": HOOK, "features": [1, 2], "strengths": [1, 2], "max_activation": 1.0}}
+    with pytest.raises(Stop):
+        SteeredVLLM(pretrained=str(llama_dir), arms=json.dumps(arms), dtype="float32", enforce_eager=True)
+    config = seen[0]["additional_config"]["reason_steering"]
+    assert config["saes"] == [{"sae": jump, "sae_id": None, "hook": "blocks.3.hook_resid_post", "reconstruct": True},
+                              {"sae": std, "sae_id": None, "hook": HOOK}]
