@@ -73,7 +73,9 @@ def main() -> None:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     engine = {"dtype": "float32", "max_model_len": 1024, **({} if args.compile else {"enforce_eager": True})}
-    common = ["--tasks", "tiny_arith", "--apply_chat_template", "--log_samples", "--batch_size", "auto",
+    from lm_eval_tasks import TASKS_DIR
+
+    common = ["--tasks", "tiny_arith", "--include_path", TASKS_DIR, "--apply_chat_template", "--log_samples", "--batch_size", "auto",
               "--gen_kwargs", f"max_gen_toks={args.max_gen_toks}", "--metadata", json.dumps({"n": args.problems})]
 
     print(f"(a) one multi-arm lm_eval run, {len(arms)} arms", flush=True)
