@@ -1,11 +1,17 @@
-"""The demo's lm-eval step: baseline vs steered on the tiny embedded task, then the compare plot.
+"""The demo's lm-eval step: one multi-arm ``steered_vllm`` run (baseline + steering arms), then the
+multi-arm comparison with its forest plot.
 
-``run_tiny_eval`` runs lm-eval (Python API, ``simple_evaluate``) in a child process — a vLLM engine
-cannot share a process with another one, and the demo has usually started one already. The child
-builds one ``steered_vllm`` model (one engine start, the SAE configured), evaluates ``tiny_arith``
-(synthetic arithmetic with ``\\boxed{}`` answers, greedy) once unsteered and once steered, and saves
-both runs the way the ``lm_eval`` CLI does with ``--log_samples``; the parent then runs the same
-comparison as ``reason-sae compare`` and draws its plot.
+``run_arms_eval(model_dir, task, arms, out_dir)`` runs lm-eval (Python API, ``simple_evaluate``) in
+a child process — a vLLM engine cannot share a process with another one, and the demo has usually
+started one already. The child builds one ``steered_vllm`` model with ``arms=`` (one engine start,
+every SAE the arms need configured), evaluates the task once per arm in the same batches and saves
+the run the way the ``lm_eval`` CLI does with ``--log_samples`` (``<task>@<arm>`` samples); with
+``single_arms=True`` it then also runs every arm on its own, one after the other on the same engine
+(the single-arm ``steered_vllm`` path; for parity tests and the benchmark). The parent runs the same
+comparison as ``reason-sae compare`` (adjusted p-values, forest plot, dose-response plot for sweeps).
+
+``run_demo_arms`` builds the demo's arms (baseline + top features at two strengths, the paper's
+clamp); ``run_tiny_eval`` is the older single-feature entry point (baseline + one arm).
 """
 
 from __future__ import annotations
@@ -20,72 +26,125 @@ from pathlib import Path
 TASK = "tiny_arith"
 
 
-def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out_dir, *, mode: str = "set",
-                  sae_id: str | None = None, method: str | None = None, n_problems: int = 24, max_gen_toks: int = 192,
-                  enforce_eager: bool = True, timeout: float = 900) -> dict:
-    """Baseline vs steered lm-eval runs of ``tiny_arith`` on ``model_dir``; returns the numbers.
+def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | None = None, n_problems: int | None = 24,
+                  limit: int | None = None, max_gen_toks: int = 192, enforce_eager: bool = True, single_arms: bool = False,
+                  gen_kwargs: str | None = None, max_model_len: int = 1024, timeout: float = 1800, n_boot: int = 10_000) -> dict:
+    """Every arm of ``arms`` (anything ``arms.parse_arms`` takes) on ``task``, in one engine and one run.
 
-    Writes under ``out_dir``: ``baseline/`` and ``steered/`` (lm-eval results + samples),
-    ``steer.json`` (the SteeringSpec), ``compare.png`` + ``compare.json``, ``tiny_eval.json``."""
-    from lm_eval_tasks.cli_compare import compare, load_samples, plot
-    from reason_plugins.spec import parse_spec
+    Writes under ``out_dir``: ``arms.json`` (the resolved arms), ``run/`` (lm-eval results + samples,
+    ``<task>@<arm>``), ``single/<arm>/`` with ``single_arms``, ``compare.png`` (forest plot), ``compare.json``,
+    ``compare.md``, ``compare_dose.png`` for sweeps, ``arms_eval.json`` (the summary returned)."""
+    from lm_eval_tasks.arms import arms_file_dict, parse_arms
+    from lm_eval_tasks.cli_compare import compare_arms, load_arms, write_outputs
+    from reason_plugins.files import write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if method is None:
-        from reason_plugins.saes import default_method, sae_shape
-
-        method = default_method(sae_shape(str(sae_dir), sae_id))
-    spec = parse_spec({"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "method": method,
-                       "edits": [{"feature": int(feature), "mode": mode, "value": float(value)}]}).to_dict()
-    (out / "steer.json").write_text(json.dumps(spec, indent=2))
-    job = {"model": str(model_dir), "steer_path": str(out / "steer.json"), "out": str(out), "n": int(n_problems),
-           "max_gen_toks": int(max_gen_toks), "eager": bool(enforce_eager)}
+    resolved = parse_arms(arms)
+    arms_path = write_json_atomic(out / "arms.json", arms_file_dict(resolved))
+    job = {"model": str(model_dir), "arms": str(arms_path), "task": task, "out": str(out), "n": n_problems, "limit": limit,
+           "include_path": include_path, "gen_kwargs": gen_kwargs or f"max_gen_toks={int(max_gen_toks)}", "eager": bool(enforce_eager),
+           "single": bool(single_arms), "max_model_len": int(max_model_len)}
     started = time.time()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.demo", json.dumps(job)], capture_output=True, text=True,
                          timeout=timeout, env=env)
     if res.returncode != 0:
-        raise RuntimeError(f"tiny lm-eval run failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
+        raise RuntimeError(f"multi-arm lm-eval run failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
     child = json.loads((out / "runs.json").read_text())
-    report = compare(load_samples(out / "baseline"), load_samples(out / "steered"), [TASK])
-    png = plot(report, out / "compare.png")
-    (out / "compare.json").write_text(json.dumps(report, indent=2))
-    summary = {"task": TASK, "n_problems": int(n_problems), "spec": spec, "baseline": child["baseline"],
-               "steered": child["steered"], "steering_applied": child["steering_applied"], "compare": report[TASK],
-               "plot": str(png), "out_dir": str(out), "seconds": round(time.time() - started, 1)}
-    (out / "tiny_eval.json").write_text(json.dumps(summary, indent=2))
+    report = compare_arms(load_arms([out / "run"]), resolved[0].name, [task], n_boot=n_boot)
+    paths = write_outputs(report, out / "compare.png")
+    summary = {"task": task, "n_problems": n_problems, "arms": [a.to_dict() for a in resolved], "metrics": child["metrics"],
+               "applied": child["applied"], "seconds": child["seconds"], "compare": report, "plot": paths["forest"],
+               "plots": paths, "out_dir": str(out), "wall_seconds": round(time.time() - started, 1)}
+    write_json_atomic(out / "arms_eval.json", summary)
     return summary
+
+
+def demo_arms(sae_dir, hook: str, max_acts: dict, strengths=(2.0, 4.0), sae_id: str | None = None, method: str | None = None) -> dict:
+    """The demo's sweep: baseline + each feature of ``max_acts`` ({feature: max activation}) at each strength."""
+    sweep = {"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "features": [int(f) for f in max_acts],
+             "strengths": [float(s) for s in strengths], "max_activation": {str(int(f)): float(v) for f, v in max_acts.items()}}
+    if method:
+        sweep["method"] = method
+    return {"sweep": sweep}
+
+
+def run_demo_arms(model_dir, sae_dir, hook: str, max_acts: dict, out_dir, *, task: str = TASK, strengths=(2.0, 4.0),
+                  sae_id: str | None = None, **kwargs) -> dict:
+    """The demo's lm-eval step: baseline + top features at two strengths, one multi-arm run."""
+    return run_arms_eval(model_dir, task, demo_arms(sae_dir, hook, max_acts, strengths, sae_id), out_dir, **kwargs)
+
+
+def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out_dir, *, mode: str = "set",
+                  sae_id: str | None = None, method: str | None = None, n_problems: int = 24, max_gen_toks: int = 192,
+                  enforce_eager: bool = True, timeout: float = 900, task: str = TASK) -> dict:
+    """Baseline vs one steered arm (``feature`` := ``value``) as one two-arm run; the older summary keys."""
+    from lm_eval_tasks.arms import _method
+
+    method = method or _method(str(sae_dir), sae_id)
+    spec = {"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "method": method,
+            "edits": [{"feature": int(feature), "mode": mode, "value": float(value)}]}
+    ev = run_arms_eval(model_dir, task, {"arms": [{"name": "baseline", "steering": None}, {"name": "steered", "steering": spec}]},
+                       out_dir, n_problems=n_problems, max_gen_toks=max_gen_toks, enforce_eager=enforce_eager, timeout=timeout)
+    return {**ev, "spec": spec, "baseline": ev["metrics"]["baseline"], "steered": ev["metrics"]["steered"],
+            "steering_applied": ev["applied"]["steered"], "compare": ev["compare"]["arms"]["steered"]}
+
+
+def _save(results: dict, out: Path) -> None:
+    from lm_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(out))
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for name in results["configs"]:
+        tracker.save_results_samples(task_name=name, samples=samples[name])
+
+
+def _metrics(results: dict) -> dict:
+    return {name: {k.split(",")[0]: v for k, v in m.items() if k.endswith(",all_samples") and "stderr" not in k
+                   and not k.startswith("extracted_answers")} for name, m in results["results"].items()}
 
 
 def _child(job: dict) -> None:
     import lm_eval
-    from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
     from lm_eval_tasks import TASKS_DIR
-    from lm_eval_tasks.steered_vllm import SteeredVLLM
+    from lm_eval_tasks.arm_eval import split_task_name
+    from lm_eval_tasks.steered_vllm import SteeredVLLM, _empty_summary
+    from reason_plugins.files import write_json_atomic
 
     out = Path(job["out"])
-    lm = SteeredVLLM(pretrained=job["model"], steer_path=job["steer_path"], dtype="float32", max_model_len=1024,
-                     enforce_eager=job["eager"], seed=0)
-    specs = lm.steering
-    runs = {}
-    for name, steering in (("baseline", None), ("steered", specs)):
-        lm.steering = steering  # one engine, the SAE configured; unsteered requests pass through untouched
+    started = time.time()
+    lm = SteeredVLLM(pretrained=job["model"], arms=job["arms"], dtype="float32", max_model_len=job["max_model_len"],
+                     enforce_eager=job["eager"], seed=0, batch_size="auto")
+    seconds = {"engine_start": time.time() - started}
+    include = [p for p in (TASKS_DIR, job.get("include_path")) if p]
+    metadata = {"pretrained": job["model"], **({"n": job["n"]} if job.get("n") else {})}
+
+    def evaluate():
         # metadata reaches the task (tokenizer for lengths, `n` for the dataset) through the TaskManager
-        task_manager = TaskManager(include_path=TASKS_DIR, metadata={"pretrained": job["model"], "n": job["n"]})
-        results = lm_eval.simple_evaluate(model=lm, tasks=[TASK], task_manager=task_manager, apply_chat_template=True,
-                                          log_samples=True, gen_kwargs=f"max_gen_toks={job['max_gen_toks']}")
-        tracker = EvaluationTracker(output_path=str(out / name))
-        samples = results.pop("samples")
-        tracker.save_results_aggregated(results=results, samples=samples)
-        tracker.save_results_samples(task_name=TASK, samples=samples[TASK])
-        metrics = results["results"][TASK]
-        runs[name] = {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",all_samples") and "stderr" not in k
-                      and not k.startswith("extracted_answers")}
-    runs["steering_applied"] = lm.steering_summary
-    (out / "runs.json").write_text(json.dumps(runs, indent=2))
+        return lm_eval.simple_evaluate(model=lm, tasks=[job["task"]], task_manager=TaskManager(include_path=include, metadata=metadata),
+                                       apply_chat_template=True, log_samples=True, gen_kwargs=job["gen_kwargs"], limit=job.get("limit"))
+
+    t0 = time.time()
+    results = evaluate()
+    seconds["multi_arm"] = time.time() - t0
+    metrics = {split_task_name(k)[1]: v for k, v in _metrics(results).items()}
+    _save(results, out / "run")
+    applied = dict(lm.arm_summary)
+    if job["single"]:  # every arm on its own, one after the other, on the same engine (single-arm steered_vllm path)
+        arms, lm.arms = lm.arms, None
+        seconds["single_arms"] = {}
+        for arm in arms:
+            lm.steering, lm.steering_summary = arm.steering, _empty_summary()
+            t0 = time.time()
+            single = evaluate()
+            seconds["single_arms"][arm.name] = time.time() - t0
+            _save(single, out / "single" / arm.name)
+        lm.arms = arms
+    write_json_atomic(out / "runs.json", {"metrics": metrics, "applied": applied, "seconds": seconds})
 
 
 if __name__ == "__main__":

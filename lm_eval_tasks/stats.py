@@ -10,6 +10,9 @@ problem (paired), which is what removes the problems' own difficulty from the no
   null of no effect each problem's difference is as likely to have either sign;
 - a difference counts as real only when p < alpha *and* the interval excludes 0; otherwise it is
   reported as inside the noise. (30 AIME problems x 1 sample cannot resolve a few points.)
+- ``adjust_pvalues``: with many arms x metrics, the p-values are adjusted for multiple comparisons
+  (Holm-Bonferroni, family-wise, by default; Benjamini-Hochberg, false discovery rate, on request)
+  by ``statsmodels``' ``multipletests``; the verdict then uses the adjusted p.
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ def paired_test(baseline, steered, n_boot: int = 10_000, seed: int = 0, alpha: f
     return {"n": int(b.size), "baseline": bootstrap_ci(b, n_boot, seed, alpha), "steered": bootstrap_ci(s, n_boot, seed, alpha),
             "diff": mean, "diff_low": low, "diff_high": high, "p_value": p, "significant": significant,
             "n_better": int((diff > 0).sum()), "n_worse": int((diff < 0).sum()), "n_tied": int((diff == 0).sum())}
+
+
+CORRECTIONS = {"holm": "holm", "fdr": "fdr_bh", "bh": "fdr_bh", "none": None}
+
+
+def adjust_pvalues(pvalues, method: str = "holm", alpha: float = ALPHA) -> list[float]:
+    """Multiple-comparison adjusted p-values, in the input order. ``method``: holm | fdr (= bh) | none."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"p-value correction {method!r} is not one of {sorted(CORRECTIONS)}")
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"adjust_pvalues: need a flat list of p-values in [0, 1], got {pvalues!r}")
+    if p.size == 0 or CORRECTIONS[method] is None:
+        return [float(x) for x in p]
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(x) for x in multipletests(p, alpha=alpha, method=CORRECTIONS[method])[1]]
 
 
 def verdict(result: dict, metric: str, alpha: float = ALPHA) -> str:

@@ -7,6 +7,16 @@ A subclass of ``lm_eval.models.vllm_causallms.VLLM`` that changes two things onl
 - every ``SamplingParams`` the parent builds (generation and log-likelihood alike) is copied with
   ``extra_args={"steering": specs}``; the plugin validates each request and steers it in-engine.
 
+With ``arms=`` (``lm_eval_tasks/arms.py``: an arms file, a sweep, a JSON-lines or CSV file) every task
+is evaluated once per arm in the same engine and the same batches (``<task>@<arm>`` results, see
+``arm_eval.py``): each request carries its own arm's steering, the engine is configured once with
+every SAE the arms need, and the plugin's report is checked per arm (a steered arm's request that
+ran unsteered fails the run, naming the arm). ``--batch_size auto`` sends each request type to the
+engine in one ``generate`` call.
+
+``--gen_kwargs cutoff_token=ID`` (the reference's end-of-reasoning token) is taken out before
+vLLM's ``SamplingParams``; the tasks count ``reasoning_tokens`` up to that token.
+
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
 sampling params). After each batch the plugin's per-request report is checked: a request that was
 asked to be steered and ran unsteered is an error, never silent. ``steering_summary`` keeps what
@@ -19,38 +29,138 @@ from __future__ import annotations
 import json
 import logging
 import os
+from types import SimpleNamespace
 
 from lm_eval.models.vllm_causallms import VLLM
 
+from lm_eval_tasks.arms import Arm, parse_arms
 from lm_eval_tasks.steer_args import REFERENCE_ARGS, engine_saes, steering_from_args
+from reason_plugins.spec import SpecError
 from vllm_patches.preflight import preflight
 
 logger = logging.getLogger("reason_plugins.lm_eval")
 STEERING_ARGS = ("steer_path", *REFERENCE_ARGS, "sae_hook", "sae_method", "sae_mode")
 REPORT_ENV = "REASON_STEERING_REPORT"
+ARM_KEY = "_reason_arm"  # rides in a request's gen_kwargs from generate_until to modify_gen_kwargs
+GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to SamplingParams
 
 
 class SteeredVLLM(VLLM):
-    def __init__(self, pretrained: str, steer_max_edits: int = 16, **kwargs):
+    def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, **kwargs):
         args = {k: kwargs.pop(k) for k in STEERING_ARGS if k in kwargs}
-        specs = steering_from_args(args)
-        self.steering = [s.to_dict() for s in specs] or None
-        self.steering_summary = {"requests": 0, "tokens": 0, "delta_abs_sum": 0.0, "spec_hashes": [], "layers": []}
+        self.arms: list[Arm] | None = None
+        self.task_arms: dict[str, str] = {}  # "<task>@<arm>" -> arm, filled by arm_eval's evaluate wrapper
+        self.arm_summary: dict[str, dict] = {}
+        self._ll_steering = None
+        if arms is not None:
+            if args.get("steer_path") or args.get("sae_feature_idx") is not None:
+                raise SpecError("steered_vllm: give either arms= or one steering (steer_path / sae_feature_idx), not both")
+            self.arms = parse_arms(arms, defaults=args)
+            specs = [s for arm in self.arms for s in arm.specs]
+            self.arm_summary = {a.name: _empty_summary() for a in self.arms if a.specs}
+            from lm_eval_tasks import arm_eval
+
+            arm_eval.install()
+            logger.info("steered_vllm: %d arms %s", len(self.arms), [a.name for a in self.arms])
+            if str(kwargs.get("batch_size", "auto")) != "auto":
+                logger.warning("steered_vllm arms: batch_size=%s splits the arms' requests over several generate calls; "
+                               "--batch_size auto sends them together", kwargs.get("batch_size"))
+        else:
+            specs = steering_from_args(args)
+        self.steering = None if self.arms else ([s.to_dict() for s in specs] or None)
+        self.steering_summary = _empty_summary()
         if specs:
             import vllm_patches
             from vllm_patches.config import CONFIG_KEY
 
             vllm_patches.register()  # also when vLLM's entry-point plugin loading is restricted (VLLM_PLUGINS)
-            preflight(pretrained, self.steering, max_edits=int(steer_max_edits))  # model/SAE/spec checked before the engine
+            preflight(pretrained, [s.to_dict() for s in specs], max_edits=int(steer_max_edits))  # every arm checked before the engine
             extra = dict(kwargs.pop("additional_config", None) or {})
             extra[CONFIG_KEY] = {"saes": engine_saes(specs), "max_edits": int(steer_max_edits)}
             kwargs["additional_config"] = extra
-            logger.info("steered_vllm: steering %s", json.dumps(self.steering))
+            if self.steering:
+                logger.info("steered_vllm: steering %s", json.dumps(self.steering))
         super().__init__(pretrained=pretrained, **kwargs)
 
+    # -- arms: route each request to its arm ----------------------------------------------------------
+    def _arm_of(self, req) -> Arm:
+        name = self.task_arms.get(req.task_name)
+        if name is None:
+            raise RuntimeError(f"steered_vllm arms: request of task {req.task_name!r} belongs to no arm; a multi-arm model "
+                               "runs through lm-eval's evaluate (simple_evaluate / the lm_eval CLI), which adds <task>@<arm> copies")
+        return next(a for a in self.arms if a.name == name)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        if not self.arms:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        tagged = [SimpleNamespace(args=(r.args[0], {**r.args[1], ARM_KEY: self._arm_of(r).name}), task_name=r.task_name)
+                  for r in requests]
+        return super().generate_until(tagged, disable_tqdm=disable_tqdm)
+
+    def _per_arm(self, method, requests, **kwargs):
+        """Log-likelihood requests: one engine call per arm (each call steered as its arm)."""
+        out, groups = [None] * len(requests), {}
+        for i, r in enumerate(requests):
+            groups.setdefault(self._arm_of(r).name, []).append(i)
+        try:
+            for arm in self.arms:
+                if arm.name not in groups:
+                    continue
+                self._ll_steering = (arm.name, arm.steering)
+                results = method([requests[i] for i in groups[arm.name]], **kwargs)
+                for i, res in zip(groups[arm.name], results):
+                    out[i] = res
+        finally:
+            self._ll_steering = None
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if not self.arms:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        return self._per_arm(super().loglikelihood, requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        if not self.arms:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        return self._per_arm(super().loglikelihood_rolling, requests, disable_tqdm=disable_tqdm)
+
+    def modify_gen_kwargs(self, gen_kwargs, eos=None, default_max_gen_toks: int = 256):
+        gen_kwargs = dict(gen_kwargs)
+        for key in GEN_ONLY_KWARGS:
+            gen_kwargs.pop(key, None)
+        arm_name = gen_kwargs.pop(ARM_KEY, None)
+        kwargs, until, max_gen_toks = VLLM.modify_gen_kwargs(gen_kwargs, eos=eos, default_max_gen_toks=default_max_gen_toks)
+        if arm_name is not None:
+            arm = next(a for a in self.arms if a.name == arm_name)
+            if arm.steering is not None:  # an unsteered arm's params stay exactly --model vllm's
+                kwargs["extra_args"] = {**(kwargs.get("extra_args") or {}), "steering": arm.steering, "reason_arm": arm.name}
+        return kwargs, until, max_gen_toks
+
+    # -- the engine call ------------------------------------------------------------------------------
     def _model_generate(self, requests, generate: bool = False, sampling_params=None):
+        if self.arms:
+            if generate and sampling_params is not None:  # generate_until: each params carries its arm's steering
+                outputs = super()._model_generate(requests, generate=True, sampling_params=sampling_params)
+                params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(requests)
+                arms = [(sp.extra_args or {}).get("reason_arm") for sp in params]
+                if self.data_parallel_size <= 1:
+                    self._check_arms(outputs, arms)
+                return outputs
+            if self._ll_steering is None or self._ll_steering[1] is None:
+                return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+            arm_name, steering = self._ll_steering
+            outputs = self._steered_generate(requests, generate, sampling_params, steering)
+            if self.data_parallel_size <= 1:
+                self._check_arms(outputs, [arm_name] * len(outputs))
+            return outputs
         if self.steering is None:
             return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+        outputs = self._steered_generate(requests, generate, sampling_params, self.steering)
+        if self.data_parallel_size <= 1:
+            self._check_applied(outputs)
+        return outputs
+
+    def _steered_generate(self, requests, generate, sampling_params, steering):
         from vllm import SamplingParams
 
         if not generate or sampling_params is None:  # the parent's log-likelihood params, steered too
@@ -60,34 +170,69 @@ class SteeredVLLM(VLLM):
         steered = []
         for sp in sampling_params:
             sp = sp.clone()
-            sp.extra_args = {**(sp.extra_args or {}), "steering": self.steering}
+            sp.extra_args = {**(sp.extra_args or {}), "steering": steering}
             steered.append(sp)
-        outputs = super()._model_generate(requests, generate=True, sampling_params=steered)
-        if self.data_parallel_size <= 1:
-            self._check_applied(outputs)
-        return outputs
+        return super()._model_generate(requests, generate=True, sampling_params=steered)
+
+    def _report(self) -> tuple[dict, dict]:
+        report = self.model.collective_rpc("reason_steering_report")[0]
+        return report, {rid.rsplit("-", 1)[0]: rec for rid, rec in report.items()}
+
+    def _check_arms(self, outputs, arms: list[str | None]) -> None:
+        """Every request of a steered arm was steered (else the run fails naming the arm)."""
+        report, by_request = self._report()
+        missing: dict[str, list] = {}
+        for out, arm in zip(outputs, arms):
+            if arm is None:
+                continue
+            rec = by_request.get(out.request_id) or report.get(out.request_id)
+            if rec is None or not rec.get("tokens"):
+                missing.setdefault(arm, []).append(out.request_id)
+                continue
+            _add(self.arm_summary[arm], rec)
+        if missing:
+            raise RuntimeError("steered_vllm: arm(s) " + ", ".join(f"{a!r} ({len(r)} request(s), e.g. {r[:3]})" for a, r in missing.items())
+                               + " asked to be steered ran unsteered")
+        for arm in sorted({a for a in arms if a is not None}):
+            s = self.arm_summary[arm]
+            logger.info("steered_vllm arm %s: spec(s) %s at layers %s: %d requests, %d tokens, mean |delta| %.4g",
+                        arm, s["spec_hashes"], s["layers"], s["requests"], s["tokens"], s["mean_abs_delta"])
+        if os.environ.get(REPORT_ENV):
+            _write_json(os.environ[REPORT_ENV], {"arms": {a.name: {"steering": a.steering, **self.arm_summary.get(a.name, {})}
+                                                          for a in self.arms}})
 
     def _check_applied(self, outputs) -> None:
-        report = self.model.collective_rpc("reason_steering_report")[0]
-        by_request = {rid.rsplit("-", 1)[0]: rec for rid, rec in report.items()}
+        report, by_request = self._report()
         missing = []
         for out in outputs:
             rec = by_request.get(out.request_id) or report.get(out.request_id)
             if rec is None or not rec.get("tokens"):
                 missing.append(out.request_id)
                 continue
-            summary = self.steering_summary
-            summary["requests"] += 1
-            summary["tokens"] += rec["tokens"]
-            summary["delta_abs_sum"] += rec["delta_abs_sum"]
-            summary["spec_hashes"] = sorted(set(summary["spec_hashes"]) | {rec["spec_hash"]})
-            summary["layers"] = sorted(set(summary["layers"]) | set(rec["layers"]))
+            _add(self.steering_summary, rec)
         if missing:
             raise RuntimeError(f"steered_vllm: {len(missing)} request(s) asked to be steered ran unsteered: {missing[:5]}")
         s = self.steering_summary
-        s["mean_abs_delta"] = s["delta_abs_sum"] / max(1, s["tokens"] * max(1, len(s["layers"])))
         logger.info("steered_vllm: applied spec(s) %s at layers %s: %d requests, %d tokens, mean |delta| %.4g",
                     s["spec_hashes"], s["layers"], s["requests"], s["tokens"], s["mean_abs_delta"])
         if os.environ.get(REPORT_ENV):
-            with open(os.environ[REPORT_ENV], "w") as f:
-                json.dump({"steering": self.steering, **s}, f, indent=2)
+            _write_json(os.environ[REPORT_ENV], {"steering": self.steering, **s})
+
+
+def _empty_summary() -> dict:
+    return {"requests": 0, "tokens": 0, "delta_abs_sum": 0.0, "spec_hashes": [], "layers": [], "mean_abs_delta": 0.0}
+
+
+def _add(summary: dict, rec: dict) -> None:
+    summary["requests"] += 1
+    summary["tokens"] += rec["tokens"]
+    summary["delta_abs_sum"] += rec["delta_abs_sum"]
+    summary["spec_hashes"] = sorted(set(summary["spec_hashes"]) | {rec["spec_hash"]})
+    summary["layers"] = sorted(set(summary["layers"]) | set(rec["layers"]))
+    summary["mean_abs_delta"] = summary["delta_abs_sum"] / max(1, summary["tokens"] * max(1, len(summary["layers"])))
+
+
+def _write_json(path: str, obj) -> None:
+    from reason_plugins.files import write_json_atomic
+
+    write_json_atomic(path, obj)

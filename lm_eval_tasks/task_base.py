@@ -14,7 +14,9 @@ run's ``model_args`` — ``pretrained``, ``tokenizer`` — into every task's met
 - ``extracted_answers`` (bypass): what was extracted, for the samples log.
 
 Task metadata knobs: ``answer_kind`` ("math" | "choice"), ``length_think_end`` (default ``</think>``),
-``length_tokenizer`` (default: the model's ``tokenizer`` / ``pretrained``).
+``length_tokenizer`` (default: the model's ``tokenizer`` / ``pretrained``). The reference's
+``--gen_kwargs cutoff_token=ID`` (e.g. 128014, R1-Llama's ``</think>``) names the think-end token by
+id instead; ``steered_vllm`` keeps it out of vLLM's ``SamplingParams``.
 Do not pass lm-eval's ``think_end_token`` model arg: it strips the think section before scoring.
 """
 
@@ -98,14 +100,29 @@ class ReasoningTask(ConfigurableTask):
             self._warned = True
         return None
 
+    def _think_end(self, tokenizer) -> str:
+        """The think-end text: ``cutoff_token`` (a token id in generation_kwargs) decoded, else the metadata's."""
+        cutoff = (self.config.generation_kwargs or {}).get("cutoff_token")
+        if cutoff is None:
+            return self._meta().get("length_think_end", DEFAULT_THINK_END)
+        try:
+            token_id = int(cutoff)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.config.task}: cutoff_token must be a token id (an int), got {cutoff!r}") from exc
+        if tokenizer is None:
+            raise ValueError(f"{self.config.task}: cutoff_token={token_id} needs the model's tokenizer ('pretrained' in model_args)")
+        if not 0 <= token_id < len(tokenizer):
+            raise ValueError(f"{self.config.task}: cutoff_token {token_id} is outside the tokenizer's vocabulary (size {len(tokenizer)})")
+        return tokenizer.decode([token_id])
+
     def process_results(self, doc, results):
         responses = results[0] if results and isinstance(results[0], (list, tuple)) else list(results)
         meta = self._meta()
         kind = meta.get("answer_kind", "math")
-        think_end = meta.get("length_think_end", DEFAULT_THINK_END)
         gold = str(self.doc_to_target(doc))
         question = self.doc_to_text(doc)
         tokenizer = self._tokenizer()
+        think_end = self._think_end(tokenizer)
         correct, extracted, lengths = [], [], []
         for text in responses:
             ok, answer = is_correct(text or "", gold, kind=kind, question=question if isinstance(question, str) else None)

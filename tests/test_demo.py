@@ -43,3 +43,6 @@ def test_demo_writes_report_with_generations_and_sae(tmp_path):
     # lm-eval baseline vs steered on the tiny embedded task, with its compare plot
     assert summary["lm_eval"]["n_problems"] == 12 and (out / summary["lm_eval"]["plot"]).stat().st_size > 1000
     assert "## lm-eval: tiny embedded task" in report
+    # ... as one multi-arm run: baseline + the top two features at two strengths, forest plot in the report
+    assert summary["lm_eval"]["arms"][0] == "baseline" and len(summary["lm_eval"]["arms"]) == 5
+    assert summary["lm_eval"]["plot"] in report and "p adjusted" in report

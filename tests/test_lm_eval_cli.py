@@ -1,9 +1,11 @@
 """The stock ``lm_eval`` CLI on the fixture model: ``--model vllm`` (CPU build, via our version shim)
 and ``--model steered_vllm`` (discovered through our .pth, torch.compile on) over fixture copies of
 the three benchmark tasks; parity of ``steered_vllm`` with lm-eval's own HF ``steered`` model for the
-same ``add`` + ``clamp`` CSV, with greedy decoding.
+same ``add`` + ``clamp`` CSV, with greedy decoding; a multi-arm ``steered_vllm`` run (``--model_args``
+as JSON, an arms file, the reference's ``--gen_kwargs cutoff_token=``) whose baseline arm equals
+``--model vllm`` and whose CSV arm equals the single-arm ``steered_vllm`` run, text for text.
 
-Two engine starts in all (one subprocess per model type); the HF runs are in-process and fast.
+Three engine starts in all (one subprocess per run); the HF runs are in-process and fast.
 """
 
 from __future__ import annotations
@@ -43,21 +45,24 @@ def steer_csv(tmp_path_factory, layer_saes):
     return path
 
 
-def lm_eval_cli(out: Path, model: str, model_args: str, task_dir: Path, env_extra: dict | None = None) -> dict:
+def lm_eval_cli(out: Path, model: str, model_args: str, task_dir: Path, env_extra: dict | None = None, extra: list | None = None,
+                arms: list[str] | None = None) -> dict:
     exe = shutil.which("lm_eval") or str(Path(os.sys.executable).with_name("lm_eval"))
     cmd = [exe, "--model", model, "--model_args", model_args, "--tasks", ",".join(TASKS), "--include_path", str(task_dir),
-           "--limit", str(LIMIT), "--apply_chat_template", "--log_samples", "--output_path", str(out)]
+           "--limit", str(LIMIT), "--apply_chat_template", "--log_samples", "--output_path", str(out), *(extra or [])]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env_extra or {})}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-6000:])
+    if arms:
+        return {arm: read_run(out, f"@{arm}") for arm in arms}
     return read_run(out)
 
 
-def read_run(out: Path) -> dict:
+def read_run(out: Path, suffix: str = "") -> dict:
     results = json.loads(Path(sorted(glob.glob(str(out / "*" / "results_*.json")))[-1]).read_text())
     samples = {}
     for task in TASKS:
-        path = sorted(glob.glob(str(out / "*" / f"samples_{task}_*.jsonl")))[-1]
+        path = sorted(glob.glob(str(out / "*" / f"samples_{task}{suffix}_*.jsonl")))[-1]
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         samples[task] = {r["doc_id"]: clean(r["resps"][0][0]) for r in rows}
     return {"results": results, "samples": samples}
@@ -77,6 +82,43 @@ def steered_run(tmp_path_factory, llama_dir, task_dir, steer_csv):
                       env_extra={"REASON_STEERING_REPORT": str(report)})
     run["report"] = json.loads(report.read_text())
     return run
+
+
+@pytest.fixture(scope="module")
+def arms_run(tmp_path_factory, llama_dir, task_dir, steer_csv, tokenizer_dir):
+    """baseline + the CSV's add + clamp as one arm, in one engine; model_args as one JSON object."""
+    from transformers import AutoTokenizer
+
+    from lm_eval_tasks.steer_args import csv_specs
+
+    out = tmp_path_factory.mktemp("run_arms")
+    arms = out / "arms.json"
+    arms.write_text(json.dumps({"arms": [{"name": "baseline", "steering": None},
+                                         {"name": "csv_both", "steering": [s.to_dict() for s in csv_specs(steer_csv)]}]}))
+    model_args = json.dumps({"pretrained": str(llama_dir), "arms": str(arms), "dtype": "float32", "max_model_len": 512,
+                             "enforce_eager": True})
+    think_end = AutoTokenizer.from_pretrained(tokenizer_dir).convert_tokens_to_ids("</think>")
+    report = out / "steering_report.json"
+    run = lm_eval_cli(out, "steered_vllm", model_args, task_dir, env_extra={"REASON_STEERING_REPORT": str(report)},
+                      extra=["--batch_size", "auto", "--gen_kwargs", f"cutoff_token={think_end}"], arms=["baseline", "csv_both"])
+    run["report"] = json.loads(report.read_text())
+    run["arms_file"] = json.loads(arms.read_text())
+    run["out"] = out
+    return run
+
+
+def test_multi_arm_cli_run_equals_vllm_and_single_arm_steered_vllm(arms_run, vllm_run, steered_run):
+    assert arms_run["baseline"]["samples"] == vllm_run["samples"]  # the unsteered arm is --model vllm
+    assert arms_run["csv_both"]["samples"] == steered_run["samples"]  # the steered arm is its own single-arm run
+    results = arms_run["baseline"]["results"]
+    assert sorted(results["results"]) == sorted(f"{t}@{a}" for t in TASKS for a in ("baseline", "csv_both"))
+    assert all(results["results"][f"{t}@csv_both"]["sample_len"] == LIMIT for t in TASKS)
+    assert results["configs"]["math500@csv_both"]["generation_kwargs"]["cutoff_token"] > 0
+    beside = glob.glob(str(arms_run["out"] / "*" / "arms_*.json"))
+    assert len(beside) == 1 and json.loads(Path(beside[0]).read_text()) == arms_run["arms_file"]
+    report = arms_run["report"]["arms"]
+    assert report["csv_both"]["layers"] == [2, 3] and report["csv_both"]["requests"] == LIMIT * len(TASKS)
+    assert report["csv_both"]["tokens"] > 0 and "requests" not in report["baseline"]
 
 
 @pytest.fixture()
@@ -153,17 +195,21 @@ def test_vllm_matches_lm_eval_hf_unsteered(vllm_run, llama_dir, task_dir):
     assert hf == vllm_run["samples"]
 
 
-def test_demo_tiny_eval_baseline_vs_steered(tmp_path, llama_dir, sae_dirs):
-    """The demo's lm-eval step end to end (one engine start in a child process)."""
+def test_demo_lm_eval_step_is_one_multi_arm_run(tmp_path, llama_dir, sae_dirs):
+    """The demo's lm-eval step end to end: baseline + two features at two strengths, one engine start
+    (in a child process), the forest and dose-response plots."""
     import time
 
-    from lm_eval_tasks.demo import run_tiny_eval
+    from lm_eval_tasks.demo import run_demo_arms
 
     started = time.time()
-    out = run_tiny_eval(llama_dir, sae_dirs["standard"], "blocks.2.hook_resid_post", feature=5, value=6.0,
-                        out_dir=tmp_path / "tiny", n_problems=4, max_gen_toks=24)
-    assert out["n_problems"] == 4 and out["compare"]["exact_match"]["n"] == 4
-    assert out["steering_applied"]["tokens"] > 0 and out["steering_applied"]["layers"] == [2]
-    assert {"exact_match", "reasoning_tokens", "total_tokens"} <= set(out["baseline"]) and out["steered"]["total_tokens"] > 0
-    assert Path(out["plot"]).stat().st_size > 10_000 and (tmp_path / "tiny" / "baseline").is_dir()
-    print(f"run_tiny_eval: {time.time() - started:.0f} s")
+    out = run_demo_arms(llama_dir, sae_dirs["standard"], "blocks.2.hook_resid_post", {5: 2.0, 9: 3.0}, tmp_path / "tiny",
+                        strengths=(2.0, 4.0), n_problems=4, max_gen_toks=24)
+    assert [a["name"] for a in out["arms"]] == ["baseline", "f5_s2", "f5_s4", "f9_s2", "f9_s4"]
+    assert out["arms"][2]["steering"][0]["edits"] == [{"feature": 5, "mode": "set", "value": 8.0}]
+    report = out["compare"]
+    assert report["baseline"] == "baseline" and report["arms"]["f9_s4"]["exact_match"]["n"] == 4
+    assert all(rec["tokens"] > 0 and rec["layers"] == [2] for rec in out["applied"].values()) and len(out["applied"]) == 4
+    assert {"exact_match", "reasoning_tokens", "total_tokens"} <= set(out["metrics"]["baseline"])
+    assert Path(out["plot"]).stat().st_size > 10_000 and Path(out["plots"]["dose"]).stat().st_size > 10_000
+    print(f"run_demo_arms: {time.time() - started:.0f} s")

@@ -127,7 +127,9 @@ def test_compare_cli_prints_plots_and_refuses_mismatched_runs(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "base"), str(tmp_path / "steer"), "--out", str(png), "--n-boot", "2000"]) == 0
     text = capsys.readouterr().out
     assert "inside the noise" in text and "significant" in text  # accuracy: noise; length: +400 on every problem
-    numbers = json.loads(png.with_suffix(".json").read_text())["aime2024_nofigures"]
+    numbers = json.loads(png.with_suffix(".json").read_text())
+    assert numbers["baseline"] == "base" and list(numbers["arms"]) == ["steer"]
+    numbers = numbers["arms"]["steer"]
     assert not numbers["exact_match"]["significant"] and numbers["reasoning_tokens"]["significant"]
     assert numbers["reasoning_tokens"]["diff"] == pytest.approx(400)
     assert png.stat().st_size > 10_000

@@ -151,12 +151,15 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
         value = steer_strength * max_acts[feature]
         print(f"[6/{steps}] vLLM: steer feature {feature} to {value:.2f} ({steer_strength} x its max activation), then sweep")
         summary["steering"], summary["sweep"] = steer_in_vllm(model_dir, out, feature, value, max_acts[feature])
-        print(f"[7/{steps}] lm-eval: tiny embedded task, baseline vs steered (--model steered_vllm)")
-        from lm_eval_tasks.demo import run_tiny_eval
+        print(f"[7/{steps}] lm-eval: tiny embedded task, baseline + top features at two strengths in one engine (--model steered_vllm arms=)")
+        from lm_eval_tasks.demo import run_demo_arms
 
-        ev = run_tiny_eval(model_dir, out / "sae", DEMO_HOOK, feature, value, out / "lm_eval", n_problems=12, max_gen_toks=160)
-        summary["lm_eval"] = {"plot": str(Path(ev["plot"]).relative_to(out)), "baseline": ev["baseline"], "steered": ev["steered"],
-                              "compare": ev["compare"], "n_problems": ev["n_problems"]}
+        chosen = {f["feature"]: max_acts[f["feature"]] for f in top[:2]}
+        ev = run_demo_arms(model_dir, out / "sae", DEMO_HOOK, chosen, out / "lm_eval", strengths=(steer_strength / 2, steer_strength),
+                           n_problems=12, max_gen_toks=160)
+        summary["lm_eval"] = {"plot": str(Path(ev["plot"]).relative_to(out)), "metrics": ev["metrics"], "arms": [a["name"] for a in ev["arms"]],
+                              "table": Path(ev["plots"]["markdown"]).read_text(), "n_problems": ev["n_problems"],
+                              "dose_plot": str(Path(ev["plots"]["dose"]).relative_to(out)) if "dose" in ev["plots"] else None}
     summary["seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / "report.json", summary)
     write_text_atomic(out / "report.md", _report_markdown(summary))
@@ -240,8 +243,11 @@ def _report_markdown(s: dict) -> str:
         lines += ["## Steering sweep (value vs reasoning words and length)", "", f"![steering sweep]({s['sweep']['png']})", ""]
     if "lm_eval" in s:
         ev = s["lm_eval"]
-        lines += [f"## lm-eval: tiny embedded task ({ev['n_problems']} problems), baseline vs steered", "",
-                  "lm-eval's evaluator with our `steered_vllm` model (unsteered, then steered), greedy; 95% bootstrap intervals and a paired test:", "",
-                  "```", json.dumps(ev["compare"], indent=1, default=str)[:3000], "```", "", f"![baseline vs steered]({ev['plot']})", ""]
+        lines += [f"## lm-eval: tiny embedded task ({ev['n_problems']} problems), {len(ev['arms'])} arms in one engine", "",
+                  "One lm-eval run with our `steered_vllm` model and `arms=` (baseline + top features at two strengths), greedy; "
+                  "each arm vs the baseline with 95% bootstrap intervals, a paired test and Holm-adjusted p-values:", "",
+                  ev["table"], "", f"![forest plot]({ev['plot']})", ""]
+        if ev.get("dose_plot"):
+            lines += [f"![dose-response]({ev['dose_plot']})", ""]
     lines += [f"Demo finished in {s['seconds']} s.", ""]
     return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""Steering *arms* for one multi-arm ``steered_vllm`` run: ``arms=`` model_arg -> ``[Arm(name, specs)]``.
+
+An arm is a name plus the steering its requests carry (``[]`` = the unsteered baseline). Accepted
+forms (a path to a file, JSON text, or the decoded object when ``--model_args`` is given as JSON):
+
+- ``{"arms": [{"name": "baseline", "steering": null}, {"name": "f46379_s2", "steering": SPEC | [SPEC, ...]}]}``;
+  an arm may instead carry the reference's triple ``sae_feature_idx`` / ``sae_strength`` /
+  ``sae_max_activation`` (``sae_release`` / ``sae_id`` default to the run's model_args);
+- ``{"sweep": {"sae", "sae_id", "hook", "method", "features": [...], "strengths": [...],
+  "max_activation": {feature: value} | number}}`` -> the baseline + one arm ``f<feature>_s<strength>``
+  per (feature, strength), ``set`` feature := strength x max_activation (the paper's clamp);
+- a ``.jsonl`` file of ``{"feature_idx", "max_activation", "strength"}`` lines (the public scripts'
+  form; the SAE comes from the run's ``sae_release`` / ``sae_id``) -> the baseline + one arm per line;
+- an lm-eval ``steered`` ``.csv`` -> the baseline + one arm per row (``steer_args.csv_specs`` math).
+
+Names go into task names (``<task>@<arm>``) and file names: letters, digits, ``_ . + -`` only, unique.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from reason_plugins.spec import SpecError, SteeringSpec, parse_spec, parse_steering
+
+BASELINE = "baseline"
+_NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    specs: tuple[SteeringSpec, ...] = ()
+
+    @property
+    def steering(self) -> list[dict] | None:
+        """What each request of this arm carries in ``extra_args["steering"]`` (None: unsteered)."""
+        return [s.to_dict() for s in self.specs] or None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "steering": self.steering}
+
+
+def _num_name(x: float) -> str:
+    return f"{x:g}".replace("-", "m")
+
+
+def _method(sae: str, sae_id: str | None) -> str:
+    from reason_plugins.steering import DELTA_ARCHITECTURES
+    from reason_plugins.saes import sae_shape
+
+    return "delta" if sae_shape(sae, sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
+
+
+def _hook(sae: str, sae_id: str | None, hook: str | None) -> str:
+    from lm_eval_tasks.steer_args import _sae, hook_of
+
+    return hook_of(hook, None if hook else _sae(sae, sae_id), "hook")
+
+
+def clamp_spec(sae: str, sae_id: str | None, feature: int, strength: float, max_activation: float,
+               hook: str | None = None, method: str | None = None, where: str = "arm") -> SteeringSpec:
+    """The paper's clamp: ``set`` feature := strength x max_activation."""
+    try:
+        feature, value = int(feature), float(strength) * float(max_activation)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: feature must be an int and strength / max_activation numbers "
+                        f"(got {feature!r}, {strength!r}, {max_activation!r})") from exc
+    return parse_spec({"sae": str(sae), "sae_id": sae_id, "hook": _hook(str(sae), sae_id, hook),
+                       "method": method or _method(str(sae), sae_id),
+                       "edits": [{"feature": feature, "mode": "set", "value": value}]}, where)
+
+
+def expand_sweep(sweep: dict) -> list[Arm]:
+    where = "arms sweep"
+    if not isinstance(sweep, dict):
+        raise SpecError(f"{where}: expected an object with sae, features, strengths, max_activation; got {sweep!r}")
+    missing = [k for k in ("sae", "features", "strengths", "max_activation") if k not in sweep]
+    if missing:
+        raise SpecError(f"{where}: missing key(s) {missing}; expected sae, sae_id, hook, method, features, strengths, max_activation")
+    features, strengths, max_act = sweep["features"], sweep["strengths"], sweep["max_activation"]
+    if not isinstance(features, list) or not features or not isinstance(strengths, list) or not strengths:
+        raise SpecError(f"{where}: 'features' and 'strengths' must be non-empty lists, got {features!r} and {strengths!r}")
+    arms = [Arm(BASELINE)]
+    for feature in features:
+        if isinstance(max_act, dict):
+            value = max_act.get(str(feature), max_act.get(feature))
+            if value is None:
+                raise SpecError(f"{where}: max_activation has no value for feature {feature!r} (keys: {sorted(map(str, max_act))})")
+        else:
+            value = max_act
+        for strength in strengths:
+            spec = clamp_spec(sweep["sae"], sweep.get("sae_id"), feature, strength, value, sweep.get("hook"),
+                              sweep.get("method"), f"{where} feature {feature} strength {strength}")
+            arms.append(Arm(f"f{int(feature)}_s{_num_name(float(strength))}", (spec,)))
+    return arms
+
+
+def _reference_arm(entry: dict, defaults: dict, where: str) -> tuple[SteeringSpec, ...]:
+    sae = entry.get("sae_release", defaults.get("sae_release"))
+    if sae is None:
+        raise SpecError(f"{where}: sae_feature_idx given but no sae_release (in the arm or the model_args)")
+    missing = [k for k in ("sae_strength", "sae_max_activation") if entry.get(k) is None]
+    if missing:
+        raise SpecError(f"{where}: the reference form needs sae_feature_idx, sae_strength, sae_max_activation; missing {missing}")
+    return (clamp_spec(sae, entry.get("sae_id", defaults.get("sae_id")), entry["sae_feature_idx"], entry["sae_strength"],
+                       entry["sae_max_activation"], entry.get("sae_hook", defaults.get("sae_hook")),
+                       entry.get("sae_method", defaults.get("sae_method")), where),)
+
+
+def _from_list(entries, defaults: dict) -> list[Arm]:
+    if not isinstance(entries, list) or not entries:
+        raise SpecError(f"arms: 'arms' must be a non-empty list of {{name, steering}} objects, got {entries!r}")
+    arms = []
+    for i, entry in enumerate(entries):
+        where = f"arms[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise SpecError(f"{where}: expected an object with 'name' and 'steering', got {entry!r}")
+        if entry.get("sae_feature_idx") is not None:
+            specs = _reference_arm(entry, defaults, f"{where} ({entry['name']})")
+        else:
+            if "steering" not in entry:
+                raise SpecError(f"{where} ({entry['name']}): no 'steering' (use null for the baseline)")
+            try:
+                specs = tuple(parse_steering(entry["steering"]))
+            except SpecError as exc:
+                raise SpecError(f"{where} ({entry['name']}): {exc}") from exc
+        arms.append(Arm(str(entry["name"]), specs))
+    return arms
+
+
+def _from_jsonl(path: Path, defaults: dict) -> list[Arm]:
+    arms = [Arm(BASELINE)]
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{where}: not valid JSON ({exc.msg})") from exc
+        missing = [k for k in ("feature_idx", "max_activation", "strength") if k not in row]
+        if missing:
+            raise SpecError(f"{where}: missing {missing}; expected {{\"feature_idx\", \"max_activation\", \"strength\"}}")
+        sae = row.get("sae_release", defaults.get("sae_release"))
+        if sae is None:
+            raise SpecError(f"{where}: no SAE: give sae_release (and sae_id) in the model_args or on the line")
+        spec = clamp_spec(sae, row.get("sae_id", defaults.get("sae_id")), row["feature_idx"], row["strength"],
+                          row["max_activation"], defaults.get("sae_hook"), defaults.get("sae_method"), where)
+        arms.append(Arm(row.get("name") or f"f{int(row['feature_idx'])}_s{_num_name(float(row['strength']))}", (spec,)))
+    return arms
+
+
+def _from_csv(path: Path) -> list[Arm]:
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    arms = [Arm(BASELINE)]
+    for spec, row in zip(csv_specs_per_row(path), rows):
+        label = re.sub(r"[^A-Za-z0-9_.+\-]+", "_", (row.get("description") or "").strip()).strip("_")
+        edit = spec.edits[0]
+        arms.append(Arm(label or f"L{spec.layer}_f{edit.feature}_{_num_name(edit.value)}", (spec,)))
+    return arms
+
+
+def csv_specs_per_row(path: Path) -> list[SteeringSpec]:
+    """One spec per CSV row, each row read on its own (rows may share a hookpoint as separate arms)."""
+    import csv
+    import tempfile
+
+    from lm_eval_tasks.steer_args import csv_specs
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header, rows = next(reader), list(reader)
+    specs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, row in enumerate(rows):
+            one = Path(tmp) / f"{Path(path).stem}_row{i + 2}.csv"
+            with open(one, "w", newline="") as f:
+                csv.writer(f).writerows([header, row])
+            try:
+                specs += csv_specs(one)
+            except SpecError as exc:
+                raise SpecError(f"{path}: row {i + 2}: {exc}") from exc
+    return specs
+
+
+def parse_arms(value, defaults: dict | None = None) -> list[Arm]:
+    """``arms=`` (path, JSON text, or object) -> validated arms. ``defaults``: the run's other model_args
+    (``sae_release``, ``sae_id``, ``sae_hook``, ``sae_method``) for the forms that name no SAE."""
+    defaults = defaults or {}
+    if isinstance(value, (str, Path)):
+        text = str(value).strip()
+        path = Path(text)
+        if text[:1] in "{[":
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"arms: inline JSON is not valid ({exc.msg} at char {exc.pos}); lm-eval splits "
+                                "key=value model_args at commas: use arms=FILE or --model_args as one JSON object") from exc
+        elif not path.is_file():
+            raise SpecError(f"arms: {text!r} is neither a file nor inline JSON (expected arms.json / .jsonl / .csv)")
+        elif path.suffix.lower() == ".csv":
+            return _check(_from_csv(path))
+        elif path.suffix.lower() == ".jsonl":
+            return _check(_from_jsonl(path, defaults))
+        else:
+            try:
+                value = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise SpecError(f"arms file {text!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(value, list):
+        value = {"arms": value}
+    if not isinstance(value, dict) or not ({"arms", "sweep"} & set(value)):
+        raise SpecError(f"arms: expected {{\"arms\": [...]}} or {{\"sweep\": {{...}}}}, got {str(value)[:200]!r}")
+    arms = _from_list(value["arms"], defaults) if "arms" in value else []
+    if "sweep" in value:
+        swept = expand_sweep(value["sweep"])
+        arms += swept if not arms else [a for a in swept if a.name != BASELINE or BASELINE not in {b.name for b in arms}]
+    return _check(arms)
+
+
+def _check(arms: list[Arm]) -> list[Arm]:
+    names = [a.name for a in arms]
+    bad = [n for n in names if not _NAME.match(n)]
+    if bad:
+        raise SpecError(f"arms: name(s) {bad} may hold only letters, digits and _ . + - (they become task and file names)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"arms: duplicate name(s) {dupes}")
+    return arms
+
+
+def arms_file_dict(arms: list[Arm]) -> dict:
+    """The resolved arms, in the ``{"arms": [...]}`` form (written next to the results)."""
+    return {"arms": [a.to_dict() for a in arms]}
