@@ -31,6 +31,9 @@ REPORT_ENV = "REASON_STEERING_REPORT"
 
 class SteeredVLLM(VLLM):
     def __init__(self, pretrained: str, steer_max_edits: int = 16, **kwargs):
+        from reason_plugins.models import resolve_model
+
+        pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
         args = {k: kwargs.pop(k) for k in STEERING_ARGS if k in kwargs}
         specs = steering_from_args(args)
         self.steering = [s.to_dict() for s in specs] or None

@@ -46,6 +46,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    if isinstance(getattr(args, "model", None), str):  # `--model smollm2-135m-instruct` -> its cached folder
+        from reason_plugins.models import resolve_model
+
+        args.model = resolve_model(args.model)
     return importlib.import_module(args._module).run(args) or 0
 
 

@@ -101,7 +101,13 @@ def load_model_for_config(config: dict, device: str | None = None):
     """The model a recipe names, or None to let SAELens load it itself (a hub HookedTransformer)."""
     from sae_lens_ext import deepseek
 
+    from reason_plugins.models import is_registered, resolve_model
+
     name, local, cls = config.get("model_name"), config.get("model_path"), config.get("model_class_name")
+    if local is None and is_registered(name):
+        local = resolve_model(name)  # a packaged model (e.g. smollm2-135m-instruct): its cached HF folder
+    elif local is not None:
+        local = resolve_model(local)
     device = device or config.get("device", "cpu")
     kwargs = dict(config.get("model_from_pretrained_kwargs") or {})
     if cls == "TransformerBridge":

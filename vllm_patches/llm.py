@@ -22,6 +22,9 @@ class SteeredLLM:
         from vllm import LLM
 
         import vllm_patches
+        from reason_plugins.models import resolve_model
+
+        model = resolve_model(model)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
 
         vllm_patches.register()  # also when the entry point was not picked up (e.g. VLLM_PLUGINS set)
         extra = dict(llm_kwargs.pop("additional_config", None) or {})
