@@ -22,7 +22,7 @@ TASK = "tiny_arith"
 
 def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out_dir, *, mode: str = "set",
                   sae_id: str | None = None, method: str | None = None, n_problems: int = 24, max_gen_toks: int = 192,
-                  enforce_eager: bool = True, timeout: float = 900) -> dict:
+                  enforce_eager: bool = True, timeout: float = 900, task: str = TASK) -> dict:
     """Baseline vs steered lm-eval runs of ``tiny_arith`` on ``model_dir``; returns the numbers.
 
     Writes under ``out_dir``: ``baseline/`` and ``steered/`` (lm-eval results + samples),
@@ -41,7 +41,7 @@ def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out
                        "edits": [{"feature": int(feature), "mode": mode, "value": float(value)}]}).to_dict()
     (out / "steer.json").write_text(json.dumps(spec, indent=2))
     job = {"model": str(model_dir), "steer_path": str(out / "steer.json"), "out": str(out), "n": int(n_problems),
-           "max_gen_toks": int(max_gen_toks), "eager": bool(enforce_eager)}
+           "max_gen_toks": int(max_gen_toks), "eager": bool(enforce_eager), "task": task}
     started = time.time()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
     res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.demo", json.dumps(job)], capture_output=True, text=True,
@@ -49,11 +49,11 @@ def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out
     if res.returncode != 0:
         raise RuntimeError(f"tiny lm-eval run failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
     child = json.loads((out / "runs.json").read_text())
-    report = compare(load_samples(out / "baseline"), load_samples(out / "steered"), [TASK])
+    report = compare(load_samples(out / "baseline"), load_samples(out / "steered"), [task])
     png = plot(report, out / "compare.png")
     (out / "compare.json").write_text(json.dumps(report, indent=2))
-    summary = {"task": TASK, "n_problems": int(n_problems), "spec": spec, "baseline": child["baseline"],
-               "steered": child["steered"], "steering_applied": child["steering_applied"], "compare": report[TASK],
+    summary = {"task": task, "n_problems": int(n_problems), "spec": spec, "baseline": child["baseline"],
+               "steered": child["steered"], "steering_applied": child["steering_applied"], "compare": report[task],
                "plot": str(png), "out_dir": str(out), "seconds": round(time.time() - started, 1)}
     (out / "tiny_eval.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -68,6 +68,7 @@ def _child(job: dict) -> None:
     from lm_eval_tasks.steered_vllm import SteeredVLLM
 
     out = Path(job["out"])
+    TASK = job.get("task", "tiny_arith")  # noqa: N806
     lm = SteeredVLLM(pretrained=job["model"], steer_path=job["steer_path"], dtype="float32", max_model_len=1024,
                      enforce_eager=job["eager"], seed=0)
     specs = lm.steering

@@ -34,6 +34,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="engine dtype (default float32; auto lets vLLM's CPU backend pick bfloat16)")
     parser.add_argument("--out", required=True)
 
 
@@ -44,7 +46,7 @@ def run(args) -> int:
     result = run_sweep(args.model, args.sae, args.hook or sae_hook(args.sae, args.sae_id), args.feature, _values(args.values),
                        args.prompt or default_prompts(), args.out, sae_id=args.sae_id, mode=args.mode, method=args.method,
                        max_tokens=args.max_tokens, temperature=args.temperature, eager=args.eager, chat_template=not args.raw,
-                       max_model_len=args.max_model_len)
+                       max_model_len=args.max_model_len, dtype=args.dtype)
     print(markdown_table(result["summary"]), end="")
-    print(f"-> {result['json']}, {result['png']}")
+    print(f"dtype: {args.dtype} -> {result['json']}, {result['png']}")
     return 0

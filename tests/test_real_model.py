@@ -195,3 +195,20 @@ def test_dashboard_draws_a_real_model_feature_page(real_dir, real_saes, champ_ro
     out = render_dashboards(real_dir, str(path), champ_rows, [3, 11], tmp_path, n_samples=4, batch_size=2, progress=False)
     panels = drawn_panels(chromium_dom(tmp_path / out["pages"][3]))
     assert panels["tokens"] > 50 and panels["sequences"] > 2 and panels["plots"] >= 1, panels
+
+
+def test_steer_cli_takes_the_model_name_and_reports_the_dtype(real_dir, real_saes):
+    """``reason-sae steer --model smollm2-135m-instruct --dtype float32`` as a user runs it (own engine)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, path, _ = real_saes["standard"]
+    cmd = [str(Path(sys.executable).parent / "reason-sae"), "steer", "--model", NAME, "--sae", str(path), "--feature", "3",
+           "--value", "60", "--prompt", "What is 17 + 5?", "--max-tokens", "6", "--eager", "--dtype", "float32", "--json"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["dtype"] == "float32" and out["applied"]["layers"] == [18]
+    assert out["steered_token_ids"] != out["baseline_token_ids"]

@@ -31,6 +31,12 @@ class SteeredLLM:
         extra[CONFIG_KEY] = {"saes": saes, "max_edits": max_edits, "capture": capture}
         self.llm = LLM(model, additional_config=extra, **llm_kwargs)
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the engine really runs (vLLM's CPU backend picks bfloat16 for a float32 model
+        unless ``dtype="float32"`` is passed)."""
+        return str(self.llm.llm_engine.vllm_config.model_config.dtype).replace("torch.", "")
+
     def generate(self, prompts, sampling_params=None, steering=None, **kwargs):
         """Like ``LLM.generate``. ``steering``: None, one spec (dict / list of dicts / JSON text)
         applied to every prompt, or a tuple with one such entry per prompt."""
