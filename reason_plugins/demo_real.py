@@ -28,16 +28,28 @@ PROMPTS = ["How many positive divisors does 36 have?",
            "What is the sum of the first 10 positive integers?"]
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class Timer:
+    """Wall seconds per step, and CPU seconds (this process + finished children): on a shared
+    machine CPU seconds / cores is the honest estimate of the step's time on an idle one."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     def step(self, name: str, fn, *args, **kwargs):
-        started = time.time()
+        started, cpu = time.time(), _cpu_seconds()
         try:
             return fn(*args, **kwargs)
         finally:
             self.seconds[name] = round(time.time() - started, 1)
+            self.cpu_seconds[name] = round(_cpu_seconds() - cpu, 1)
 
 
 def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) -> Path:
@@ -132,6 +144,8 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                               "feature": feature, "value": value}
     summary["seconds"] = round(time.time() - started, 1)
     summary["step_seconds"] = timer.seconds
+    summary["step_cpu_seconds"] = timer.cpu_seconds
+    summary["cores"] = os.cpu_count()
     write_json_atomic(out / "report.json", summary)
     write_text_atomic(out / "report.md", report_markdown(summary))
     return out / "report.md"
@@ -187,7 +201,10 @@ def report_markdown(s: dict) -> str:
         f"{conv.get('dtype', '?')} safetensors (max |logit diff| vs the GGUF-loaded model: {check.get('max_abs_logit_diff', '?')}). "
         "It has no `<think>` section: reasoning words are counted over whole answers.", "",
         f"**Data**: {s['data']}.", "",
-        "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in t.items()], f"| **total** | **{s['seconds']}** |", "",
+        "| step | wall seconds | CPU seconds |", "|---|---|---|",
+        *[f"| {k} | {v} | {s.get('step_cpu_seconds', {}).get(k, '–')} |" for k, v in t.items()],
+        f"| **total** | **{s['seconds']}** | {round(sum(s.get('step_cpu_seconds', {}).values()), 1)} |", "",
+        f"(CPU seconds / {s.get('cores') or '?'} cores estimates each step on an idle machine when this one was shared.)", "",
         f"## SAE on `{s['hook']}` (SAELens's runner, paper architecture, {s['sae_tokens']:,} CHAMP tokens)", "",
         f"Saved to `{s['sae_dir']}`. ReasonScore over {s['score_rows']} held-out rows of 128 tokens.", "",
         "## Top features by ReasonScore", "",
