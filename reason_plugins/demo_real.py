@@ -204,7 +204,8 @@ def report_markdown(s: dict) -> str:
         "| step | wall seconds | CPU seconds |", "|---|---|---|",
         *[f"| {k} | {v} | {s.get('step_cpu_seconds', {}).get(k, '–')} |" for k, v in t.items()],
         f"| **total** | **{s['seconds']}** | {round(sum(s.get('step_cpu_seconds', {}).values()), 1)} |", "",
-        f"(CPU seconds / {s.get('cores') or '?'} cores estimates each step on an idle machine when this one was shared.)", "",
+        f"(CPU seconds / {s.get('cores') or '?'} cores estimates a step on an idle machine when this one was shared; "
+        "vLLM engine processes are not in the CPU column. Cached steps take ~0 s.)", "",
         f"## SAE on `{s['hook']}` (SAELens's runner, paper architecture, {s['sae_tokens']:,} CHAMP tokens)", "",
         f"Saved to `{s['sae_dir']}`. ReasonScore over {s['score_rows']} held-out rows of 128 tokens.", "",
         "## Top features by ReasonScore", "",
@@ -238,12 +239,16 @@ def report_markdown(s: dict) -> str:
     if "lm_eval" in s:
         ev = s["lm_eval"]
         lines += [f"## lm-eval: CHAMP subset ({ev['n_problems']} problems), baseline vs feature {ev['feature']} = {ev['value']:.2f}", "",
-                  "lm-eval's evaluator with `steered_vllm`, greedy, answers judged by math-verify; 95% intervals and a paired test:", "",
-                  "| metric | baseline | steered |", "|---|---|---|"]
-        for key in sorted(set(ev["baseline"]) & set(ev["steered"])):
-            b, st_ = ev["baseline"][key], ev["steered"][key]
-            if isinstance(b, (int, float)) and isinstance(st_, (int, float)):
-                lines.append(f"| {key} | {b:.3f} | {st_:.3f} |")
-        lines += ["", "<details><summary>comparison (intervals, p-values)</summary>", "", "```",
-                  json.dumps(ev["compare"], indent=1, default=str)[:3000], "```", "</details>", "", f"![baseline vs steered]({ev['plot']})", ""]
+                  "lm-eval's evaluator with `steered_vllm`, greedy, answers judged by math-verify; paired difference with its 95% "
+                  "interval and p-value per metric:", "",
+                  "| metric | baseline | steered | steered - baseline [95% CI] | p | verdict |", "|---|---|---|---|---|---|"]
+        for key, c in sorted((ev.get("compare") or {}).items()):
+            if not isinstance(c, dict) or "diff" not in c:
+                continue
+            mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+            verdict = "significant" if c.get("significant") else "inside the noise"
+            lines.append(f"| {key} | {mean(c.get('baseline') or []):.3f} | {mean(c.get('steered') or []):.3f} | "
+                         f"{c['diff']:+.3f} [{c.get('diff_low', float('nan')):+.3f}, {c.get('diff_high', float('nan')):+.3f}] | "
+                         f"{c.get('p_value', float('nan')):.3g} | {verdict} |")
+        lines += ["", f"Full comparison: `lm_eval/compare.json`.", "", f"![baseline vs steered]({ev['plot']})", ""]
     return "\n".join(lines)
