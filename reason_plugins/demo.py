@@ -29,9 +29,9 @@ def add_arguments(parser) -> None:
                         help="the real packaged model over CHAMP text (default) or the tiny synthetic one")
     parser.add_argument("--lm-steps", type=int, default=300, help="tiny only: training steps of the tiny LM (default: 300)")
     parser.add_argument("--sae-tokens", type=int, default=None, help="SAE training tokens (default: 24k real, 200k tiny)")
-    parser.add_argument("--score-rows", type=int, default=48, help="real only: 128-token rows of held-out CHAMP text for ReasonScore")
-    parser.add_argument("--eval-problems", type=int, default=8, help="real only: CHAMP problems in the lm-eval step")
-    parser.add_argument("--max-tokens", type=int, default=96, help="real only: generated tokens per steering request")
+    parser.add_argument("--score-rows", type=int, default=32, help="real only: 128-token rows of held-out CHAMP text for ReasonScore")
+    parser.add_argument("--eval-problems", type=int, default=4, help="real only: CHAMP problems in the lm-eval step")
+    parser.add_argument("--max-tokens", type=int, default=64, help="real only: generated tokens per steering request")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="real only: vLLM dtype (default float32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steer-strength", type=float, default=None,

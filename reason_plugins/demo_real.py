@@ -83,9 +83,9 @@ def scoring_rows(tokenizer, rows: int, seed: int = 1):
     return data.select(range(min(rows, len(data))))
 
 
-def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: int = 48, seed: int = 0,
-                  steer_strength: float = 4.0, n_steer: int = 3, vllm: bool = True, eval_problems: int = 8,
-                  max_tokens: int = 96, dtype: str = "float32") -> Path:
+def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: int = 32, seed: int = 0,
+                  steer_strength: float = 4.0, n_steer: int = 3, vllm: bool = True, eval_problems: int = 4,
+                  max_tokens: int = 64, dtype: str = "float32") -> Path:
     from transformers import AutoTokenizer
 
     from reason_plugins.io import write_json_atomic, write_text_atomic
