@@ -47,6 +47,9 @@ GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to Sampli
 
 class SteeredVLLM(VLLM):
     def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, **kwargs):
+        from reason_plugins.models import resolve_model
+
+        pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
         args = {k: kwargs.pop(k) for k in STEERING_ARGS if k in kwargs}
         self.arms: list[Arm] | None = None
         self.task_arms: dict[str, str] = {}  # "<task>@<arm>" -> arm, filled by arm_eval's evaluate wrapper

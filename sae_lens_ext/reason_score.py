@@ -169,6 +169,9 @@ def load_model(model, hook: str | None = None, backend: str = "auto", device: st
     hooks (fastest), else TransformerLens's TransformerBridge ('hf' | 'bridge' | 'hooked' force one)."""
     if not isinstance(model, (str, Path)):
         return model
+    from reason_plugins.models import resolve_model
+
+    model = resolve_model(model)
     if backend == "auto":
         backend = "hf" if hook is None or RESID_HOOK.fullmatch(hook) else "bridge"
     if backend == "hf":

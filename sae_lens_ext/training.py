@@ -57,6 +57,9 @@ def train_sae(model_dir: str | Path, dataset, hook_name: str, out_dir: str | Pat
     from transformer_lens.model_bridge import TransformerBridge
 
     if model is None:
+        from reason_plugins.models import resolve_model
+
+        model_dir = resolve_model(str(model_dir))
         model = TransformerBridge.boot_transformers(str(model_dir), device=device)
     if hook_name not in model.hook_dict:
         raise ValueError(f"hook {hook_name!r} not found in model {str(model_dir)!r} (e.g. 'blocks.0.hook_resid_post')")
@@ -97,11 +100,32 @@ def load_local_dataset(path: str | Path):
     return loaded
 
 
+def champ_tokens_dataset(tokenizer, context_size: int, tokens: int | None = None, seed: int = 0):
+    """CHAMP's real transcripts (chat-formatted with the model's template) + plain statements as a
+    pre-tokenised dataset, about ``tokens`` tokens (one epoch of ~25M at most; SAELens cycles it)."""
+    from reason_plugins.champ import chat_texts
+
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        from reason_plugins.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(tokenizer)))
+    n = 20_000 if tokens is None else max(50, min(20_000, int(tokens) // 350))  # ~450 tokens per transcript
+    return tokens_dataset(tokenizer, chat_texts(tokenizer, n=n, seed=seed), context_size=context_size)
+
+
 def load_model_for_config(config: dict, device: str | None = None):
     """The model a recipe names, or None to let SAELens load it itself (a hub HookedTransformer)."""
     from sae_lens_ext import deepseek
 
+    from reason_plugins.models import is_registered, resolve_model
+
     name, local, cls = config.get("model_name"), config.get("model_path"), config.get("model_class_name")
+    if local is None and is_registered(name):
+        local = resolve_model(name)  # a packaged model (e.g. smollm2-135m-instruct): its cached HF folder
+    elif local is not None:
+        local = resolve_model(local)
     device = device or config.get("device", "cpu")
     kwargs = dict(config.get("model_from_pretrained_kwargs") or {})
     if cls == "TransformerBridge":
@@ -145,6 +169,9 @@ def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | 
         if model.cfg.d_model != runner_cfg.sae.d_in and runner_cfg.hook_name.endswith(("resid_post", "mlp_out", "attn_out")):
             raise ValueError(f"SAE d_in {runner_cfg.sae.d_in} != model d_model {model.cfg.d_model}; "
                              f"override sae.d_in={model.cfg.d_model}")
+    if dataset is None and config.get("dataset_path") == "champ":
+        dataset = champ_tokens_dataset(model.tokenizer if model is not None else config["model_name"],
+                                       runner_cfg.context_size, runner_cfg.training_tokens)
     if dataset is None and config.get("dataset_path"):
         dataset = load_local_dataset(config["dataset_path"])
     if dataset is None and not config.get("dataset_path"):

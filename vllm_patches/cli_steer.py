@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=finite_float(0), default=0.0, help="default 0: greedy")
     parser.add_argument("--decode-only", action="store_true", help="leave the prompt's tokens unsteered")
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="engine dtype (default auto: vLLM's CPU backend then runs a float32 model in bfloat16); the one that ran is printed")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--force-hook", action="store_true", help="allow --hook to differ from the hook the SAE was trained on")
 
@@ -56,13 +58,13 @@ def run(args) -> int:
 
     from vllm_patches.llm import SteeredLLM
 
-    llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager)
+    llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager, dtype=args.dtype)
     prompt = args.prompt if args.raw else llm.chat_prompts([args.prompt])[0]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=0)
     baseline, steered = llm.generate([prompt, prompt], params, steering=(None, spec))
     result = {"baseline": baseline.outputs[0].text, "steered": steered.outputs[0].text,
               "baseline_token_ids": list(baseline.outputs[0].token_ids), "steered_token_ids": list(steered.outputs[0].token_ids),
-              "applied": llm.applied([steered])[0], "spec": spec}
+              "applied": llm.applied([steered])[0], "spec": spec, "dtype": llm.dtype}
     if args.json:
         print(json.dumps(result))
         return 0
@@ -74,6 +76,6 @@ def run(args) -> int:
     for i in range(max(len(left), len(right))):
         print(f"{left[i] if i < len(left) else '':<{width}} | {right[i] if i < len(right) else ''}")
     applied = result["applied"] or {}
-    print(f"\napplied: spec {applied.get('spec_hash')}, layers {applied.get('layers')}, "
+    print(f"\ndtype: {result['dtype']}; applied: spec {applied.get('spec_hash')}, layers {applied.get('layers')}, "
           f"{applied.get('tokens')} tokens, mean |delta| {applied.get('mean_abs_delta', 0):.4g}")
     return 0

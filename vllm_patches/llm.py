@@ -23,6 +23,9 @@ class SteeredLLM:
         from vllm import LLM
 
         import vllm_patches
+        from reason_plugins.models import resolve_model
+
+        model = resolve_model(model)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
 
         vllm_patches.register()  # also when the entry point was not picked up (e.g. VLLM_PLUGINS set)
         extra = dict(llm_kwargs.pop("additional_config", None) or {})
@@ -30,6 +33,12 @@ class SteeredLLM:
         if max_slots is not None:  # the per-layer catalogue (default: vllm_patches.config.DEFAULT_MAX_SLOTS)
             extra[CONFIG_KEY]["max_slots"] = max_slots
         self.llm = LLM(model, additional_config=extra, **llm_kwargs)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the engine really runs (vLLM's CPU backend picks bfloat16 for a float32 model
+        unless ``dtype="float32"`` is passed)."""
+        return str(self.llm.llm_engine.vllm_config.model_config.dtype).replace("torch.", "")
 
     def generate(self, prompts, sampling_params=None, steering=None, **kwargs):
         """Like ``LLM.generate``. ``steering``: None, one spec (dict / list of dicts / JSON text)

@@ -5,3 +5,4 @@ the tiny embedded arithmetic dataset)."""
 
 from lm_eval_tasks.task_base import KeepAll, ReasoningTask  # noqa: F401
 from lm_eval_tasks.task_docs import gpqa_doc_to_text, gpqa_process_docs, gpqa_shuffle, tiny_arith_dataset  # noqa: F401
+from lm_eval_tasks.champ_task import ChampTask, champ_dataset  # noqa: F401,E402

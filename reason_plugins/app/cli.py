@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         debug = True
     args = build_parser(argv).parse_args(argv)
     try:
+        if isinstance(getattr(args, "model", None), str):  # `--model smollm2-135m-instruct` -> its cached folder
+            from reason_plugins.models import resolve_model
+
+            args.model = resolve_model(args.model)
         return importlib.import_module(args._module).run(args) or 0
     except SystemExit as exc:
         if isinstance(exc.code, str):  # a subcommand's own refusal: same one-line form

@@ -1,4 +1,6 @@
-"""``reason-sae demo``: the embedded end-to-end run on a model small enough for any laptop.
+"""``reason-sae demo``: the end-to-end run. By default on the real packaged model
+(``--model smollm2-135m-instruct`` over CHAMP text: ``reason_plugins.app.demo_real``); ``--model tiny``
+runs the embedded synthetic version below, on a model small enough for any laptop.
 
 Builds (and caches) the demo tokenizer and a tiny Llama trained for a minute on synthetic R1-style
 traces, shows what it generates, trains a tiny SAE on its residual stream with SAELens's own
@@ -23,15 +25,31 @@ DEMO_PROMPTS = ["What is 17 + 5?", "What is 33 * 4?", "What is 29 - 12?"]
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo_out", help="directory for the report and artifacts (default: demo_out)")
     parser.add_argument("--cache", default=None, help="where built models are cached (default: $REASON_PLUGINS_CACHE or ~/.cache/reason-plugins)")
-    parser.add_argument("--lm-steps", type=int, default=300, help="training steps of the tiny LM (default: 300, about a minute on 2 cores)")
-    parser.add_argument("--sae-tokens", type=int, default=200_000, help="SAE training tokens (default: 200k)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", choices=["smollm2-135m-instruct", "tiny"],
+                        help="the real packaged model over CHAMP text (default) or the tiny synthetic one")
+    parser.add_argument("--lm-steps", type=int, default=300, help="tiny only: training steps of the tiny LM (default: 300)")
+    parser.add_argument("--sae-tokens", type=int, default=None, help="SAE training tokens (default: 24k real, 200k tiny)")
+    parser.add_argument("--score-rows", type=int, default=32, help="real only: 128-token rows of held-out CHAMP text for ReasonScore")
+    parser.add_argument("--eval-problems", type=int, default=4, help="real only: CHAMP problems in the lm-eval step")
+    parser.add_argument("--max-tokens", type=int, default=64, help="real only: generated tokens per steering request")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="real only: vLLM dtype (default float32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steer-strength", type=float, default=3.0,
-                        help="steered value = strength x the top feature's max activation (the paper's clamp; default 3)")
-    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM steering step")
+    parser.add_argument("--steer-strength", type=float, default=None,
+                        help="steered value = strength x the feature's max activation (the paper's clamp; default 4 real, 3 tiny)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM steering and lm-eval steps")
 
 
 def run(args) -> int:
+    if args.model != "tiny":
+        from reason_plugins.app.demo_real import run_real_demo
+
+        report = run_real_demo(Path(args.out), cache=args.cache, sae_tokens=args.sae_tokens or 24_000, score_rows=args.score_rows,
+                               seed=args.seed, steer_strength=args.steer_strength or 4.0, vllm=not args.no_vllm,
+                               eval_problems=args.eval_problems, max_tokens=args.max_tokens, dtype=args.dtype)
+        print(f"demo report: {report}")
+        return 0
+    args.sae_tokens = args.sae_tokens or 200_000
+    args.steer_strength = args.steer_strength or 3.0
     report = run_demo(Path(args.out), cache=args.cache, lm_steps=args.lm_steps, sae_tokens=args.sae_tokens, seed=args.seed,
                       steer_strength=args.steer_strength, vllm=not args.no_vllm)
     print(f"demo report: {report}")

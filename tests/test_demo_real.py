@@ -1,0 +1,45 @@
+"""The real-model demo's report without running it: it names the model, the data and the timings,
+shows tables and figures (not raw JSON) and every steered row with its value; plus the CLI's
+choice between the real and the tiny demo."""
+
+from __future__ import annotations
+
+
+def _summary():
+    top = [{"feature": f, "score": 0.01 * (5 - i), "mu_pos": 1.0, "mu_neg": 0.1, "entropy": 0.8,
+            "top_groups": [{"group": "therefore", "mu": 1.2}, {"group": "but", "mu": 0.7}]} for i, f in enumerate([7, 3, 11])]
+    rows = [{"feature": None, "prompt": "p", "text": "base", "tokens": 5, "reasoning_words": 0, "value": None, "applied": None},
+            {"feature": 7, "prompt": "p", "text": "Therefore, wait", "tokens": 9, "reasoning_words": 2, "value": 12.5,
+             "applied": {"mean_abs_delta": 0.25}}]
+    return {"model": "smollm2-135m-instruct", "model_dir": "/c/m", "hook": "blocks.18.hook_resid_post", "dtype": "float32",
+            "conversion": {"hf_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                           "license": "Apache-2.0", "dtype": "float32", "check": {"max_abs_logit_diff": 0.0}},
+            "data": "CHAMP transcripts", "sae_dir": "/o/sae", "sae_tokens": 24000, "score_rows": 48, "top_features": top,
+            "contexts": {7: {"max_act": 3.125, "frequency": 0.01}},
+            "views": {k: f"views/{k}" for k in ("index", "contexts_html", "contexts_md", "control_json", "group_profile_png", "control_png")},
+            "steering": {"dtype": "float32", "strength": 4.0, "rows": rows}, "sweep": {"feature": 7, "png": "sweep/sweep.png"},
+            "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "feature": 7, "value": 12.5,
+                        "baseline": {"exact_match": 0.125}, "steered": {"exact_match": 0.0}, "compare": {"exact_match": {"baseline": [1.0, 0.0], "steered": [0.0, 0.0], "diff": -0.5,
+                                                           "diff_low": -1.0, "diff_high": 0.0, "p_value": 1.0, "significant": False}}},
+            "seconds": 321.0, "step_seconds": {"model": 1.0, "sae": 100.0}}
+
+
+def test_report_names_model_data_and_shows_tables():
+    from reason_plugins.app.demo_real import report_markdown
+
+    text = report_markdown(_summary())
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in text and "CHAMP transcripts" in text and "max |logit diff|" in text
+    assert "| 7 | 0.0500 | 1.000 | 0.100 | 0.80 | 3.125 | therefore (1.20), but (0.70) |" in text
+    assert "| 3 | 0.0400" in text and "| – |" in text  # a feature without contexts shows a dash, not a crash
+    assert "| baseline | – | p | 0 | 5 | – |" in text and "| 7 | 12.50 | p | 2 | 9 | 0.2500 |" in text
+    assert "## Steering in vLLM (float32" in text and "![steering sweep](sweep/sweep.png)" in text
+    assert "| exact_match | 0.500 | 0.000 | -0.500 [-1.000, +0.000] | 1 | inside the noise |" in text and '"diff"' not in text
+    assert "| **total** | **321.0** |" in text and "| **total** | **321.0** |" in text
+
+
+def test_demo_defaults_to_the_real_model():
+    from reason_plugins.app.cli import build_parser
+
+    args = build_parser(["demo"]).parse_args(["demo"])
+    assert args.model == "smollm2-135m-instruct" and args.dtype == "float32" and args.sae_tokens is None
+    assert build_parser(["demo"]).parse_args(["demo", "--model", "tiny"]).model == "tiny"
