@@ -68,7 +68,7 @@ def graph_parity(d: int, tokens: int, slots_list, dtype, device, rounds: int = 2
         residual = torch.zeros_like(hidden_in)
         op.set_active(True)  # eager runs take the full path, as the captured graph always does
 
-        def step():
+        def step(hidden=hidden, hidden_in=hidden_in, residual=residual, op=op):
             hidden.copy_(hidden_in)
             op(hidden, residual)
         fill_rows(op, slots, g)

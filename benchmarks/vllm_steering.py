@@ -217,7 +217,7 @@ def op_cost_in_compiled_graph(tokens: int, step_us: float | None, d_model: int =
         base = per_call_us(without, hidden, residual)
         for path, fused in (("fused (CPU default)", True), ("opaque (REASON_STEERING_FUSED=0)", False)):
             op = SteeringOp(d_model, max(SLOT_COUNTS), tokens, 64, torch.float32, "cpu", prefer_fused=fused)
-            with_op = torch.compile(lambda h, r: op(h * 2.0, r) * 1.5, dynamic=True, fullgraph=True)
+            with_op = torch.compile(lambda h, r, op=op: op(h * 2.0, r) * 1.5, dynamic=True, fullgraph=True)
             cells = []
             for k in (0, *SLOT_COUNTS):
                 op.enc_t.normal_(), op.dec.normal_(), op.edit_a.zero_(), op.edit_b.zero_()

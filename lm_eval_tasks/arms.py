@@ -48,8 +48,8 @@ def _num_name(x: float) -> str:
 
 
 def _method(sae: str, sae_id: str | None) -> str:
-    from reason_plugins.steering import DELTA_ARCHITECTURES
     from reason_plugins.saes import sae_shape
+    from reason_plugins.steering import DELTA_ARCHITECTURES
 
     return "delta" if sae_shape(sae, sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
 

@@ -34,6 +34,8 @@ _SWEEP = re.compile(r"^f(\d+)_s(m?[\d.e+\-]+)$")
 
 
 def add_arguments(parser) -> None:
+    from reason_plugins.cli_args import finite_float, int_at_least
+
     parser.add_argument("runs", nargs="+", help="lm-eval --output_path dir(s) (or samples_*.jsonl files): one multi-arm run, "
                         "or several single-arm runs (first = baseline)")
     parser.add_argument("--baseline", default=None, help="name of the baseline arm (default: 'baseline' if present, else the first run's)")

@@ -15,10 +15,9 @@ rather than subclassing ``importlib.abc`` (whose import drags in ``importlib.res
 
 from __future__ import annotations
 
+import collections.abc  # already loaded by the interpreter (``typing`` would cost ~6 ms)
 import sys
 import threading
-
-import collections.abc  # already loaded by the interpreter (``typing`` would cost ~6 ms)
 
 _callbacks: dict[str, list[collections.abc.Callable]] = {}
 _lock = threading.RLock()

@@ -107,8 +107,7 @@ class FeatureActivations:
     @classmethod
     def open(cls, model, sae, features, *, run: ScoredRun | None = None, sae_id=None, hook=None, backend="auto",
              device="cpu", context_size=None, ignore_tokens=None, tokenizer=None):
-        from sae_lens_ext.reason_score import (ActivationSource, FeatureEncoder, _ignore_ids, load_model, load_sae,
-                                               model_tokenizer)
+        from sae_lens_ext.reason_score import ActivationSource, FeatureEncoder, _ignore_ids, load_model, load_sae, model_tokenizer
 
         cfg = run.config if run else {}
         sae = load_sae(sae, sae_id if sae_id is not None else cfg.get("sae_id"), device, cfg.get("sae_loader"))

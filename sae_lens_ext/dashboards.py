@@ -123,9 +123,9 @@ def render_dashboards(model, sae, data, features, out_dir, *, run=None, per_file
     from sae_dashboard.sae_vis_data import SaeVisConfig
     from sae_dashboard.sae_vis_runner import SaeVisRunner
 
+    from reason_plugins.saes import load_sae
     from sae_lens_ext.contexts import check_features
     from sae_lens_ext.reason_score import token_batches
-    from reason_plugins.saes import load_sae
 
     cfg = run.config if run else {}
     sae = load_sae(sae, cfg.get("sae_id"), device)

@@ -44,8 +44,15 @@ def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int
     import torch
     from tqdm.auto import tqdm
 
-    from sae_lens_ext.reason_score import (ActivationSource, FeatureEncoder, _ignore_ids, load_model, load_sae,
-                                           model_tokenizer, token_batches)
+    from sae_lens_ext.reason_score import (
+        ActivationSource,
+        FeatureEncoder,
+        _ignore_ids,
+        load_model,
+        load_sae,
+        model_tokenizer,
+        token_batches,
+    )
 
     sae = load_sae(sae, sae_id, device)
     hook = hook or sae.cfg.metadata.hook_name

@@ -341,9 +341,9 @@ class PreparedRun:
                  num_chunks=1, chunk_index=0, checkpoint_every=50, backend="auto", sae_loader=None, device="cpu"):
         import torch
 
+        from reason_plugins.vocabulary import resolve_vocabulary
         from sae_lens_ext import reason_score_math as rsm
         from sae_lens_ext import run_identity as ri
-        from reason_plugins.vocabulary import resolve_vocabulary
 
         _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
                        feature_chunk_size, context_size)

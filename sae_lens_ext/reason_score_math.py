@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -136,7 +136,7 @@ class ReasonStats:
         self.sum_neg[start:stop] += sums[1]
         self.sum_groups[:, start:stop] += sums[2:]
 
-    def merge(self, other: "ReasonStats") -> "ReasonStats":
+    def merge(self, other: ReasonStats) -> ReasonStats:
         """A new accumulator holding both (shards of one job add exactly)."""
         if other.groups != self.groups or other.d_sae != self.d_sae:
             raise ValueError(f"cannot merge statistics of different runs: groups {self.groups} / d_sae {self.d_sae} "
@@ -173,7 +173,7 @@ class ReasonStats:
         return write_bytes_atomic(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReasonStats":
+    def load(cls, path: str | Path) -> ReasonStats:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:

@@ -21,7 +21,6 @@ import sys
 from functools import wraps
 from pathlib import Path
 
-
 PAPER_RELEASE = "andreuka18/deepseek-r1-distill-llama-8b-lmsys-openthoughts"
 SPARSIFY_QWEN_RELEASE = "EleutherAI/sae-DeepSeek-R1-Distill-Qwen-1.5B-65k"
 SAELENS_LOADER, SPARSIFY_LOADER = "reason_sae_lens", "reason_sparsify"
@@ -48,8 +47,8 @@ def saelens_format_loader(repo_id: str, folder_name: str, device: str = "cpu", f
                           cfg_overrides: dict | None = None):
     """SAELens loader protocol for SAELens-format repos (``cfg.json`` + ``sae_weights.safetensors``
     [+ ``sparsity.safetensors``]), any SAELens version; reads the folder with SAELens's disk loader."""
-    from safetensors import safe_open
     from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader
+    from safetensors import safe_open
 
     folder = _download_folder(repo_id, folder_name, force_download)
     cfg_dict, state = sae_lens_disk_loader(folder, device=device, cfg_overrides=cfg_overrides)

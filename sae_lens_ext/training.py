@@ -117,9 +117,8 @@ def champ_tokens_dataset(tokenizer, context_size: int, tokens: int | None = None
 
 def load_model_for_config(config: dict, device: str | None = None):
     """The model a recipe names, or None to let SAELens load it itself (a hub HookedTransformer)."""
-    from sae_lens_ext import deepseek
-
     from reason_plugins.models import is_registered, resolve_model
+    from sae_lens_ext import deepseek
 
     name, local, cls = config.get("model_name"), config.get("model_path"), config.get("model_class_name")
     if local is None and is_registered(name):

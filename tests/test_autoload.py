@@ -26,8 +26,8 @@ def test_transformer_lens_knows_the_distill_names_with_no_import_of_ours():
     code = ("import sys\n"
             "from transformer_lens import loading_from_pretrained as lp\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OURS!r} and m.endswith(('deepseek', 'releases'))))\n"
-            "print(all(n in lp.OFFICIAL_MODEL_NAMES for n in %r))\n"
-            "print(lp.get_official_model_name('DeepSeek-R1-Distill-Llama-8B'))\n" % (sorted(DEEPSEEK_MODELS),))
+            f"print(all(n in lp.OFFICIAL_MODEL_NAMES for n in {sorted(DEEPSEEK_MODELS)!r}))\n"
+            "print(lp.get_official_model_name('DeepSeek-R1-Distill-Llama-8B'))\n")
     imported, listed, official = _fresh(code).strip().splitlines()
     assert imported == "['sae_lens_ext.deepseek']"  # registered by the post-import hook, not by the script
     assert listed == "True"
@@ -38,8 +38,8 @@ def test_sae_lens_resolves_our_releases_with_no_import_of_ours():
     code = ("from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory\n"
             "from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS\n"
             "d = get_pretrained_saes_directory()\n"
-            "print(sorted(r for r in %r if r in d))\n"
-            "print(sorted(n for n in NAMED_PRETRAINED_SAE_LOADERS if n.startswith('reason_')))\n" % (sorted(RELEASES),))
+            f"print(sorted(r for r in {sorted(RELEASES)!r} if r in d))\n"
+            "print(sorted(n for n in NAMED_PRETRAINED_SAE_LOADERS if n.startswith('reason_')))\n")
     releases, loaders = _fresh(code).strip().splitlines()
     assert releases == str(sorted(RELEASES))
     assert loaders == "['reason_sae_lens', 'reason_sparsify']"

@@ -86,8 +86,9 @@ def test_hooked_transformer_loads_deepseek_name_with_hf_logits(name, family, lla
 
 
 def test_llama_rope_scaling_is_carried_and_matters(llama3_dir, tokenizer_dir, tmp_path, tokens):
-    from sae_lens_ext.deepseek import load_hooked_transformer, tl_config_from_hf
     from transformers import AutoConfig
+
+    from sae_lens_ext.deepseek import load_hooked_transformer, tl_config_from_hf
 
     cfg = tl_config_from_hf(LLAMA_NAME, AutoConfig.from_pretrained(str(llama3_dir)))
     assert cfg["use_NTK_by_parts_rope"] and cfg["NTK_by_parts_factor"] == 8.0 and cfg["NTK_original_ctx_len"] == 64

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm_eval_tasks.answers import choice_letter, extract_answer, is_correct, last_boxed, math_equal
+from lm_eval_tasks.answers import choice_letter, extract_answer, is_correct, math_equal
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -185,8 +185,9 @@ def test_stock_registry_sees_our_models_builtins_and_entry_points():
 
 
 def test_entry_points_of_other_packages_get_registered(monkeypatch):
-    import lm_eval_tasks.autoload as autoload
     from lm_eval.api.registry import model_registry
+
+    import lm_eval_tasks.autoload as autoload
 
     monkeypatch.setattr(autoload, "entry_point_models", lambda: {"third_party_lm": "lm_eval.models.dummy:DummyLM",
                                                                  "hf": "not.this:Shadow"})

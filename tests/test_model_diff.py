@@ -9,7 +9,6 @@ import pytest
 import torch
 
 
-
 def _stats(fired, n=1000, label=""):
     from sae_lens_ext.model_diff import ActivationStats
 

@@ -123,8 +123,9 @@ def test_engine_runs_float32_and_op_sees_hf_hidden_state(engine, real_hf, prompt
 
 
 def test_delta_direction_reconstruct_equal_hf_hooks_in_one_batch(engine, real_hf, real_saes, prompts):
-    from tests.test_vllm_steering import hf_greedy
     from vllm import SamplingParams
+
+    from tests.test_vllm_steering import hf_greedy
 
     std_hook, std_path, _ = real_saes["standard"]
     topk_hook, topk_path, _ = real_saes["topk"]
@@ -154,8 +155,8 @@ def test_delta_direction_reconstruct_equal_hf_hooks_in_one_batch(engine, real_hf
 @pytest.fixture(scope="module")
 def champ_rows(real_tok):
     from reason_plugins.champ import reasoning_texts
-    from sae_lens_ext.training import tokens_dataset
     from reason_plugins.vocabulary import count_reasoning_words
+    from sae_lens_ext.training import tokens_dataset
 
     # real transcripts, the ones that use reasoning words most (kept small: 6 rows of 128 tokens)
     texts = sorted(reasoning_texts(n=200, seed=3, include_solutions=False), key=lambda t: -sum(count_reasoning_words(t).values()) / len(t))
@@ -164,8 +165,8 @@ def champ_rows(real_tok):
 
 
 def test_reason_score_on_real_text_equals_naive_oracle(real_hf, real_tok, real_saes, champ_rows):
-    from sae_lens_ext.reason_score import compute_reason_score
     from reason_plugins.vocabulary import resolve_vocabulary
+    from sae_lens_ext.reason_score import compute_reason_score
 
     hook, _, sae = real_saes["standard"]
     seqs = [[tuple(real_tok.encode(s, add_special_tokens=False)) for s in strings] for strings in resolve_vocabulary("paper").values()]

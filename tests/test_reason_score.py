@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from reason_plugins.vocabulary import resolve_vocabulary
 from sae_lens_ext import reason_score_math as rsm
 from sae_lens_ext.reason_score import FeatureEncoder, compute_reason_score
-from reason_plugins.vocabulary import resolve_vocabulary
 
 EPS = 1e-12
 

@@ -47,7 +47,7 @@ def test_matches_sparsify_documented_math(tmp_path):
 
 
 def test_matches_the_real_sparsify_library(tmp_path, monkeypatch):
-    sparsify = pytest.importorskip("sparsify")
+    pytest.importorskip("sparsify")
     import sparsify.sparse_coder
     import sparsify.utils
 

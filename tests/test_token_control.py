@@ -9,7 +9,6 @@ import pytest
 import torch
 
 
-
 def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
     from sae_lens_ext.token_control import TokenMeans, token_r2
 

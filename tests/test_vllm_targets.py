@@ -126,9 +126,9 @@ def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch
     monkeypatch.setattr(targets, "TARGETS", _table(broken.__name__))
     assert Config({}).use_v2_model_runner is True  # left alone
     with pytest.raises(targets.PatchTargetError, match=r"GPUModelRunner\._prepare_inputs not found"):
-        Config(STEERING).use_v2_model_runner
+        _ = Config(STEERING).use_v2_model_runner
     with pytest.raises(targets.PatchTargetError):  # and again, without re-checking
-        Config(STEERING).use_v2_model_runner
+        _ = Config(STEERING).use_v2_model_runner
 
     monkeypatch.setattr(targets, "TARGETS", ())
     monkeypatch.setattr(patching, "_checked", {})

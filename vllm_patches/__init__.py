@@ -54,7 +54,7 @@ def _patch_scheduler(module) -> None:
 def _patch_runner(module) -> None:
     from vllm_patches.patching import wrap_method
 
-    cls = getattr(module, "CPUModelRunner", None) or getattr(module, "GPUModelRunner")
+    cls = getattr(module, "CPUModelRunner", None) or module.GPUModelRunner
 
     def load_model(original):
         def wrapper(self, *args, **kwargs):

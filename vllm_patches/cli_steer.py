@@ -9,7 +9,7 @@ import shutil
 import textwrap
 
 from reason_plugins.cli_args import finite_float, int_at_least
-from reason_plugins.spec import MODES, METHODS
+from reason_plugins.spec import METHODS, MODES
 
 
 def add_arguments(parser) -> None:

@@ -7,7 +7,6 @@ validated against the SAE and the model's config before the engine starts.
 
 from __future__ import annotations
 
-
 from reason_plugins.cli_args import check_out_dir, finite_float, float_list, int_at_least
 
 

@@ -79,7 +79,7 @@ def _make_distribution_class():
     return AliasedDist
 
 
-def AliasedDistribution(real):  # noqa: N802  (built on first use: importlib.metadata loads lazily)
+def AliasedDistribution(real):  # noqa: N802, F811  (a factory replaced by the class on first use: importlib.metadata loads lazily)
     global AliasedDistribution
     cls = _make_distribution_class()
     AliasedDistribution = cls

@@ -39,7 +39,7 @@ from torch import nn
 from reason_plugins.steering import decode_edited, gated_rows_delta
 
 # by name: the registered torch op finds its buffers here (the model owns the ops, not this table)
-_OPS: "weakref.WeakValueDictionary[str, SteeringOp]" = weakref.WeakValueDictionary()
+_OPS: weakref.WeakValueDictionary[str, SteeringOp] = weakref.WeakValueDictionary()
 _names = itertools.count()
 _library = None
 

@@ -57,8 +57,8 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
     SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start). The
     specs are validated against the SAE and the model's config first (``vllm_patches.preflight``;
     ``force_hook`` allows a hook other than the SAE's own)."""
-    from reason_plugins.saes import default_method, sae_shape
     from reason_plugins.figures import write_figure_atomic
+    from reason_plugins.saes import default_method, sae_shape
     from reason_plugins.vocabulary import count_reasoning_words
 
     shape = sae_shape(str(sae_dir), sae_id)

@@ -13,7 +13,6 @@ figures) into ``--out``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -125,9 +124,9 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
 
     from reason_plugins import tiny_models
     from reason_plugins.files import write_json_atomic, write_text_atomic
+    from reason_plugins.vocabulary import count_reasoning_words
     from sae_lens_ext.reason_score import score_to_dir
     from sae_lens_ext.training import tokens_dataset, train_sae
-    from reason_plugins.vocabulary import count_reasoning_words
 
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +191,6 @@ def steer_in_vllm(model_dir: Path, out: Path, feature: int, value: float, max_ac
 
     from reason_plugins.vocabulary import count_reasoning_words
     from vllm_patches.llm import SteeredLLM
-
     from vllm_patches.sweep import run_sweep
 
     sae_dir = out / "sae"

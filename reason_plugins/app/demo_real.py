@@ -158,9 +158,9 @@ def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
-    from vllm_patches.sweep import run_sweep
     from reason_plugins.vocabulary import count_reasoning_words
     from vllm_patches.llm import SteeredLLM
+    from vllm_patches.sweep import run_sweep
 
     sae_dir = str(out / "sae")
     llm = SteeredLLM(model_dir, saes=[{"sae": sae_dir, "hook": hook}], dtype=dtype, max_model_len=1024, seed=0, enforce_eager=True)
@@ -250,5 +250,5 @@ def report_markdown(s: dict) -> str:
             lines.append(f"| {key} | {mean(c.get('baseline') or []):.3f} | {mean(c.get('steered') or []):.3f} | "
                          f"{c['diff']:+.3f} [{c.get('diff_low', float('nan')):+.3f}, {c.get('diff_high', float('nan')):+.3f}] | "
                          f"{c.get('p_value', float('nan')):.3g} | {verdict} |")
-        lines += ["", f"Full comparison: `lm_eval/compare.json`.", "", f"![baseline vs steered]({ev['plot']})", ""]
+        lines += ["", "Full comparison: `lm_eval/compare.json`.", "", f"![baseline vs steered]({ev['plot']})", ""]
     return "\n".join(lines)
