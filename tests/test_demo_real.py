@@ -18,9 +18,10 @@ def _summary():
             "contexts": {7: {"max_act": 3.125, "frequency": 0.01}},
             "views": {k: f"views/{k}" for k in ("index", "contexts_html", "contexts_md", "control_json", "group_profile_png", "control_png")},
             "steering": {"dtype": "float32", "strength": 4.0, "rows": rows}, "sweep": {"feature": 7, "png": "sweep/sweep.png"},
-            "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "feature": 7, "value": 12.5,
-                        "baseline": {"exact_match": 0.125}, "steered": {"exact_match": 0.0}, "compare": {"exact_match": {"baseline": [1.0, 0.0], "steered": [0.0, 0.0], "diff": -0.5,
-                                                           "diff_low": -1.0, "diff_high": 0.0, "p_value": 1.0, "significant": False}}},
+            "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "arms": ["baseline", "f7_s2", "f7_s4"],
+                        "metrics": {}, "compare": {}, "dose_plot": "lm_eval/compare_dose.png",
+                        "table": "| arm | metric | baseline | arm | diff [95% CI] | p | p adjusted | n | verdict |\n"
+                                 "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |\n"},
             "seconds": 321.0, "step_seconds": {"model": 1.0, "sae": 100.0}}
 
 
@@ -33,8 +34,10 @@ def test_report_names_model_data_and_shows_tables():
     assert "| 3 | 0.0400" in text and "| – |" in text  # a feature without contexts shows a dash, not a crash
     assert "| baseline | – | p | 0 | 5 | – |" in text and "| 7 | 12.50 | p | 2 | 9 | 0.2500 |" in text
     assert "## Steering in vLLM (float32" in text and "![steering sweep](sweep/sweep.png)" in text
-    assert "| exact_match | 0.500 | 0.000 | -0.500 [-1.000, +0.000] | 1 | inside the noise |" in text and '"diff"' not in text
-    assert "| **total** | **321.0** |" in text and "| **total** | **321.0** |" in text
+    assert "## lm-eval: CHAMP subset (8 problems), 3 arms in one engine" in text and '"diff"' not in text
+    assert "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |" in text
+    assert "![forest plot](lm_eval/compare.png)" in text and "![dose-response](lm_eval/compare_dose.png)" in text
+    assert "| **total** | **321.0** |" in text
 
 
 def test_demo_defaults_to_the_real_model():

@@ -132,16 +132,17 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
         summary["steering"], summary["sweep"] = timer.step("vllm", steer_in_vllm, model_dir, out, hook, chosen,
                                                            {f: contexts[f]["max_act"] for f in chosen}, steer_strength,
                                                            max_tokens, dtype)
-        print(f"[6/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline vs steered (--model steered_vllm)")
-        from lm_eval_tasks.demo import run_tiny_eval
+        print(f"[6/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + top features at two strengths "
+              "in one engine (--model steered_vllm arms=)")
+        from lm_eval_tasks.demo import run_demo_arms
 
-        feature = chosen[0]
-        value = steer_strength * contexts[feature]["max_act"]
-        ev = timer.step("lm_eval", run_tiny_eval, model_dir, out / "sae", hook, feature, value, out / "lm_eval",
-                        n_problems=eval_problems, max_gen_toks=2 * max_tokens, task="champ")
-        summary["lm_eval"] = {"task": "champ", "plot": str(Path(ev["plot"]).relative_to(out)), "baseline": ev["baseline"],
-                              "steered": ev["steered"], "compare": ev["compare"], "n_problems": ev["n_problems"],
-                              "feature": feature, "value": value}
+        arm_features = {f: contexts[f]["max_act"] for f in chosen[:2]}
+        ev = timer.step("lm_eval", run_demo_arms, model_dir, out / "sae", hook, arm_features, out / "lm_eval", task="champ",
+                        strengths=(steer_strength / 2, steer_strength), n_problems=eval_problems, max_gen_toks=2 * max_tokens)
+        summary["lm_eval"] = {"task": "champ", "plot": str(Path(ev["plot"]).relative_to(out)), "n_problems": ev["n_problems"],
+                              "arms": [a["name"] for a in ev["arms"]], "metrics": ev["metrics"],
+                              "table": Path(ev["plots"]["markdown"]).read_text(), "compare": ev["compare"],
+                              "dose_plot": str(Path(ev["plots"]["dose"]).relative_to(out)) if "dose" in ev["plots"] else None}
     summary["seconds"] = round(time.time() - started, 1)
     summary["step_seconds"] = timer.seconds
     summary["step_cpu_seconds"] = timer.cpu_seconds
@@ -238,17 +239,11 @@ def report_markdown(s: dict) -> str:
         lines += [f"## Sweep of feature {s['sweep']['feature']} (0-8 x max activation)", "", f"![steering sweep]({s['sweep']['png']})", ""]
     if "lm_eval" in s:
         ev = s["lm_eval"]
-        lines += [f"## lm-eval: CHAMP subset ({ev['n_problems']} problems), baseline vs feature {ev['feature']} = {ev['value']:.2f}", "",
-                  "lm-eval's evaluator with `steered_vllm`, greedy, answers judged by math-verify; paired difference with its 95% "
-                  "interval and p-value per metric:", "",
-                  "| metric | baseline | steered | steered - baseline [95% CI] | p | verdict |", "|---|---|---|---|---|---|"]
-        for key, c in sorted((ev.get("compare") or {}).items()):
-            if not isinstance(c, dict) or "diff" not in c:
-                continue
-            mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-            verdict = "significant" if c.get("significant") else "inside the noise"
-            lines.append(f"| {key} | {mean(c.get('baseline') or []):.3f} | {mean(c.get('steered') or []):.3f} | "
-                         f"{c['diff']:+.3f} [{c.get('diff_low', float('nan')):+.3f}, {c.get('diff_high', float('nan')):+.3f}] | "
-                         f"{c.get('p_value', float('nan')):.3g} | {verdict} |")
-        lines += ["", "Full comparison: `lm_eval/compare.json`.", "", f"![baseline vs steered]({ev['plot']})", ""]
+        lines += [f"## lm-eval: CHAMP subset ({ev['n_problems']} problems), {len(ev['arms'])} arms in one engine", "",
+                  "One lm-eval run with `steered_vllm` and `arms=` (baseline + top features at two strengths, value = strength x "
+                  "max activation), greedy, answers judged by math-verify; each arm vs the baseline with its 95% bootstrap "
+                  "interval, a paired test and Holm-adjusted p-values over every arm and metric:", "",
+                  ev["table"], "", "Full comparison: `lm_eval/compare.json`.", "", f"![forest plot]({ev['plot']})", ""]
+        if ev.get("dose_plot"):
+            lines += [f"![dose-response]({ev['dose_plot']})", ""]
     return "\n".join(lines)
