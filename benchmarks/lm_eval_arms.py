@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lm_eval_tasks.arms import arms_file_dict, parse_arms
-    from lm_eval_tasks.demo import run_arms_eval
+    from lm_eval_tasks.run_arms import run_arms_eval
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="arms_bench_"))
     model, sae = fixtures(work / "fixtures")

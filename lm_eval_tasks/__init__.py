@@ -3,7 +3,7 @@ the stock CLI by ``autoload.py`` through our ``.pth``), the reasoning benchmark 
 pass ``--include_path`` ``TASKS_DIR``), answer checking (``answers.py``), reasoning-length metrics
 (``task_base.py``), many steering arms in one run (``arms.py``: the arms formats; ``arm_eval.py``:
 ``<task>@<arm>`` task copies inside lm-eval's evaluator) and the arms-vs-baseline comparison with
-multiple-comparison adjustment (``cli_compare.py``, ``stats.py``).
+multiple-comparison adjustment (``comparison.py``, ``stats.py``; the command in ``cli_compare.py``).
 Importing this package imports nothing heavy."""
 
 import os.path

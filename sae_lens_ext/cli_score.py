@@ -86,13 +86,14 @@ def check_args(args) -> None:
 
 
 def run(args) -> int:
-    from sae_lens_ext.reason_score import load_sae, merge_shards, score_to_dir
+    from reason_plugins.saes import load_sae
+    from sae_lens_ext.score_outputs import merge_shards, score_to_dir
 
     check_args(args)
     if args.merge:
         result = merge_shards(args.merge, None, top_k=args.top_k)
         _check_explain(args.explain, result.d_sae)
-        from sae_lens_ext.reason_score import write_outputs
+        from sae_lens_ext.score_outputs import write_outputs
 
         write_outputs(result, args.out, args.top_k)
     else:

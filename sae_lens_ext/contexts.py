@@ -107,7 +107,8 @@ class FeatureActivations:
     @classmethod
     def open(cls, model, sae, features, *, run: ScoredRun | None = None, sae_id=None, hook=None, backend="auto",
              device="cpu", context_size=None, ignore_tokens=None, tokenizer=None):
-        from sae_lens_ext.reason_score import ActivationSource, FeatureEncoder, _ignore_ids, load_model, load_sae, model_tokenizer
+        from reason_plugins.saes import load_sae
+        from sae_lens_ext.activations import ActivationSource, FeatureEncoder, ignore_ids, load_model, model_tokenizer
 
         cfg = run.config if run else {}
         sae = load_sae(sae, sae_id if sae_id is not None else cfg.get("sae_id"), device, cfg.get("sae_loader"))
@@ -119,9 +120,9 @@ class FeatureActivations:
             raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
         tok = model_tokenizer(model, tokenizer)
         if ignore_tokens is None:  # the scoring run's choice, else BOS/EOS (attention sinks would top every list)
-            ignore = cfg["ignore_tokens"] if "ignore_tokens" in cfg else _ignore_ids(["bos", "eos"], tok)
+            ignore = cfg["ignore_tokens"] if "ignore_tokens" in cfg else ignore_ids(["bos", "eos"], tok)
         else:
-            ignore = _ignore_ids(ignore_tokens, tok)
+            ignore = ignore_ids(ignore_tokens, tok)
         return cls(source, FeatureEncoder(sae, 4096), features, tok, hook, list(ignore or []),
                    int(context_size or cfg.get("context_size") or sae.cfg.metadata.context_size or 128),
                    bool(cfg.get("prepend_bos", True)))
@@ -148,7 +149,7 @@ class FeatureActivations:
     def batches(self, data, *, n_samples=None, batch_size=8, seed=None, text_column="text", progress=True, desc="activations"):
         from tqdm.auto import tqdm
 
-        from sae_lens_ext.reason_score import token_batches
+        from sae_lens_ext.token_data import token_batches
 
         rows = token_batches(data, self.tokenizer, batch_size=batch_size, context_size=self.context_size,
                              prepend_bos=self.prepend_bos, n_samples=n_samples, seed=seed, text_column=text_column)

@@ -125,7 +125,7 @@ def render_dashboards(model, sae, data, features, out_dir, *, run=None, per_file
 
     from reason_plugins.saes import load_sae
     from sae_lens_ext.contexts import check_features
-    from sae_lens_ext.reason_score import token_batches
+    from sae_lens_ext.token_data import token_batches
 
     cfg = run.config if run else {}
     sae = load_sae(sae, cfg.get("sae_id"), device)

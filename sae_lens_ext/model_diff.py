@@ -44,15 +44,9 @@ def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int
     import torch
     from tqdm.auto import tqdm
 
-    from sae_lens_ext.reason_score import (
-        ActivationSource,
-        FeatureEncoder,
-        _ignore_ids,
-        load_model,
-        load_sae,
-        model_tokenizer,
-        token_batches,
-    )
+    from reason_plugins.saes import load_sae
+    from sae_lens_ext.activations import ActivationSource, FeatureEncoder, ignore_ids, load_model, model_tokenizer
+    from sae_lens_ext.token_data import token_batches
 
     sae = load_sae(sae, sae_id, device)
     hook = hook or sae.cfg.metadata.hook_name
@@ -61,7 +55,7 @@ def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int
     if int(sae.cfg.d_in) != source.d_model:
         raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
     tok = model_tokenizer(model)
-    ignore = torch.tensor(_ignore_ids(ignore_tokens, tok), dtype=torch.long)
+    ignore = torch.tensor(ignore_ids(ignore_tokens, tok), dtype=torch.long)
     encoder = FeatureEncoder(sae, 4096)
     d = encoder.d_sae
     fired, total, mx, n = torch.zeros(d, dtype=torch.int64), torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0

@@ -13,7 +13,7 @@ from reason_plugins.files import write_bytes_atomic
 
 def score_distribution(run, top_k: int, path) -> Path:
     """The scoring run's histogram (same code as ``score_to_dir``) with this view's top-k marked."""
-    from sae_lens_ext.reason_score import histogram_png
+    from sae_lens_ext.score_outputs import histogram_png
 
     return write_bytes_atomic(path, histogram_png(run.result, top_k))
 

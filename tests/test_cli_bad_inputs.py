@@ -179,10 +179,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, env, capsys, monk
         def started(*a, **k):
             raise StartedWork(f"{name}: work started before the refusal")
 
+        import sae_lens_ext.activations as activations
         import sae_lens_ext.reason_score as rs
         import vllm_patches.llm as llm
 
-        monkeypatch.setattr(rs, "load_model", started)
+        monkeypatch.setattr(rs, "load_model", started)  # the score run's own reference
+        monkeypatch.setattr(activations, "load_model", started)  # contexts, dashboards, diff import it at call time
         monkeypatch.setattr(llm.SteeredLLM, "__init__", started)
     before = _snapshot(env["root"])
     capsys.readouterr()

@@ -56,7 +56,7 @@ def test_contexts_match_an_independent_computation(scored_run, llama_dir, sae_di
     from transformers import AutoTokenizer
 
     from sae_lens_ext.contexts import load_scored_run, run_inputs, top_contexts
-    from sae_lens_ext.reason_score import token_batches
+    from sae_lens_ext.token_data import token_batches
 
     run = load_scored_run(scored_run)
     model, sae, data = run_inputs(run)
@@ -89,7 +89,7 @@ def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sae_lens_ext.contexts import top_contexts
-    from sae_lens_ext.reason_score import token_batches
+    from sae_lens_ext.token_data import token_batches
 
     w = write_sparsify_folder(tmp_path / "layers.1.mlp")
     rows = top_contexts(str(llama_dir), str(tmp_path / "layers.1.mlp"), str(scored_data), [0, 3], n=3, window=2,

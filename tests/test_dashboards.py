@@ -19,8 +19,8 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and shutil.
 def test_hooked_model_sees_what_scoring_saw(llama_dir):
     """The HookedTransformer SAEDashboard runs on gives the same activations at the SAE's hook as
     the HF path ReasonScore uses."""
+    from sae_lens_ext.activations import ActivationSource, load_model
     from sae_lens_ext.dashboards import hooked_model
-    from sae_lens_ext.reason_score import ActivationSource, load_model
 
     tokens = torch.randint(10, 500, (2, 24), generator=torch.Generator().manual_seed(0))
     ht = hooked_model(str(llama_dir))

@@ -21,8 +21,8 @@ TASK = "math500"
 
 @pytest.fixture(scope="module")
 def arms_eval(tmp_path_factory, llama_dir, sae_dirs, layer_saes):
-    from lm_eval_tasks.demo import run_arms_eval
-    from lm_eval_tasks.fixtures import write_fixture_tasks
+    from lm_eval_tasks.offline_tasks import write_fixture_tasks
+    from lm_eval_tasks.run_arms import run_arms_eval
 
     tasks = write_fixture_tasks(tmp_path_factory.mktemp("arm_tasks"), overrides={"generation_kwargs": GREEDY})
     std, jump = str(sae_dirs["standard"]), str(layer_saes["blocks.3.hook_resid_post"][1])

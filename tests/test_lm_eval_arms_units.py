@@ -190,7 +190,7 @@ def test_compare_multi_arm_run_adjusts_across_arms_and_metrics(tmp_path, capsys)
 
 
 def test_compare_several_single_arm_runs_and_mismatches(tmp_path):
-    from lm_eval_tasks.cli_compare import compare_arms, load_arms
+    from lm_eval_tasks.comparison import compare_arms, load_arms
 
     rows = [{"doc_id": i, "doc_hash": f"h{i}", "exact_match": float(i % 2), "reasoning_tokens": 10.0 + i} for i in range(8)]
     for name in ("a", "b", "c"):
@@ -254,7 +254,7 @@ def test_cutoff_token_names_the_think_end_for_reasoning_tokens(tmp_path, tokeniz
     from lm_eval.tasks import TaskManager
     from transformers import AutoTokenizer
 
-    from lm_eval_tasks.fixtures import write_fixture_tasks
+    from lm_eval_tasks.offline_tasks import write_fixture_tasks
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     think_end = tok.convert_tokens_to_ids("</think>")

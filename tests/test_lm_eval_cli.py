@@ -29,7 +29,7 @@ ENGINE_ARGS = "dtype=float32,max_model_len=512"
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    from lm_eval_tasks.fixtures import write_fixture_tasks
+    from lm_eval_tasks.offline_tasks import write_fixture_tasks
 
     return write_fixture_tasks(tmp_path_factory.mktemp("lm_eval_tasks"), overrides={"generation_kwargs": GREEDY})
 
@@ -200,7 +200,7 @@ def test_demo_lm_eval_step_is_one_multi_arm_run(tmp_path, llama_dir, sae_dirs):
     (in a child process), the forest and dose-response plots."""
     import time
 
-    from lm_eval_tasks.demo import run_demo_arms
+    from lm_eval_tasks.run_arms import run_demo_arms
 
     started = time.time()
     out = run_demo_arms(llama_dir, sae_dirs["standard"], "blocks.2.hook_resid_post", {5: 2.0, 9: 3.0}, tmp_path / "tiny",

@@ -15,7 +15,7 @@ from lm_eval_tasks import TASKS_DIR
 
 @pytest.fixture(scope="module")
 def fixture_tasks(tmp_path_factory):
-    from lm_eval_tasks.fixtures import write_fixture_tasks
+    from lm_eval_tasks.offline_tasks import write_fixture_tasks
 
     return write_fixture_tasks(tmp_path_factory.mktemp("tasks"))
 
@@ -42,8 +42,8 @@ def test_shipped_yamls_use_the_reference_datasets_and_sampling():
 
 
 def test_gpqa_shuffle_is_fixed_and_keeps_the_answer():
-    from lm_eval_tasks.fixtures import GPQA_ROWS
-    from lm_eval_tasks.task_docs import gpqa_shuffle
+    from lm_eval_tasks.offline_tasks import GPQA_ROWS
+    from lm_eval_tasks.task_documents import gpqa_shuffle
 
     first = [gpqa_shuffle(r) for r in GPQA_ROWS]
     assert first == [gpqa_shuffle(r) for r in GPQA_ROWS]  # same order on every run

@@ -62,7 +62,7 @@ def test_two_models_and_identical_sides(tmp_path, llama_dir, tokenizer_dir, sae_
     same_b = activation_stats(str(llama_dir), sae_dirs["standard"], str(scored_data), **kw)
     from transformers import AutoTokenizer
 
-    from sae_lens_ext.reason_score import token_batches
+    from sae_lens_ext.token_data import token_batches
 
     tok = AutoTokenizer.from_pretrained(llama_dir)
     rows = torch.cat(list(token_batches(str(scored_data), tok, context_size=64, n_samples=8)))

@@ -12,7 +12,8 @@ import torch
 
 from reason_plugins.vocabulary import resolve_vocabulary
 from sae_lens_ext import reason_score_math as rsm
-from sae_lens_ext.reason_score import FeatureEncoder, compute_reason_score
+from sae_lens_ext.activations import FeatureEncoder
+from sae_lens_ext.reason_score import compute_reason_score
 
 EPS = 1e-12
 

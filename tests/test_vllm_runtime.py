@@ -137,7 +137,7 @@ def test_pipeline_parallel_engines_are_refused_clearly(standard):
 
 
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
-    import vllm_patches
+    from vllm_patches.patches import patch_config
 
     class Config:
         def __init__(self, extra):
@@ -152,8 +152,8 @@ def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
     monkeypatch.delenv("REASON_STEERING", raising=False)
     # the patch-target check steered engines run is tested in test_vllm_targets.py; here: none declared
     monkeypatch.setattr("vllm_patches.targets.TARGETS", ())
-    monkeypatch.setattr("vllm_patches.patching._checked", {})
-    vllm_patches._patch_config(module)
-    vllm_patches._patch_config(module)  # idempotent
+    monkeypatch.setattr("vllm_patches.wrapping._checked", {})
+    patch_config(module)
+    patch_config(module)  # idempotent
     assert Config({}).use_v2_model_runner is True
     assert Config({"reason_steering": {"saes": [{"sae": "x", "hook": FIXTURE_HOOK}]}}).use_v2_model_runner is False

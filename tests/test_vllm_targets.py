@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURE_HOOK
-from vllm_patches import patching, targets
+from vllm_patches import targets, wrapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_vllm_targets.py"
@@ -26,7 +26,7 @@ STEERING = {"reason_steering": {"saes": [{"sae": "x", "hook": FIXTURE_HOOK}]}}
 
 @pytest.fixture(autouse=True)
 def fresh_checks(monkeypatch):
-    monkeypatch.setattr(patching, "_checked", {})
+    monkeypatch.setattr(wrapping, "_checked", {})
     monkeypatch.delenv("REASON_STEERING", raising=False)
 
 
@@ -62,7 +62,7 @@ def test_the_installed_vllm_fits_every_target():
     assert targets.check_live(platform="cpu") == {}
     assert all(p is None for p in targets.check_source(targets.installed_source).values())
     assert targets.vllm_version().split("+")[0] in targets.SUPPORTED_VLLM
-    patching.require_targets("cpu")  # passes
+    wrapping.require_targets("cpu")  # passes
 
 
 @pytest.mark.parametrize("case,expected", [
@@ -76,7 +76,7 @@ def test_missing_or_reshaped_target_is_left_unwrapped_and_named(case, expected, 
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(targets, "TARGETS", _table(module.__name__))
     with caplog.at_level(logging.WARNING, logger="vllm.reason_steering"):
-        assert patching.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is False
+        assert wrapping.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is False
     assert "not patching" in caplog.text and "_prepare_inputs" in caplog.text
     assert not getattr(module.GPUModelRunner.__dict__.get("_prepare_inputs"), "__reason_steering__", False)
     problems = targets.check_live(_table(module.__name__))
@@ -97,9 +97,9 @@ def test_a_fitting_target_is_wrapped_once_and_passes(monkeypatch):
     monkeypatch.setattr(targets, "TARGETS", table)
     assert targets.check_live(table) == {f"{module.__name__}.GPUModelRunner._prepare_inputs":
                                          "not wrapped (the patch did not run)"}
-    assert patching.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is True
+    assert wrapping.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is True
     wrapped = module.GPUModelRunner.__dict__["_prepare_inputs"]
-    assert patching.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is True
+    assert wrapping.wrap_method(module.GPUModelRunner, "_prepare_inputs", _passthrough) is True
     assert module.GPUModelRunner.__dict__["_prepare_inputs"] is wrapped  # idempotent
     assert module.GPUModelRunner()._prepare_inputs(None, None) == 7
     assert targets.check_live(table) == {}
@@ -108,7 +108,7 @@ def test_a_fitting_target_is_wrapped_once_and_passes(monkeypatch):
 def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch, caplog):
     """The V2-runner switch is where an engine start first meets the plugin: with a steering config
     a missing target fails it; without one vLLM's own choice stands and nothing is checked."""
-    import vllm_patches
+    from vllm_patches.patches import patch_config
 
     class Config:
         def __init__(self, extra):
@@ -120,7 +120,7 @@ def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch
 
     module = types.ModuleType("fake_vllm_config_targets")
     module.VllmConfig = Config
-    vllm_patches._patch_config(module)
+    patch_config(module)
     broken, _ = _runner_module("fake_runner_gone", None)
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
     monkeypatch.setattr(targets, "TARGETS", _table(broken.__name__))
@@ -131,8 +131,8 @@ def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch
         _ = Config(STEERING).use_v2_model_runner
 
     monkeypatch.setattr(targets, "TARGETS", ())
-    monkeypatch.setattr(patching, "_checked", {})
-    monkeypatch.setattr(patching, "_v1_noted", False)
+    monkeypatch.setattr(wrapping, "_checked", {})
+    monkeypatch.setattr(wrapping, "_v1_noted", False)
     with caplog.at_level(logging.INFO, logger="vllm.reason_steering"):
         assert Config(STEERING).use_v2_model_runner is False
         assert Config(STEERING).use_v2_model_runner is False

@@ -107,7 +107,7 @@ def _fail(scheduler, request, reason: str) -> None:
 
 
 def install(module) -> None:
-    from vllm_patches.patching import wrap_method
+    from vllm_patches.wrapping import wrap_method
 
     cls = module.Scheduler
 

@@ -1,6 +1,6 @@
 """The vLLM internals the plugin patches, declared in one table, and the checks that hold vLLM to it.
 
-The steering patches wrap private methods of vLLM (``patching.wrap_method``). A private method can
+The steering patches wrap private methods of vLLM (``wrapping.wrap_method``). A private method can
 be renamed or re-shaped in any release, and a wrapper that silently did not apply would give an
 engine that accepts steered requests and runs them unsteered. So every target is declared here
 with the call shape its wrapper relies on, and checked two ways by the same rules:

@@ -125,7 +125,7 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
     from reason_plugins import tiny_models
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.vocabulary import count_reasoning_words
-    from sae_lens_ext.reason_score import score_to_dir
+    from sae_lens_ext.score_outputs import score_to_dir
     from sae_lens_ext.training import tokens_dataset, train_sae
 
     started = time.time()
@@ -169,7 +169,7 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
         print(f"[6/{steps}] vLLM: steer feature {feature} to {value:.2f} ({steer_strength} x its max activation), then sweep")
         summary["steering"], summary["sweep"] = steer_in_vllm(model_dir, out, feature, value, max_acts[feature])
         print(f"[7/{steps}] lm-eval: tiny embedded task, baseline + top features at two strengths in one engine (--model steered_vllm arms=)")
-        from lm_eval_tasks.demo import run_demo_arms
+        from lm_eval_tasks.run_arms import run_demo_arms
 
         chosen = {f["feature"]: max_acts[f["feature"]] for f in top[:2]}
         ev = run_demo_arms(model_dir, out / "sae", DEMO_HOOK, chosen, out / "lm_eval", strengths=(steer_strength / 2, steer_strength),

@@ -7,7 +7,7 @@ and statements; the top features are shown (SAEDashboard pages with real text, t
 token-driven control); the top features are steered inside vLLM at strength x their max
 activation (the paper's clamp), baseline and steered in one batch, then the top one is swept over
 strengths; the benchmark step runs lm-eval (``steered_vllm``) on a CHAMP subset, baseline vs
-steered, through ``lm_eval_tasks.demo``. ``report.md`` gathers tables and figures.
+steered, through ``lm_eval_tasks.run_arms``. ``report.md`` gathers tables and figures.
 
 The model has no ``<think>`` section: "reasoning words" are counted over the whole answer, and the
 benchmark's ``reasoning_tokens`` is the whole generation's length.
@@ -91,7 +91,7 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.models import describe, resolve_model
     from sae_lens_ext.dashboards import demo_views
-    from sae_lens_ext.reason_score import score_to_dir
+    from sae_lens_ext.score_outputs import score_to_dir
     from sae_lens_ext.training_configs import get_config
 
     started, timer = time.time(), Timer()
@@ -134,7 +134,7 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                                                            max_tokens, dtype)
         print(f"[6/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + top features at two strengths "
               "in one engine (--model steered_vllm arms=)")
-        from lm_eval_tasks.demo import run_demo_arms
+        from lm_eval_tasks.run_arms import run_demo_arms
 
         arm_features = {f: contexts[f]["max_act"] for f in chosen[:2]}
         ev = timer.step("lm_eval", run_demo_arms, model_dir, out / "sae", hook, arm_features, out / "lm_eval", task="champ",

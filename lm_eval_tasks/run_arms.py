@@ -35,7 +35,7 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
     ``<task>@<arm>``), ``single/<arm>/`` with ``single_arms``, ``compare.png`` (forest plot), ``compare.json``,
     ``compare.md``, ``compare_dose.png`` for sweeps, ``arms_eval.json`` (the summary returned)."""
     from lm_eval_tasks.arms import arms_file_dict, parse_arms
-    from lm_eval_tasks.cli_compare import compare_arms, load_arms, write_outputs
+    from lm_eval_tasks.comparison import compare_arms, load_arms, write_outputs
     from reason_plugins.files import write_json_atomic
 
     out = Path(out_dir)
@@ -47,7 +47,7 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
            "single": bool(single_arms), "max_model_len": int(max_model_len)}
     started = time.time()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.demo", json.dumps(job)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.run_arms", json.dumps(job)], capture_output=True, text=True,
                          timeout=timeout, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"multi-arm lm-eval run failed (exit {res.returncode}):\n{res.stderr[-4000:]}")
