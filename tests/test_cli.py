@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +15,11 @@ SCRIPT = Path(sys.executable).parent / "reason-sae"
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
-    for name in SUBCOMMANDS:
-        assert name in out
+    """Each subcommand on its own line of the listing, followed by the start of its own help text."""
+    out = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    for name, (_module, help_text) in SUBCOMMANDS.items():
+        assert re.search(rf"^\s+{re.escape(name)}\s+{re.escape(help_text[:30])}", out, re.M), f"{name!r} not listed:\n{out}"
 
 
 def test_plugins_lists_the_paper_vocabulary():
