@@ -18,7 +18,6 @@ import pytest
 
 from reason_plugins.app.cli import main
 from tests.conftest import FIXTURE_HOOK
-from tests.test_contexts import scored_data, scored_run  # noqa: F401  (shared session fixtures)
 
 SCRIPT = Path(sys.executable).parent / "reason-sae"
 
