@@ -48,10 +48,9 @@ def _num_name(x: float) -> str:
 
 
 def _method(sae: str, sae_id: str | None) -> str:
-    from reason_plugins.saes import sae_shape
-    from reason_plugins.steering import DELTA_ARCHITECTURES
+    from reason_plugins.saes import default_method, sae_shape
 
-    return "delta" if sae_shape(sae, sae_id)["architecture"] in DELTA_ARCHITECTURES else "reconstruct"
+    return default_method(sae_shape(sae, sae_id))
 
 
 def _hook(sae: str, sae_id: str | None, hook: str | None) -> str:

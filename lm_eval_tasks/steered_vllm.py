@@ -77,7 +77,8 @@ class SteeredVLLM(VLLM):
             from vllm_patches.config import CONFIG_KEY
 
             vllm_patches.register()  # also when vLLM's entry-point plugin loading is restricted (VLLM_PLUGINS)
-            preflight(pretrained, [s.to_dict() for s in specs], max_edits=int(steer_max_edits))  # every arm checked before the engine
+            for arm_specs in ([a.specs for a in self.arms if a.specs] if self.arms else [specs]):  # each arm is one request's steering
+                preflight(pretrained, [s.to_dict() for s in arm_specs], max_edits=int(steer_max_edits))  # checked before the engine
             extra = dict(kwargs.pop("additional_config", None) or {})
             extra[CONFIG_KEY] = {"saes": engine_saes(specs), "max_edits": int(steer_max_edits)}
             kwargs["additional_config"] = extra

@@ -23,7 +23,7 @@ DEBUG_ENV = "REASON_SAE_DEBUG"
 # packages, e.g. deep inside numpy, they are bugs and keep their traceback)
 _REFUSALS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
              PermissionError)
-_OUR_PACKAGES = tuple(str(Path(__file__).resolve().parent.parent / p) + os.sep
+_OUR_PACKAGES = tuple(str(Path(__file__).resolve().parents[2] / p) + os.sep  # the repository (or site-packages) root
                       for p in ("reason_plugins", "sae_lens_ext", "vllm_patches", "lm_eval_tasks"))
 
 # name -> (module with add_arguments/run, one-line help)
