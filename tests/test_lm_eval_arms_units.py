@@ -185,8 +185,10 @@ def test_compare_multi_arm_run_adjusts_across_arms_and_metrics(tmp_path, capsys)
     assert main(["compare", str(run), "--out", str(png), "--n-boot", "500", "--fdr", "--baseline", "f9_s1"]) == 0
     fdr = json.loads(png.with_suffix(".json").read_text())
     assert fdr["correction"] == "fdr" and fdr["baseline"] == "f9_s1" and "baseline" in fdr["arms"]
-    with pytest.raises(ValueError, match="--baseline 'nope'"):
-        main(["compare", str(run), "--out", str(png), "--baseline", "nope"])
+    capsys.readouterr()
+    assert main(["compare", str(run), "--out", str(png), "--baseline", "nope"]) == 2  # a user error: one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reason-sae compare: error:") and "--baseline 'nope'" in err[0]
 
 
 def test_compare_several_single_arm_runs_and_mismatches(tmp_path):
