@@ -109,9 +109,9 @@ def graph_parity(d: int, tokens: int, slots_list, dtype, device, rounds: int = 2
 def _tokenizer(cache: Path):
     from transformers import AutoTokenizer
 
-    from reason_plugins import fixtures
+    from reason_plugins import tiny_models
 
-    return AutoTokenizer.from_pretrained(fixtures.build_tokenizer(cache / "tokenizer"))
+    return AutoTokenizer.from_pretrained(tiny_models.build_tokenizer(cache / "tokenizer"))
 
 
 def _rows(tokenizer, n_rows: int, length: int, seed: int = 0) -> torch.Tensor:

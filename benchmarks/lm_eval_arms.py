@@ -34,11 +34,12 @@ HOOK = "blocks.2.hook_resid_post"
 
 
 def fixtures(root: Path) -> tuple[Path, Path]:
-    from reason_plugins import fixtures as fx
+    from reason_plugins import tiny_models
+    from sae_lens_ext import tiny_saes
 
-    tok = fx.build_tokenizer(root / "tokenizer")
-    model = fx.build_model(root / "llama", tok, family="llama")
-    saes = fx.build_saes(model, tok, root / "saes", hook_name=HOOK, architectures=("standard",))
+    tok = tiny_models.build_tokenizer(root / "tokenizer")
+    model = tiny_models.build_model(root / "llama", tok, family="llama")
+    saes = tiny_saes.build_saes(model, tok, root / "saes", hook_name=HOOK, architectures=("standard",))
     return model, saes["standard"]
 
 

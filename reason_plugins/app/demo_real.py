@@ -57,7 +57,7 @@ def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) 
     import hashlib
 
     from reason_plugins import __version__
-    from reason_plugins.tiny_models import _atomic_dir
+    from reason_plugins.tiny_models import atomic_dir
     from sae_lens_ext.training import champ_tokens_dataset, train_from_config
     from sae_lens_ext.training_configs import apply_overrides, get_config
 
@@ -71,7 +71,7 @@ def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) 
         data = champ_tokens_dataset(tokenizer, config["context_size"], int(sae_tokens), seed=seed)
         train_from_config(apply_overrides(config, {"output_path": str(tmp)}), dataset=data)
 
-    return _atomic_dir(Path(cache) / "saes" / f"{RECIPE}-{key}", build)
+    return atomic_dir(Path(cache) / "saes" / f"{RECIPE}-{key}", build)
 
 
 def scoring_rows(tokenizer, rows: int, seed: int = 1):
