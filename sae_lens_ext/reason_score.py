@@ -217,3 +217,16 @@ def reason_feature_scorers():
 
 
 # ---------------------------------------------------------------- outputs
+
+
+_OUTPUT_NAMES = ("score_to_dir", "merge_shards", "write_outputs", "histogram_png", "save_inputs")
+
+
+def __getattr__(name):
+    # the run's output side lives in ``score_outputs`` (which imports this module); its names stay
+    # reachable here, as they were before the split
+    if name in _OUTPUT_NAMES:
+        from sae_lens_ext import score_outputs
+
+        return getattr(score_outputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
