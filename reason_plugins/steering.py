@@ -42,7 +42,7 @@ def per_feature_refusal(architecture: str, normalisation: str, method: str) -> s
         return (f"method {method!r} cannot steer an SAE that normalises each input ({normalisation!r}): "
                 f"its features are not linear in the residual stream; use method 'reconstruct'")
     if method == "delta" and architecture not in DELTA_ARCHITECTURES:
-        return f"method 'delta' is not exact for the {architecture!r} SAE (only {DELTA_ARCHITECTURES}): use 'reconstruct'"
+        return f"method 'delta' is not exact for the {architecture!r} SAE (only {DELTA_ARCHITECTURES}): use method 'reconstruct'"
     return None
 
 
