@@ -5,7 +5,6 @@ V1-runner guard. (The engine tests in test_vllm_steering.py hold the whole path 
 from __future__ import annotations
 
 import json
-import types
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +13,7 @@ from torch import nn
 
 from reason_plugins.spec import parse_steering
 from reason_plugins.steering import steer
-from tests.conftest import FIXTURE_HOOK
+from tests.conftest import FIXTURE_HOOK, fake_vllm_config_module
 
 D_MODEL = 128
 
@@ -139,16 +138,7 @@ def test_pipeline_parallel_engines_are_refused_clearly(standard):
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
     from vllm_patches.patches import patch_config
 
-    class Config:
-        def __init__(self, extra):
-            self.additional_config = extra
-
-        @property
-        def use_v2_model_runner(self):
-            return True
-
-    module = types.ModuleType("fake_vllm_config")
-    module.VllmConfig = Config
+    module, Config = fake_vllm_config_module("fake_vllm_config")
     monkeypatch.delenv("REASON_STEERING", raising=False)
     # the patch-target check steered engines run is tested in test_vllm_targets.py; here: none declared
     monkeypatch.setattr("vllm_patches.targets.TARGETS", ())

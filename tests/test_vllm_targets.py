@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_HOOK
+from tests.conftest import FIXTURE_HOOK, fake_vllm_config_module
 from vllm_patches import targets, wrapping
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,16 +110,7 @@ def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch
     a missing target fails it; without one vLLM's own choice stands and nothing is checked."""
     from vllm_patches.patches import patch_config
 
-    class Config:
-        def __init__(self, extra):
-            self.additional_config = extra
-
-        @property
-        def use_v2_model_runner(self):
-            return True
-
-    module = types.ModuleType("fake_vllm_config_targets")
-    module.VllmConfig = Config
+    module, Config = fake_vllm_config_module("fake_vllm_config_targets")
     patch_config(module)
     broken, _ = _runner_module("fake_runner_gone", None)
     monkeypatch.setitem(sys.modules, broken.__name__, broken)
