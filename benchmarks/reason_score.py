@@ -39,7 +39,7 @@ def build(cache: Path, d_sae: int, rows: int):
     from transformers import AutoTokenizer
 
     from reason_plugins import tiny_models
-    from sae_lens_ext.training import tokens_dataset
+    from sae_lens_ext.token_data import tokens_dataset
 
     tok_dir = tiny_models.build_tokenizer(cache / "tokenizer")
     model_dir = tiny_models.build_model(cache / "llama", tok_dir)

@@ -18,10 +18,11 @@ Formatting (what the paper's data looks like to the model):
   so none is used unless asked (``system_prompt="dataset"`` or any text). The reference added
   its own system prompt and one newline after ``</think>``; we follow R1's real output instead.
 
-Packing: the documents of one source (shuffled with ``seed``) are tokenised without extra
-special tokens (the template carries BOS/EOS), concatenated and cut into ``context_size`` rows,
-the remainder dropped (the reference's ``tokenize_and_concatenate`` without BOS); train with
-``prepend_bos=False``, as the paper did. Mixing draws whole rows per source in the given ratio.
+Packing: the documents of one source (shuffled with ``seed``) are packed by the one rule stated in
+``token_data`` with ``prepend_bos=False`` (train with ``prepend_bos=False``, as the paper did): tokenised
+without extra special tokens (the template carries BOS/EOS; a render that already ends with EOS gets
+none added — only an LMSYS conversation whose last turn is the user's gets one EOS closing it), concatenated and cut into ``context_size`` rows, the remainder dropped
+(the reference's ``tokenize_and_concatenate`` without BOS). Mixing draws whole rows per source in the given ratio.
 The scoring subset is held out: its documents never reach the training rows.
 """
 
@@ -31,6 +32,8 @@ import json
 import random
 import re
 from pathlib import Path
+
+from sae_lens_ext.token_data import load_data, pack_texts
 
 THOUGHT = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.DOTALL)
 SOLUTION = re.compile(r"<\|begin_of_solution\|>(.*?)<\|end_of_solution\|>", re.DOTALL)
@@ -43,10 +46,7 @@ def read_records(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
     if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        return list(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
+        return list(load_data(path, split="train"))
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -105,19 +105,10 @@ def openthoughts_text(record: dict, tokenizer, system_prompt: str | None = None)
 
 def pack_rows(texts: list[str], tokenizer, context_size: int, max_rows: int | None = None,
               desc: str = "tokenising", batch_size: int = 256) -> list[list[int]]:
-    """Tokenise, concatenate and cut into rows of ``context_size`` (remainder dropped)."""
-    from tqdm.auto import tqdm
-
-    rows, buffer = [], []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        for ids in tokenizer(texts[start:start + batch_size], add_special_tokens=False)["input_ids"]:
-            buffer.extend(ids)
-        while len(buffer) >= context_size:
-            rows.append(buffer[:context_size])
-            buffer = buffer[context_size:]
-        if max_rows is not None and len(rows) >= max_rows:
-            return rows[:max_rows]
-    return rows
+    """At most ``max_rows`` rows of ``context_size`` tokens, packed by ``token_data``'s one rule with
+    no BOS column (``prepend_bos=False``, as the paper trained); a progress bar over the batches."""
+    return list(pack_texts(texts, tokenizer, context_size, prepend_bos=False, max_rows=max_rows,
+                           batch_size=batch_size, progress=True, desc=desc))
 
 
 def parse_ratio(text: str | dict) -> dict[str, float]:

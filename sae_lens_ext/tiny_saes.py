@@ -15,7 +15,8 @@ def build_saes(model_dir: str | Path, tokenizer_dir: str | Path, out_root: str |
     fixture model. Returns ``{architecture: SAE directory}`` loadable with ``SAE.load_from_disk``."""
     from transformers import AutoTokenizer
 
-    from sae_lens_ext.training import tokens_dataset, train_sae
+    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.training import train_sae
 
     out_root = Path(out_root)
     todo = [a for a in architectures if not (out_root / a).exists()]

@@ -1,12 +1,26 @@
-"""Token rows from any dataset form a user has: a [N, T] tensor or list of rows, a ``datasets.Dataset``,
-a saved dataset folder, a JSON / JSON-lines / parquet / text file, or a hub name; a text column is
-tokenised and packed into rows of ``context_size`` tokens (a pre-tokenised ``tokens`` column is used as
-it is). The rule: with ``prepend_bos``, each packed row starts with BOS and documents are joined with
-EOS between them; rows are shuffled with ``seed`` before ``n_samples`` are taken.
+"""Token data, one place for every caller: ReasonScore scoring (and the contexts, dashboards and diff
+built on it), SAE training datasets (``tokens_dataset``) and ``reason-sae data`` all load and pack here.
+
+Loading: ``load_data`` takes any dataset form a user has — a ``datasets.Dataset``, a saved dataset
+folder, a JSON / JSON-lines / parquet file, or a hub name; ``token_batches`` also takes a [N, T] tensor
+or list of rows. A pre-tokenised ``tokens`` (or ``input_ids``) column is used as it is; a text column is
+tokenised and packed.
+
+The packing rule (``pack_documents``; the only packer): each document is tokenised without special
+tokens; EOS closes every document unless its last token already is EOS (and only when the tokenizer
+has an EOS); documents are concatenated in order; the stream is cut into rows of ``context_size``
+tokens — with ``prepend_bos``, BOS then ``context_size - 1`` stream tokens; the remainder is dropped.
+This is TransformerLens's ``tokenize_and_concatenate`` (documents joined by EOS). Texts that already end
+with the EOS string (R1-style chat renders, ``tiny_models.training_texts``, ``data_prep``'s renders)
+pack exactly as a plain concatenation would; plain texts without it (e.g. ChatML transcripts ending in
+``<|im_end|>\\n``, plain statements) get one EOS between documents. Scoring shuffles dataset rows with
+``seed`` before packing and takes the first ``n_samples`` rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 from reason_plugins.saes import load_sae  # noqa: F401
@@ -48,6 +62,72 @@ def load_data(data, split: str = "train"):
     return ds
 
 
+def pack_documents(documents: Iterable[Sequence[int]], context_size: int, *, bos_id: int | None,
+                   eos_id: int | None, prepend_bos: bool) -> Iterator[list[int]]:
+    """Rows of ``context_size`` token ids from documents' token ids, by the rule in the module docstring.
+    The arguments are checked now, not at the first row: ``context_size`` an int >= 2, a BOS id when
+    ``prepend_bos``."""
+    if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
+        raise ValueError(f"context_size={context_size!r} is invalid (expected an int >= 2)")
+    if prepend_bos and bos_id is None:
+        raise ValueError("prepend_bos=True but the tokenizer has no BOS token (bos_token_id is None); "
+                         "pass prepend_bos=False or use a tokenizer with a BOS token")
+    return _pack(documents, context_size, bos_id, eos_id, prepend_bos)
+
+
+def _pack(documents, context_size, bos_id, eos_id, prepend_bos):
+    head = [int(bos_id)] if prepend_bos else []
+    body = context_size - len(head)
+    stream: list[int] = []
+    for doc in documents:
+        doc = [int(t) for t in doc]
+        stream += doc
+        if eos_id is not None and (not doc or doc[-1] != eos_id):
+            stream.append(int(eos_id))
+        full = len(stream) - len(stream) % body
+        for start in range(0, full, body):
+            yield head + stream[start:start + body]
+        del stream[:full]
+
+
+def pack_texts(texts: Iterable[str], tokenizer, context_size: int, *, prepend_bos: bool, max_rows: int | None = None,
+               batch_size: int = 256, progress: bool = False, desc: str = "tokenising") -> Iterator[list[int]]:
+    """``texts`` tokenised in batches of ``batch_size`` (no special tokens added) and packed by
+    ``pack_documents`` with the tokenizer's BOS/EOS; at most ``max_rows`` rows (texts past the last
+    row needed are not tokenised); a tqdm bar over the batches when ``progress``."""
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        raise ValueError(f"max_rows={max_rows!r} is invalid (expected None or an int >= 0)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid (expected an int >= 1)")
+    rows = pack_documents(_tokenised(texts, tokenizer, batch_size, progress, desc), context_size,
+                          bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, prepend_bos=prepend_bos)
+    return rows if max_rows is None else islice(rows, max_rows)
+
+
+def _tokenised(texts, tokenizer, batch_size, progress, desc):
+    """Each text's token ids (no special tokens), tokenised ``batch_size`` texts at a time."""
+    from tqdm.auto import tqdm
+
+    total = -(-len(texts) // batch_size) if isinstance(texts, Sequence) else None
+    texts = iter(texts)
+    with tqdm(total=total, desc=desc, unit="batch", disable=not progress) as bar:
+        while batch := list(islice(texts, batch_size)):
+            yield from tokenizer(batch, add_special_tokens=False)["input_ids"]
+            bar.update(1)
+
+
+def tokens_dataset(tokenizer, texts: list[str], context_size: int, prepend_bos: bool = True, *, progress: bool = False):
+    """``texts`` packed into a ``datasets.Dataset`` with one column ``tokens`` (the layout SAELens
+    expects of a pre-tokenised dataset); raises when they do not fill one row."""
+    from datasets import Dataset
+
+    rows = list(pack_texts(texts, tokenizer, context_size, prepend_bos=prepend_bos, progress=progress, desc="packing"))
+    if not rows:
+        count = f"{len(texts)} " if isinstance(texts, Sequence) else ""
+        raise ValueError(f"the {count}texts give fewer tokens than one row of context_size {context_size}")
+    return Dataset.from_dict({"tokens": rows})
+
+
 def _token_rows(data, tokenizer, context_size, prepend_bos, seed, text_column):
     """Every token row of the data, in order (documents shuffled by ``seed`` when it is a dataset)."""
     import torch
@@ -65,14 +145,8 @@ def _token_rows(data, tokenizer, context_size, prepend_bos, seed, text_column):
             return
     if text_column not in ds.column_names:
         raise ValueError(f"dataset has no {text_column!r} column and no 'tokens' column; columns: {ds.column_names}")
-    body = context_size - 1 if prepend_bos else context_size
-    eos, buf = tokenizer.eos_token_id, []
-    for start in range(0, len(ds), 64):
-        for ids in tokenizer(ds[start:start + 64][text_column], add_special_tokens=False)["input_ids"]:
-            buf += ids + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])  # docs end with EOS
-            while len(buf) >= body:
-                yield ([tokenizer.bos_token_id] if prepend_bos else []) + buf[:body]
-                buf = buf[body:]
+    texts = (text for start in range(0, len(ds), 64) for text in ds[start:start + 64][text_column])
+    yield from pack_texts(texts, tokenizer, context_size, prepend_bos=prepend_bos, batch_size=64)
 
 
 def token_batches(data, tokenizer, *, batch_size=8, context_size=1024, prepend_bos=True, n_samples=None,

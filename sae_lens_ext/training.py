@@ -11,24 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sae_lens_ext.token_data import load_data, tokens_dataset  # noqa: F401  (tokens_dataset: importable here too)
+
 ARCHITECTURES = ("standard", "topk", "jumprelu")
-
-
-def tokens_dataset(tokenizer, texts: list[str], context_size: int, prepend_bos: bool = True):
-    """Concatenate tokenised texts and cut them into rows of ``context_size`` (BOS first when asked),
-    the layout SAELens expects of a pre-tokenised dataset (column ``tokens``)."""
-    from datasets import Dataset
-
-    ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
-    body = context_size - 1 if prepend_bos else context_size
-    rows = [ids[i:i + body] for i in range(0, len(ids) - body + 1, body)]
-    if prepend_bos:
-        rows = [[tokenizer.bos_token_id] + row for row in rows]
-    if not rows:
-        raise ValueError(f"{len(ids)} tokens are not enough for one row of context_size {context_size}")
-    return Dataset.from_dict({"tokens": rows})
 
 
 def _sae_config(architecture: str, d_in: int, d_sae: int, k: int | None, l1_coefficient: float):
@@ -81,23 +66,14 @@ def train_sae(model_dir: str | Path, dataset, hook_name: str, out_dir: str | Pat
 
 def load_local_dataset(path: str | Path):
     """A pre-tokenised dataset from a ``save_to_disk`` folder or a .json/.jsonl/.parquet file (the
-    ``train`` split of a DatasetDict); None when ``path`` is not local (SAELens loads it then)."""
-    import datasets
-
+    ``train`` split of a DatasetDict), read by ``token_data.load_data``; None when ``path`` is not
+    local (SAELens loads it then)."""
     path = Path(path)
     if not path.exists():
         return None
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-    elif path.suffix in (".json", ".jsonl", ".parquet"):
-        loaded = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path))
-    else:
+    if not path.is_dir() and path.suffix not in (".json", ".jsonl", ".parquet"):
         raise ValueError(f"dataset {str(path)!r}: expected a save_to_disk folder or a .json/.jsonl/.parquet file")
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise ValueError(f"dataset {str(path)!r} has splits {list(loaded)}, no 'train'")
-        loaded = loaded["train"]
-    return loaded
+    return load_data(path, split="train")
 
 
 def champ_tokens_dataset(tokenizer, context_size: int, tokens: int | None = None, seed: int = 0):
@@ -112,7 +88,7 @@ def champ_tokens_dataset(tokenizer, context_size: int, tokens: int | None = None
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(tokenizer)))
     n = 20_000 if tokens is None else max(50, min(20_000, int(tokens) // 350))  # ~450 tokens per transcript
-    return tokens_dataset(tokenizer, chat_texts(tokenizer, n=n, seed=seed), context_size=context_size)
+    return tokens_dataset(tokenizer, chat_texts(tokenizer, n=n, seed=seed), context_size=context_size, progress=True)
 
 
 def load_model_for_config(config: dict, device: str | None = None):

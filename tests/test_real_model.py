@@ -156,7 +156,7 @@ def test_delta_direction_reconstruct_equal_hf_hooks_in_one_batch(engine, real_hf
 def champ_rows(real_tok):
     from reason_plugins.champ import reasoning_texts
     from reason_plugins.vocabulary import count_reasoning_words
-    from sae_lens_ext.training import tokens_dataset
+    from sae_lens_ext.token_data import tokens_dataset
 
     # real transcripts, the ones that use reasoning words most (kept small: 6 rows of 128 tokens)
     texts = sorted(reasoning_texts(n=200, seed=3, include_solutions=False), key=lambda t: -sum(count_reasoning_words(t).values()) / len(t))

@@ -94,7 +94,7 @@ def assert_close(ours: torch.Tensor, ref: np.ndarray, name: str, rtol=1e-6):
 @pytest.fixture(scope="module")
 def rows(tokenizer):
     from reason_plugins.tiny_models import training_texts
-    from sae_lens_ext.training import tokens_dataset
+    from sae_lens_ext.token_data import tokens_dataset
 
     ds = tokens_dataset(tokenizer, training_texts(tokenizer, 12, seed=3), context_size=128)
     return torch.tensor(ds["tokens"][:7])

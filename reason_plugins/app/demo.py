@@ -126,7 +126,8 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.vocabulary import count_reasoning_words
     from sae_lens_ext.score_outputs import score_to_dir
-    from sae_lens_ext.training import tokens_dataset, train_sae
+    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.training import train_sae
 
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)

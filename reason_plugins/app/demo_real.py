@@ -77,7 +77,7 @@ def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) 
 def scoring_rows(tokenizer, rows: int, seed: int = 1):
     """Held-out CHAMP text for ReasonScore: model transcripts (chat-formatted) + plain statements."""
     from reason_plugins.champ import chat_texts
-    from sae_lens_ext.training import tokens_dataset
+    from sae_lens_ext.token_data import tokens_dataset
 
     data = tokens_dataset(tokenizer, chat_texts(tokenizer, n=max(8, rows // 2), seed=seed + 1000), context_size=128)
     return data.select(range(min(rows, len(data))))
