@@ -106,6 +106,19 @@ def test_prepare_writes_saelens_ready_datasets(prepared, tokenizer):
     assert json.loads((out / "meta.json").read_text())["context_size"] == 64
 
 
+def test_packed_rows_are_what_the_old_plain_concatenation_made(tokenizer):
+    """Every render ends with the EOS string, so the one packing rule (``token_data``) adds no EOS and
+    ``pack_rows`` gives the rows of the packer it replaced (plain concatenation, no BOS), written here."""
+    texts = [data_prep.lmsys_text(r, tokenizer) for r in lmsys_records(20)]
+    texts += [data_prep.openthoughts_text(r, tokenizer) for r in openthoughts_records(20)]
+    assert all(t.endswith(tokenizer.eos_token) for t in texts)
+    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids]
+    old = [stream[i:i + 64] for i in range(0, len(stream) - 63, 64)]
+    assert len(old) >= 10 and stream.count(tokenizer.eos_token_id) == len(texts)
+    assert data_prep.pack_rows(texts, tokenizer, 64, batch_size=7) == old
+    assert data_prep.pack_rows(texts, tokenizer, 64, max_rows=4) == old[:4]
+
+
 def test_scoring_subset_is_held_out(prepared):
     import datasets
 
