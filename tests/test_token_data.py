@@ -135,3 +135,22 @@ def test_tiny_model_training_rows_are_unchanged_by_the_move(tokenizer_dir):
     new = tokens_dataset(tok, texts, context_size=128)["tokens"]
     assert len(old) >= 5 and new == old
     assert ids.count(tok.eos_token_id) == len(texts)  # each text carries exactly its own EOS
+
+
+def test_load_local_dataset_reads_through_load_data(tmp_path):
+    """None for a non-local name (SAELens loads it); local folders and files through ``load_data``."""
+    import datasets
+
+    assert training.load_local_dataset(tmp_path / "not-here") is None
+    rows = {"tokens": [[1, 2, 3], [4, 5, 6]]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "dd"))
+    assert training.load_local_dataset(tmp_path / "dd")["tokens"] == rows["tokens"]
+    (tmp_path / "rows.jsonl").write_text('{"tokens": [1, 2, 3]}\n{"tokens": [4, 5, 6]}\n')
+    assert training.load_local_dataset(tmp_path / "rows.jsonl")["tokens"] == rows["tokens"]
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "no_train"))
+    with pytest.raises(ValueError, match="no split 'train'; splits: \\['test'\\]"):
+        training.load_local_dataset(tmp_path / "no_train")
+    (tmp_path / "rows.csv").write_text("tokens\n1\n")
+    with pytest.raises(ValueError, match="expected a save_to_disk folder or a .json/.jsonl/.parquet file"):
+        training.load_local_dataset(tmp_path / "rows.csv")
+    assert data_prep.read_records(tmp_path / "dd") == [{"tokens": [1, 2, 3]}, {"tokens": [4, 5, 6]}]
