@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from sae_lens_ext.cli_scored_run import resolve
-    from sae_lens_ext.contexts import markdown_table, top_contexts, write_contexts
+    from sae_lens_ext.context_pages import markdown_table
+    from sae_lens_ext.contexts import top_contexts, write_contexts
 
     run_, model, sae, data, features = resolve(args)
     rows = top_contexts(model, sae, data, features, run=run_, n=args.n, window=args.window, n_samples=args.n_samples,

@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from sae_lens_ext.cli_scored_run import resolve
-    from sae_lens_ext.dashboards import chromium_dom, dashboard, drawn_panels
+    from sae_lens_ext.dashboards import dashboard
+    from sae_lens_ext.headless_browser import chromium_dom, drawn_panels
 
     _, model, sae, data, features = resolve(args)
     result = dashboard(args.scores, args.out, features=features, model=model, sae=sae, data=data, per_file=args.per_file,

@@ -22,7 +22,7 @@ def add_run_arguments(parser, *, scores_required: bool = False) -> None:
 
 def resolve(args):
     """(run or None, model, sae, data, features) from the shared arguments; clear errors otherwise."""
-    from sae_lens_ext.contexts import load_scored_run, run_inputs
+    from sae_lens_ext.scored_run import load_scored_run, run_inputs
 
     check_out_dir(args.out)  # before anything is loaded
     if args.scores:

@@ -6,35 +6,17 @@ For each side (a model + a dataset) we accumulate, over every SAE feature, how o
 ignored, as in scoring). Comparing side A (e.g. R1-Distill-Llama-8B, or reasoning traces) with side
 B (Llama-3.1-8B, or chat) gives per feature ``freq_ratio = (freq_a + eps) / (freq_b + eps)``; a
 feature is **A-only** when it fires on at least ``min_freq`` of A's tokens and ``freq_ratio >=
-ratio``, B-only symmetrically, else shared. ``compare`` is host-free torch; ``activation_stats``
-is the model adapter (any model ``reason_score.load_model`` takes; one SAE, its own hook).
+ratio``, B-only symmetrically, else shared. ``ActivationStats`` and ``compare`` are host-free, in
+``diff_stats.py``; ``activation_stats`` here is the model adapter (any model ``reason_score.load_model``
+takes; one SAE, its own hook).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from reason_plugins.files import write_json_atomic
-
-
-@dataclass
-class ActivationStats:
-    """Per-feature float64 sums over one (model, data) side."""
-
-    fired: object  # [d_sae] int64 tokens with activation > 0
-    total: object  # [d_sae] float64 sum of activations
-    max: object  # [d_sae] float64
-    n_tokens: int
-    label: str = ""
-
-    @property
-    def freq(self):
-        return self.fired.double() / max(self.n_tokens, 1)
-
-    @property
-    def mean(self):
-        return self.total / max(self.n_tokens, 1)
+from sae_lens_ext.diff_stats import ActivationStats, compare  # re-exported too: old path
 
 
 def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int | None = 256, batch_size: int = 8,
@@ -75,32 +57,6 @@ def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int
     if n == 0:
         raise ValueError(f"the data {data!r} gave no token rows for side {label!r}")
     return ActivationStats(fired, total, mx, n, label)
-
-
-def compare(a: ActivationStats, b: ActivationStats, features=None, *, ratio: float = 5.0, min_freq: float = 1e-3,
-            eps: float = 1e-4) -> list[dict]:
-    """One row per feature (all, or ``features`` in that order): freq/mean/max of A and B, the ratios
-    and ``status`` ("A-only" | "B-only" | "shared" | "dead")."""
-    if a.fired.shape != b.fired.shape:
-        raise ValueError(f"the two sides have different SAE widths ({a.fired.shape[0]} vs {b.fired.shape[0]}); diff needs one SAE")
-    if not ratio > 1:
-        raise ValueError(f"ratio must be > 1, got {ratio!r}")
-    fa, fb, ma, mb = a.freq, b.freq, a.mean, b.mean
-    rows = []
-    for f in (range(fa.shape[0]) if features is None else features):
-        r = float((fa[f] + eps) / (fb[f] + eps))
-        if fa[f] >= min_freq and r >= ratio:
-            status = "A-only"
-        elif fb[f] >= min_freq and r <= 1 / ratio:
-            status = "B-only"
-        elif fa[f] < min_freq and fb[f] < min_freq:
-            status = "dead"
-        else:
-            status = "shared"
-        rows.append({"feature": int(f), "freq_a": float(fa[f]), "freq_b": float(fb[f]), "freq_ratio": r,
-                     "mean_a": float(ma[f]), "mean_b": float(mb[f]), "mean_ratio": float((ma[f] + eps * 1e-2) / (mb[f] + eps * 1e-2)),
-                     "max_a": float(a.max[f]), "max_b": float(b.max[f]), "status": status})
-    return rows
 
 
 def model_diff(sae, *, model_a, model_b=None, data_a, data_b=None, features=None, labels=None, ratio: float = 5.0,

@@ -13,7 +13,7 @@ they fire on. Two measurements per feature, reported next to its score:
 
 ``verdict``: "word detector" when either says the token decides (r2 >= ``r2_word`` or ratio >=
 ``ratio_word``), "context-dependent" when both are low (r2 < ``r2_context`` and ratio < ``ratio_context``),
-else "mixed". The math (``token_r2``, ``verdict``) is host-free torch.
+else "mixed". The math (``TokenMeans``, ``token_r2``, ``verdict``) is host-free, in ``control_stats.py``.
 """
 
 from __future__ import annotations
@@ -21,53 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reason_plugins.files import write_json_atomic
-
-THRESHOLDS = {"r2_word": 0.5, "ratio_word": 0.7, "r2_context": 0.3, "ratio_context": 0.3}
-
-
-# ---------------------------------------------------------------- math (host-free)
-class TokenMeans:
-    """Per-token-id activation sums / counts of F features (the lookup table ``token_r2`` tests)."""
-
-    def __init__(self, vocab: int, n_features: int):
-        import torch
-
-        self.sums = torch.zeros(vocab, n_features, dtype=torch.float64)
-        self.counts = torch.zeros(vocab, dtype=torch.int64)
-
-    def add(self, ids, acts) -> None:
-        """ids [N], acts [N, F] (already restricted to kept tokens)."""
-        self.sums.index_add_(0, ids, acts.double())
-        self.counts.index_add_(0, ids, ids.new_ones(ids.shape[0]))
-
-    def predict(self, ids):
-        import torch
-
-        n = self.counts.sum().clamp(min=1)
-        overall = self.sums.sum(0) / n
-        seen = self.counts[ids] > 0
-        means = self.sums[ids] / self.counts[ids].clamp(min=1).unsqueeze(1).double()
-        return torch.where(seen.unsqueeze(1), means, overall.expand_as(means))
-
-
-def token_r2(means: TokenMeans, ids, acts):
-    """[F] R^2 of the per-token mean lookup on held-out ``ids`` [N] / ``acts`` [N, F]; 0 for a feature
-    that is constant on the held-out tokens (nothing to explain)."""
-    import torch
-
-    acts = acts.double()
-    sse = ((acts - means.predict(ids)) ** 2).sum(0)
-    sst = ((acts - acts.mean(0)) ** 2).sum(0)
-    return torch.where(sst > 0, 1 - sse / sst.clamp(min=1e-300), torch.zeros_like(sst))
-
-
-def verdict(r2: float, ratio: float | None, thresholds: dict = THRESHOLDS) -> str:
-    ratio = 0.0 if ratio is None else ratio
-    if r2 >= thresholds["r2_word"] or ratio >= thresholds["ratio_word"]:
-        return "word detector"
-    if r2 < thresholds["r2_context"] and ratio < thresholds["ratio_context"]:
-        return "context-dependent"
-    return "mixed"
+from sae_lens_ext.control_stats import THRESHOLDS, TokenMeans, token_r2, verdict  # re-exported too: old path
 
 
 # ---------------------------------------------------------------- contexts
@@ -110,7 +64,7 @@ def token_control(model, sae, data, features, *, run=None, vocabulary=None, n_sa
     (plus ``score``/``top_groups`` when ``run`` is a scored run). ``vocabulary`` defaults to the run's."""
     import torch
 
-    from sae_lens_ext.contexts import FeatureActivations
+    from sae_lens_ext.feature_activations import FeatureActivations
     from sae_lens_ext.reason_score_math import vocabulary_sequences
 
     if not isinstance(holdout_every, int) or holdout_every < 2:

@@ -14,7 +14,7 @@ from tests.conftest import FIXTURE_HOOK
 
 
 def test_running_top_n_windows_and_token_counts():
-    from sae_lens_ext.contexts import TopContexts
+    from sae_lens_ext.context_stats import TopContexts
 
     class Tok:
         def decode(self, ids):
@@ -55,7 +55,8 @@ def _folded_acts(llama_dir, sae_dir, rows, layer):
 def test_contexts_match_an_independent_computation(scored_run, llama_dir, sae_dirs, scored_data):
     from transformers import AutoTokenizer
 
-    from sae_lens_ext.contexts import load_scored_run, run_inputs, top_contexts
+    from sae_lens_ext.contexts import top_contexts
+    from sae_lens_ext.scored_run import load_scored_run, run_inputs
     from sae_lens_ext.token_data import token_batches
 
     run = load_scored_run(scored_run)

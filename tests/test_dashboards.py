@@ -33,7 +33,7 @@ def test_hooked_model_sees_what_scoring_saw(llama_dir):
 
 
 def test_make_offline_rewrites_cdn_scripts(tmp_path):
-    from sae_lens_ext.dashboards import make_offline
+    from sae_lens_ext.dashboard_assets import make_offline
 
     page = ('<div></div><script src="https://d3js.org/d3.v6.min.js"></script>\n<script src="https://cdn.plot.ly/plotly-latest.min.js">'
             '</script><script>const START_KEY = "7";</script>')
@@ -48,8 +48,9 @@ def test_make_offline_rewrites_cdn_scripts(tmp_path):
 
 @needs_chromium
 def test_demo_views_draw_offline(scored_run, llama_dir, sae_dirs, tmp_path):
-    from sae_lens_ext.contexts import load_scored_run
-    from sae_lens_ext.dashboards import chromium_dom, demo_views, drawn_panels
+    from reason_plugins.app.demo_views import demo_views
+    from sae_lens_ext.headless_browser import chromium_dom, drawn_panels
+    from sae_lens_ext.scored_run import load_scored_run
 
     features = [r["feature"] for r in load_scored_run(scored_run).top(3)]
     paths = demo_views(llama_dir, sae_dirs["standard"], scored_run, tmp_path, features, n_samples=16)
@@ -92,8 +93,8 @@ def test_cli_dashboard_with_check(scored_run, tmp_path, capsys):
 
 
 def test_bad_inputs_fail_clearly(scored_run, tmp_path):
-    from sae_lens_ext.contexts import ScoredRun, load_scored_run, run_inputs
     from sae_lens_ext.dashboards import dashboard
+    from sae_lens_ext.scored_run import ScoredRun, load_scored_run, run_inputs
 
     with pytest.raises(FileNotFoundError, match="not a ReasonScore output directory"):
         dashboard(tmp_path, tmp_path / "out")

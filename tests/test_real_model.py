@@ -190,7 +190,8 @@ def test_reason_score_on_real_text_equals_naive_oracle(real_hf, real_tok, real_s
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None, reason="Chromium is not installed")
 def test_dashboard_draws_a_real_model_feature_page(real_dir, real_saes, champ_rows, tmp_path):
-    from sae_lens_ext.dashboards import chromium_dom, drawn_panels, render_dashboards
+    from sae_lens_ext.dashboards import render_dashboards
+    from sae_lens_ext.headless_browser import chromium_dom, drawn_panels
 
     _, path, _ = real_saes["standard"]
     out = render_dashboards(real_dir, str(path), champ_rows, [3, 11], tmp_path, n_samples=4, batch_size=2, progress=False)

@@ -10,7 +10,7 @@ import torch
 
 
 def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
-    from sae_lens_ext.token_control import TokenMeans, token_r2
+    from sae_lens_ext.control_stats import TokenMeans, token_r2
 
     g = torch.Generator().manual_seed(0)
     table = torch.rand(50, 1, generator=g) * 3
@@ -32,7 +32,7 @@ def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
 @pytest.mark.parametrize("r2, ratio, expected", [(0.9, 0.1, "word detector"), (0.1, 0.95, "word detector"), (0.1, None, "context-dependent"),
                                                  (0.1, 0.1, "context-dependent"), (0.4, 0.5, "mixed")])
 def test_verdict(r2, ratio, expected):
-    from sae_lens_ext.token_control import verdict
+    from sae_lens_ext.control_stats import verdict
 
     assert verdict(r2, ratio) == expected
 

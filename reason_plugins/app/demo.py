@@ -158,7 +158,7 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
     top = result.top(10)
 
     print(f"[5/{steps}] look at the top features: SAEDashboard pages, top contexts, token-driven control")
-    from sae_lens_ext.dashboards import demo_views
+    from reason_plugins.app.demo_views import demo_views
 
     views = demo_views(model_dir, out / "sae", out / "reason_score", out / "views", [f["feature"] for f in top[:5]], data=held_out)
     summary = {"model_dir": str(model_dir), "lm_final_loss": losses[-1], "lm_steps": lm_steps, "hook": DEMO_HOOK,

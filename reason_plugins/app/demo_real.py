@@ -88,9 +88,9 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                   max_tokens: int = 64, dtype: str = "float32") -> Path:
     from transformers import AutoTokenizer
 
+    from reason_plugins.app.demo_views import demo_views
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.models import describe, resolve_model
-    from sae_lens_ext.dashboards import demo_views
     from sae_lens_ext.score_outputs import score_to_dir
     from sae_lens_ext.training_configs import get_config
 
