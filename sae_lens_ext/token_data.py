@@ -23,8 +23,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
-from reason_plugins.saes import load_sae  # noqa: F401
-
 
 def load_data(data, split: str = "train"):
     """A ``datasets.Dataset`` from an instance, a saved dataset dir, a .json/.jsonl/.parquet file or a hub name."""
