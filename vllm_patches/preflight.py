@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from reason_plugins.cli_args import UserError, looks_local
+from reason_plugins.files import read_json
 from reason_plugins.spec import parse_steering
 
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
@@ -31,10 +32,7 @@ def model_shape(model: str) -> dict:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise UserError(f"model directory {str(model)!r} has no config.json (expected a Hugging Face model folder)")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"model config {str(cfg_file)!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        cfg = read_json(cfg_file, "model config", UserError)
     elif looks_local(str(model)):
         raise UserError(f"model {str(model)!r} does not exist (expected a local model directory or a hub name ORG/NAME)")
     else:
