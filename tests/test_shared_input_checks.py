@@ -1,6 +1,8 @@
-"""Every reader of a user's JSON file (vocabulary, SAE config, model config, lm-eval steer_path and
-arms file) reports broken JSON the same way, through ``reason_plugins.files.read_json``: the kind of
-file, its path, the line and column where parsing stopped, and the caller's own error type."""
+"""The hub's shared input checks and the callers that rely on them. Every reader of a user's JSON
+file (vocabulary, SAE config, model config, lm-eval steer_path and arms file) reports broken JSON the
+same way, through ``reason_plugins.files.read_json``: the kind of file, its path, the line and column
+where parsing stopped, in the caller's own error type. A feature index that does not fit an SAE gets
+one message from ``reason_plugins.spec.check_feature_index``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 
 from reason_plugins.cli_args import UserError
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError
+from reason_plugins.spec import SpecError, check_feature_index
 
 BROKEN = '{\n  "a": [1, 2,\n'  # ends inside a list: the parser stops at line 3, column 1
 
@@ -71,3 +73,19 @@ def test_every_json_reader_reports_the_same_way(tmp_path, reader, name, what, er
     with pytest.raises(error) as info:
         reader(path)
     assert str(info.value).startswith(f"{what} {str(path)!r} is not valid JSON (Expecting value at line 3, column 1)")
+
+
+@pytest.mark.parametrize("feature", [-1, 8, True, 2.0, "3", None])
+def test_check_feature_index_refuses_what_does_not_index_the_sae(feature):
+    with pytest.raises(SpecError) as info:
+        check_feature_index(feature, 8, "SAE 's'", error=SpecError)
+    assert str(info.value) == f"feature index {feature!r} is out of range: SAE 's' has d_sae=8 (valid: 0..7)"
+
+
+def test_check_feature_index_passes_valid_indices_and_callers_keep_their_labels():
+    assert [check_feature_index(f, 8) for f in (0, 7)] == [0, 7]
+    from sae_lens_ext.cli_score import _check_explain
+
+    _check_explain([0, 3], 4)
+    with pytest.raises(UserError, match=r"^--explain feature index 4 is out of range: the SAE has d_sae=4 \(valid: 0\.\.3\)$"):
+        _check_explain([0, 4], 4)
