@@ -80,6 +80,14 @@ def sae_dirs(fixture_root, llama_dir, tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def standard_sae(sae_dirs):
+    """``(dir, SAE)``: the standard fixture SAE and the SAELens object loaded from it (eval mode)."""
+    from sae_lens import SAE
+
+    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
+
+
+@pytest.fixture(scope="session")
 def layer_saes(fixture_root, llama_dir, tokenizer_dir, sae_dirs):
     """SAEs at three layers of the Llama fixture, for multi-layer steering:
     ``{hook: (architecture, dir)}`` — topk at layer 1, standard at 2, jumprelu at 3."""

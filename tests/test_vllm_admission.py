@@ -165,18 +165,11 @@ def test_max_edits_per_request_is_separate_from_the_per_layer_catalogue():
 
 
 # -- the worker never dies for one request --------------------------------------------------------
-@pytest.fixture(scope="module")
-def standard(sae_dirs):
-    from sae_lens import SAE
-
-    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
-
-
-def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard, caplog):
+def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard_sae, caplog):
     from reason_plugins.steering import steer
     from vllm_patches.admission import FAILED_ATTR, attach_failed
 
-    sae_dir, sae = standard
+    sae_dir, sae = standard_sae
     runtime = steering_runtime(sae_dir)
     good = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
     bad = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 10_000, "mode": "set", "value": 4.0}]}

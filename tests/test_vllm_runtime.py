@@ -21,15 +21,8 @@ def op_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def standard(sae_dirs):
-    from sae_lens import SAE
-
-    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
-
-
-def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard, op_path):
-    sae_dir, sae = standard
+def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard_sae, op_path):
+    sae_dir, sae = standard_sae
     runtime = steering_runtime(sae_dir)
     assert next(iter(runtime.ops.values())).fused is (op_path == "fused")
     spec_a = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
@@ -48,8 +41,8 @@ def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard, op_pa
     assert not torch.equal(out[0:5], hidden[0:5]) and not torch.equal(out[10:11], hidden[10:11])
 
 
-def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, op_path, monkeypatch):
-    sae_dir, sae = standard
+def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard_sae, op_path, monkeypatch):
+    sae_dir, sae = standard_sae
     runtime = steering_runtime(sae_dir)
     op = next(iter(runtime.ops.values()))
     requests = {"u": engine_request("u", None, 3, 0)}
@@ -86,11 +79,11 @@ def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, op
     assert not op.rows_active and op.edit_a.abs().sum() == 0 and op.edit_b.abs().sum() == 0
 
 
-def test_pipeline_parallel_engines_are_refused_clearly(standard):
+def test_pipeline_parallel_engines_are_refused_clearly(standard_sae):
     from reason_plugins.spec import SpecError
 
     with pytest.raises(SpecError, match="not pipeline parallelism .pipeline_parallel_size=2"):
-        steering_runtime(standard[0], pipeline_parallel_size=2)
+        steering_runtime(standard_sae[0], pipeline_parallel_size=2)
 
 
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
