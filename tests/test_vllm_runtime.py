@@ -9,8 +9,8 @@ import torch
 
 from reason_plugins.spec import parse_steering
 from reason_plugins.steering import steer
-from tests.conftest import FIXTURE_HOOK, fake_vllm_config_module
-from tests.support.runtime_doubles import engine_request, engine_step, steering_runtime
+from tests.conftest import FIXTURE_HOOK
+from tests.support.runtime_doubles import engine_request, engine_step, fake_vllm_config_module, steering_runtime
 
 
 @pytest.fixture(params=["fused", "opaque"])

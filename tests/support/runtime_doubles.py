@@ -1,7 +1,8 @@
 """Stand-ins for what vLLM hands the plugin's worker-side ``SteeringRuntime``, so its bookkeeping can
 be tested without an engine: a model with four decoder layers, a ``VllmConfig`` reduced to the fields
 the runtime reads, a scheduled request, and one engine step (buffers for the batch, then the op on
-random residual-stream rows)."""
+random residual-stream rows), and a ``vllm.config.vllm`` module whose ``VllmConfig`` asks for the
+V2 model runner (for the V1-switch patch to wrap)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,21 @@ def engine_step(runtime, requests, order, counts):
     hidden, residual = torch.randn(sum(counts), D_MODEL), torch.randn(sum(counts), D_MODEL)
     before = hidden.clone()
     return before, residual, op(hidden, residual)
+
+
+def fake_vllm_config_module(name: str):
+    """A stand-in for ``vllm.config.vllm``: a ``VllmConfig`` with ``additional_config`` whose own
+    ``use_v2_model_runner`` says True (what vLLM picks on GPUs), for the V1-switch patch to wrap."""
+    import types
+
+    class Config:
+        def __init__(self, extra):
+            self.additional_config = extra
+
+        @property
+        def use_v2_model_runner(self):
+            return True
+
+    module = types.ModuleType(name)
+    module.VllmConfig = Config
+    return module, Config
