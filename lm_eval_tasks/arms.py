@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from reason_plugins.files import read_json
 from reason_plugins.spec import SpecError, SteeringSpec, parse_spec, parse_steering
 
 BASELINE = "baseline"
@@ -208,10 +209,7 @@ def parse_arms(value, defaults: dict | None = None) -> list[Arm]:
         elif path.suffix.lower() == ".jsonl":
             return _check(_from_jsonl(path, defaults))
         else:
-            try:
-                value = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise SpecError(f"arms file {text!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+            value = read_json(path, "arms file", SpecError)
     if isinstance(value, list):
         value = {"arms": value}
     if not isinstance(value, dict) or not ({"arms", "sweep"} & set(value)):

@@ -19,11 +19,11 @@ Three ways to say what to steer (exactly one per run):
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from pathlib import Path
 
+from reason_plugins.files import read_json
 from reason_plugins.spec import SpecError, SteeringSpec, parse_spec, parse_steering
 
 REFERENCE_ARGS = ("sae_release", "sae_id", "sae_feature_idx", "sae_strength", "sae_max_activation")
@@ -152,10 +152,7 @@ def steering_from_args(args: dict) -> list[SteeringSpec]:
     if path.suffix.lower() == ".csv":
         return csv_specs(path)
     if path.suffix.lower() == ".json":
-        try:
-            return parse_steering(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"steer_path {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        return parse_steering(read_json(path, "steer_path", SpecError))
     raise SpecError(f"steered_vllm: steer_path {str(steer_path)!r} must be a SteeringSpec .json or an lm-eval steering .csv")
 
 

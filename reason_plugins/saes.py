@@ -7,17 +7,14 @@ at; and the one rule for the default steering method of an SAE (``default_method
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from reason_plugins.files import read_json
 
 
 def _read_cfg(path: Path) -> dict:
     """An SAE's cfg.json, with a message naming the file when it is not valid JSON."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"SAE config {str(path)!r} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                         f"expected the cfg.json SAELens's save_model writes") from None
+    return read_json(path, "SAE config", expected="the cfg.json SAELens's save_model writes")
 
 
 SOURCE_ATTR = "_reason_source"  # set by load_sae on what it loads: {"sae", "sae_id", "loader"}

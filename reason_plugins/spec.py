@@ -6,7 +6,8 @@
      "decode_only": false}
 
 A request may carry one spec or a list of them (several SAEs / layers). Parsing validates
-everything that can be checked without the SAE; ``validate_against`` checks the rest.
+everything that can be checked without the SAE; ``validate_against`` checks the rest, and
+``check_feature_index`` is the one check (and message) that a feature index fits an SAE's width.
 """
 
 from __future__ import annotations
@@ -126,6 +127,16 @@ def parse_steering(value) -> list[SteeringSpec]:
             raise SpecError(f"two specs target the same SAE at the same hook: {keys}; merge their edits")
         return specs
     raise SpecError(f"steering must be a spec object or a non-empty list of them, got {value!r}")
+
+
+def check_feature_index(feature, d_sae: int, owner: str = "this SAE", what: str = "feature index",
+                        error: type[Exception] = ValueError) -> int:
+    """``feature`` when it indexes an SAE of width ``d_sae`` (an int, not a bool, in 0..d_sae-1); otherwise
+    ``error`` (a ``ValueError`` subclass: ``UserError``, ``SpecError``) with the one out-of-range message,
+    "{what} F is out of range: {owner} has d_sae=D (valid: 0..D-1)"."""
+    if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < d_sae:
+        raise error(f"{what} {feature!r} is out of range: {owner} has d_sae={d_sae} (valid: 0..{d_sae - 1})")
+    return feature
 
 
 def specs_hash(specs: list[SteeringSpec]) -> str:

@@ -7,9 +7,9 @@ can add their own by name.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from reason_plugins.files import read_json
 from reason_plugins.hookspecs import hookimpl
 
 # The paper's eight words, each in the four forms "x", " x", "X", " X", plus two capitalised extras.
@@ -52,10 +52,7 @@ def resolve_vocabulary(vocabulary) -> dict[str, list[str]]:
         path = Path(vocabulary)
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file {str(path)!r} does not exist")
-        try:
-            vocabulary = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"vocabulary file {str(path)!r} is not valid JSON: {exc}") from exc
+        vocabulary = read_json(path, "vocabulary file")
     elif isinstance(vocabulary, str):
         from reason_plugins.manager import get
 

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from reason_plugins.cli_args import UserError, check_file, check_out_dir, check_ref, finite_float, int_at_least
+from reason_plugins.spec import check_feature_index
 
 # The paper's run: OpenThoughts traces, 4096 samples, expand (1, 2), BOS/EOS ignored, alpha 0.7.
 PAPER_DATASET = "andreuka18/OpenThoughts-10k-DeepSeek-R1"
@@ -60,8 +61,7 @@ def add_arguments(parser) -> None:
 
 def _check_explain(features, d_sae: int) -> None:
     for f in features:
-        if not 0 <= f < d_sae:
-            raise UserError(f"--explain feature index {f} is out of range: the SAE has d_sae={d_sae} (valid: 0..{d_sae - 1})")
+        check_feature_index(f, d_sae, "the SAE", what="--explain feature index", error=UserError)
 
 
 def check_args(args) -> None:

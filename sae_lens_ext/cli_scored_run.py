@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from reason_plugins.cli_args import UserError, check_file, check_out_dir, check_ref, int_at_least
+from reason_plugins.spec import check_feature_index
 
 
 def add_run_arguments(parser, *, scores_required: bool = False) -> None:
@@ -43,8 +44,6 @@ def resolve(args):
     else:
         features = [r["feature"] for r in run.top(args.top_k)]
     if run is not None:
-        bad = [f for f in features if f >= run.result.d_sae]
-        if bad:
-            raise UserError(f"--features {bad[0]} is out of range: the run's SAE has d_sae={run.result.d_sae} "
-                            f"(expected 0..{run.result.d_sae - 1})")
+        for f in features:
+            check_feature_index(f, run.result.d_sae, "the run's SAE", what="--features", error=UserError)
     return run, model, sae, data, features

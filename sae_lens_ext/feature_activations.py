@@ -17,11 +17,9 @@ from sae_lens_ext.scored_run import ScoredRun
 
 def check_features(features, d_sae: int) -> list[int]:
     """The feature indices as a list, each an int in [0, d_sae); a clear error names the first that is not."""
-    out = []
-    for f in features:
-        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < d_sae:
-            raise ValueError(f"feature index {f!r} is out of range: this SAE has d_sae={d_sae} (valid: 0..{d_sae - 1})")
-        out.append(f)
+    from reason_plugins.spec import check_feature_index
+
+    out = [check_feature_index(f, d_sae) for f in features]
     if not out:
         raise ValueError("no features given")
     return out

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from reason_plugins.spec import check_feature_index
+
 
 def vocabulary_sequences(groups: dict[str, list[str]], tokenize: Callable[[str], list[int]],
                          unk_id: int | None = None) -> dict[str, list[tuple[int, ...]]]:
@@ -238,9 +240,7 @@ class ReasonScoreResult:
 
     def feature_info(self, feature: int, n_groups: int = 3) -> dict:
         """Score, means, entropy and strongest groups of one feature (clear error when out of range)."""
-        if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < self.d_sae:
-            raise ValueError(f"feature index {feature!r} is out of range: this SAE has d_sae={self.d_sae} "
-                             f"features (valid: 0..{self.d_sae - 1})")
+        check_feature_index(feature, self.d_sae)
         by_group = self.mu_groups[:, feature]
         order = torch.argsort(by_group, descending=True, stable=True)[:n_groups].tolist()
         return {"feature": feature, "score": float(self.scores[feature]), "mu_pos": float(self.mu_pos[feature]),

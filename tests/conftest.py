@@ -17,24 +17,6 @@ from sae_lens_ext import tiny_saes  # noqa: E402
 FIXTURE_HOOK = "blocks.2.hook_resid_post"
 
 
-def fake_vllm_config_module(name: str):
-    """A stand-in for ``vllm.config.vllm``: a ``VllmConfig`` with ``additional_config`` whose own
-    ``use_v2_model_runner`` says True (what vLLM picks on GPUs), for the V1-switch patch to wrap."""
-    import types
-
-    class Config:
-        def __init__(self, extra):
-            self.additional_config = extra
-
-        @property
-        def use_v2_model_runner(self):
-            return True
-
-    module = types.ModuleType(name)
-    module.VllmConfig = Config
-    return module, Config
-
-
 @pytest.fixture(scope="session")
 def fixture_root(tmp_path_factory):
     return tmp_path_factory.mktemp("reason_fixtures")
@@ -77,6 +59,14 @@ def tokenizer(llama_dir):
 def sae_dirs(fixture_root, llama_dir, tokenizer_dir):
     """``{"standard"|"topk"|"jumprelu": dir}``: SAEs (d_sae 256) fitted to the Llama fixture at FIXTURE_HOOK."""
     return tiny_saes.build_saes(llama_dir, tokenizer_dir, fixture_root / "saes", hook_name=FIXTURE_HOOK)
+
+
+@pytest.fixture(scope="session")
+def standard_sae(sae_dirs):
+    """``(dir, SAE)``: the standard fixture SAE and the SAELens object loaded from it (eval mode)."""
+    from sae_lens import SAE
+
+    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,7 @@ def test_contexts_match_an_independent_computation(scored_run, llama_dir, sae_di
 
 def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
     """A sparsify k-SAE at layers.1.mlp: contexts come from blocks.1.hook_mlp_out (via the bridge)."""
-    from tests.test_sparsify import D_IN, write_sparsify_folder
+    from tests.support.sae_folders import D_IN, write_sparsify_folder
 
     assert D_IN == 128, "the sparsify folder must match the Llama fixture's width (d_model 128)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,7 +103,7 @@ def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
     with torch.no_grad():
         model(input_ids=tokens)
     handle.remove()
-    from tests.test_sparsify import K
+    from tests.support.sae_folders import K
 
     pre = torch.relu((got["x"] - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"])
     top = pre.topk(K, dim=-1)

@@ -3,36 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from reason_plugins.corpus import chat_texts, reasoning_examples
+from reason_plugins.corpus import reasoning_examples
 from sae_lens_ext import data_prep
-
-OT_SYSTEM = ("Your role as an assistant involves thoroughly exploring questions through a systematic long "
-             "thinking process before providing the final precise and accurate solutions. ... "
-             "<|begin_of_thought|> {thought with steps separated with '\\n\\n'} <|end_of_thought|> ...")
-
-
-def lmsys_records(n: int = 60, seed: int = 0) -> list[dict]:
-    rng, lines = random.Random(seed), chat_texts(2 * n, seed)
-    return [{
-        "conversation_id": f"{i:032x}", "model": rng.choice(["vicuna-13b", "koala-13b"]),
-        "conversation": [{"role": "user", "content": lines[2 * i]}, {"role": "assistant", "content": lines[2 * i + 1]}],
-        "turn": 1, "language": "English", "openai_moderation": [{"flagged": False}, {"flagged": False}], "redacted": False,
-    } for i in range(n)]
-
-
-def openthoughts_records(n: int = 60, seed: int = 0) -> list[dict]:
-    return [{
-        "system": OT_SYSTEM,
-        "conversations": [
-            {"from": "user", "value": f"Return your final response within \\boxed{{}}. {ex['problem']}"},
-            {"from": "assistant", "value": f"<|begin_of_thought|>\n\n{ex['thinking']}\n\n<|end_of_thought|>\n\n"
-                                           f"<|begin_of_solution|>\n\n{ex['answer']}\n\n<|end_of_solution|>"},
-        ],
-    } for ex in reasoning_examples(n, seed)]
+from tests.support.records import OT_SYSTEM, lmsys_records, openthoughts_records
 
 
 def write_fixture_files(root) -> dict:

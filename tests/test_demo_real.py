@@ -1,6 +1,6 @@
 """The real-model demo's report without running it: it names the model, the data and the timings,
-shows tables and figures (not raw JSON) and every steered row with its value; plus the CLI's
-choice between the real and the tiny demo."""
+shows tables and figures (not raw JSON) and every steered row with its value; the top-features table
+it shares with the tiny demo; plus the CLI's choice between the real and the tiny demo."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ def test_report_names_model_data_and_shows_tables():
     assert "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |" in text
     assert "![forest plot](lm_eval/compare.png)" in text and "![dose-response](lm_eval/compare_dose.png)" in text
     assert "| **total** | **321.0** |" in text
+
+
+def test_the_tiny_demo_prints_the_same_table_without_the_max_act_column():
+    from reason_plugins.app.report_tables import top_features_table
+
+    top = _summary()["top_features"]
+    assert top_features_table(top[:1]) == ["| feature | score | mu+ | mu- | entropy | top groups |", "|---|---|---|---|---|---|",
+                                           "| 7 | 0.0500 | 1.000 | 0.100 | 0.80 | therefore (1.20), but (0.70) |"]
+    assert top_features_table(top[:1], lambda f: None)[2] == "| 7 | 0.0500 | 1.000 | 0.100 | 0.80 | – | therefore (1.20), but (0.70) |"
 
 
 def test_demo_defaults_to_the_real_model():

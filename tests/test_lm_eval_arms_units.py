@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from reason_plugins.spec import SpecError
+from tests.support.lm_eval_doubles import EngineStop, record_llm_kwargs
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -277,26 +278,15 @@ def test_cutoff_token_names_the_think_end_for_reasoning_tokens(tmp_path, tokeniz
 
 
 def test_the_engine_is_configured_once_with_every_sae_the_arms_need(monkeypatch, llama_dir, sae_dirs, layer_saes):
-    import lm_eval.models.vllm_causallms as host
-
     from lm_eval_tasks.steered_vllm import SteeredVLLM
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake_llm(**kwargs):
-        seen.append(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(host, "LLM", fake_llm)
+    seen = record_llm_kwargs(monkeypatch)
     std, jump = str(sae_dirs["standard"]), str(layer_saes["blocks.3.hook_resid_post"][1])
     arms = {"arms": [{"name": "baseline", "steering": None},
                      {"name": "l3", "steering": {"sae": jump, "hook": "blocks.3.hook_resid_post", "method": "reconstruct",
                                                  "edits": [{"feature": 1, "mode": "set", "value": 1.0}]}}],
             "sweep": {"sae": std, "hook": HOOK, "features": [1, 2], "strengths": [1, 2], "max_activation": 1.0}}
-    with pytest.raises(Stop):
+    with pytest.raises(EngineStop):
         SteeredVLLM(pretrained=str(llama_dir), arms=json.dumps(arms), dtype="float32", enforce_eager=True)
     config = seen[0]["additional_config"]["reason_steering"]
     assert config["saes"] == [{"sae": jump, "sae_id": None, "hook": "blocks.3.hook_resid_post", "reconstruct": True},

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lm_eval_tasks.answers import choice_letter, extract_answer, is_correct, math_equal
+from tests.support.lm_eval_doubles import EngineStop, record_llm_kwargs
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -143,20 +144,11 @@ def test_without_steering_args_steered_vllm_builds_the_same_engine_as_vllm(monke
 
     from lm_eval_tasks.steered_vllm import SteeredVLLM
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake_llm(**kwargs):
-        seen.append(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(host, "LLM", fake_llm)
+    seen = record_llm_kwargs(monkeypatch)
     args = {"pretrained": str(llama_dir), "dtype": "float32", "max_model_len": 256, "enforce_eager": True}
     for cls, extra in ((host.VLLM, {}), (SteeredVLLM, {}), (SteeredVLLM, {"sae_release": str(sae_dirs["standard"]),
                        "sae_feature_idx": 1, "sae_strength": 1.0, "sae_max_activation": 2.0})):
-        with pytest.raises(Stop):
+        with pytest.raises(EngineStop):
             cls(**args, **extra)
     assert seen[0] == seen[1]
     assert seen[2]["additional_config"]["reason_steering"]["saes"] == [

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_reason_score import assert_close, naive_scores
+from tests.support.references import assert_close, hf_greedy, naive_scores
 
 pytestmark = pytest.mark.slow
 
@@ -124,8 +124,6 @@ def test_engine_runs_float32_and_op_sees_hf_hidden_state(engine, real_hf, prompt
 
 def test_delta_direction_reconstruct_equal_hf_hooks_in_one_batch(engine, real_hf, real_saes, prompts):
     from vllm import SamplingParams
-
-    from tests.test_vllm_steering import hf_greedy
 
     std_hook, std_path, _ = real_saes["standard"]
     topk_hook, topk_path, _ = real_saes["topk"]

@@ -4,8 +4,6 @@ score), for every SAELens architecture we support, plus unit tests of the host-f
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -14,80 +12,7 @@ from reason_plugins.vocabulary import resolve_vocabulary
 from sae_lens_ext import reason_score_math as rsm
 from sae_lens_ext.activations import FeatureEncoder
 from sae_lens_ext.reason_score import compute_reason_score
-
-EPS = 1e-12
-
-
-# ---------------------------------------------------------------- naive reference (independent code)
-def naive_masks(rows, group_seqs, expand, ignore):
-    left, right = expand
-    n_rows, length = len(rows), len(rows[0])
-    groups = [[[False] * length for _ in range(n_rows)] for _ in group_seqs]
-    for g, seqs in enumerate(group_seqs):
-        for b, row in enumerate(rows):
-            for p in range(length):
-                for seq in seqs:
-                    if tuple(row[p:p + len(seq)]) == tuple(seq):
-                        for q in range(max(0, p - left), min(length - 1, p + len(seq) - 1 + right) + 1):
-                            groups[g][b][q] = True
-    for g in range(len(group_seqs)):
-        for b, row in enumerate(rows):
-            for t, tok in enumerate(row):
-                if tok in ignore:
-                    groups[g][b][t] = False
-    pos = [[any(groups[g][b][t] for g in range(len(group_seqs))) for t in range(length)] for b in range(n_rows)]
-    neg = [[not pos[b][t] and rows[b][t] not in ignore for t in range(length)] for b in range(n_rows)]
-    return groups, pos, neg
-
-
-def naive_scores(rows, acts, group_seqs, expand, ignore, alpha=0.7):
-    """acts: float64 numpy [rows, T, F]. Returns dict of numpy arrays."""
-    groups, pos, neg = naive_masks(rows, group_seqs, expand, set(ignore))
-    flat = acts.reshape(-1, acts.shape[-1])
-
-    def idx(mask):
-        return [b * len(rows[0]) + t for b in range(len(rows)) for t in range(len(rows[0])) if mask[b][t]]
-
-    sets = {"pos": idx(pos), "neg": idx(neg)}
-    n_feat, n_groups = flat.shape[1], len(group_seqs)
-    group_idx = [idx(groups[g]) for g in range(n_groups)]
-    mu_pos, mu_neg = np.zeros(n_feat), np.zeros(n_feat)
-    mu_g = np.zeros((n_groups, n_feat))
-    for f in range(n_feat):
-        col = flat[:, f]
-        mu_pos[f] = sum(col[i] for i in sets["pos"]) / len(sets["pos"]) if sets["pos"] else 0.0
-        mu_neg[f] = sum(col[i] for i in sets["neg"]) / len(sets["neg"]) if sets["neg"] else 0.0
-        for g in range(n_groups):
-            mu_g[g, f] = sum(col[i] for i in group_idx[g]) / len(group_idx[g]) if group_idx[g] else 0.0
-    total_pos, total_neg = sum(mu_pos), sum(mu_neg)
-    scores, entropy = np.zeros(n_feat), np.zeros(n_feat)
-    for f in range(n_feat):
-        if n_groups == 1:
-            h = 1.0
-        else:
-            z = sum(mu_g[g, f] for g in range(n_groups))
-            h = 0.0
-            for g in range(n_groups):
-                p = mu_g[g, f] / (z + EPS)
-                if p > 0:
-                    h -= p * math.log(p)
-            h /= math.log(n_groups)
-        entropy[f] = h
-        scores[f] = mu_pos[f] / (total_pos + EPS) * h ** alpha - mu_neg[f] / (total_neg + EPS)
-    return {"scores": scores, "mu_pos": mu_pos, "mu_neg": mu_neg, "mu_groups": mu_g, "entropy": entropy,
-            "count_pos": len(sets["pos"]), "count_neg": len(sets["neg"])}
-
-
-def assert_close(ours: torch.Tensor, ref: np.ndarray, name: str, rtol=1e-6):
-    """Relative error <= rtol: elementwise for the means and entropies; for scores, which are
-    differences that cancel to ~0 for many features, relative to the largest |score| (float32
-    activations computed with different matmul shapes differ by ~1 ulp, which cancellation
-    would otherwise blow up)."""
-    ours = ours.double().numpy()
-    scale = max(np.abs(ref).max(), 1e-30)
-    floor = 1.0 if name.endswith("scores") else 1e-3
-    err = np.abs(ours - ref) / np.maximum(np.abs(ref), floor * scale)
-    assert err.max() <= rtol, f"{name}: max relative error {err.max():.3g} (worst feature {err.argmax()})"
+from tests.support.references import assert_close, naive_scores
 
 
 # ---------------------------------------------------------------- fixtures

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from sae_lens_ext import releases, sparsify
-from tests.test_sparsify import write_sparsify_folder
+from tests.support.sae_folders import write_sparsify_folder
 
 PAPER_ID = "blocks.19.hook_resid_post"
 

@@ -4,31 +4,11 @@ hookpoint -> TransformerLens hook mapping (``layers.N.mlp`` is the MLP output)."
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from sae_lens_ext.sparsify import UnsupportedSparsifyError, hookpoint_to_hook, load_sparsify_sae
-
-D_IN, N_LATENTS, K = 128, 256, 8
-
-
-def write_sparsify_folder(folder, seed: int = 0, **cfg_extra) -> dict:
-    """A sparsify-format folder written by hand (cfg.json + sae.safetensors); returns its tensors."""
-    g = torch.Generator().manual_seed(seed)
-    weights = {"encoder.weight": torch.randn(N_LATENTS, D_IN, generator=g) / D_IN ** 0.5,
-               "encoder.bias": torch.randn(N_LATENTS, generator=g) * 0.1,
-               "W_dec": torch.randn(N_LATENTS, D_IN, generator=g), "b_dec": torch.randn(D_IN, generator=g)}
-    if cfg_extra.get("skip_connection"):
-        weights["W_skip"] = torch.randn(D_IN, D_IN, generator=g)
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": N_LATENTS, "k": K,
-           "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": D_IN, **cfg_extra}
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    save_file(weights, str(folder / "sae.safetensors"))
-    return weights
+from tests.support.sae_folders import D_IN, N_LATENTS, K, write_sparsify_folder
 
 
 def test_matches_sparsify_documented_math(tmp_path):

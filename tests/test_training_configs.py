@@ -84,7 +84,7 @@ def test_train_tiny_recipe_offline_and_load_back(llama_dir, tokenizer_dir, tmp_p
 
     from reason_plugins.app.cli import main
     from sae_lens_ext import data_prep
-    from tests.test_data_prep import lmsys_records, openthoughts_records
+    from tests.support.records import lmsys_records, openthoughts_records
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     data_prep.prepare(tokenizer, tmp_path / "data", lmsys=lmsys_records(100), openthoughts=openthoughts_records(300),

@@ -16,7 +16,7 @@ import torch
 
 from reason_plugins.spec import SpecError, parse_steering
 from tests.conftest import FIXTURE_HOOK
-from tests.test_vllm_runtime import _request, _runtime, _step
+from tests.support.runtime_doubles import engine_request, engine_step, steering_runtime
 
 HOOK3 = "blocks.3.hook_resid_post"
 
@@ -165,25 +165,18 @@ def test_max_edits_per_request_is_separate_from_the_per_layer_catalogue():
 
 
 # -- the worker never dies for one request --------------------------------------------------------
-@pytest.fixture(scope="module")
-def standard(sae_dirs):
-    from sae_lens import SAE
-
-    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
-
-
-def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard, caplog):
+def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard_sae, caplog):
     from reason_plugins.steering import steer
     from vllm_patches.admission import FAILED_ATTR, attach_failed
 
-    sae_dir, sae = standard
-    runtime = _runtime(sae_dir)
+    sae_dir, sae = standard_sae
+    runtime = steering_runtime(sae_dir)
     good = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
     bad = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 10_000, "mode": "set", "value": 4.0}]}
-    requests = {"good": _request("good", good, 3, 0), "bad": _request("bad", bad, 2, 0)}
+    requests = {"good": engine_request("good", good, 3, 0), "bad": engine_request("bad", bad, 2, 0)}
     runtime.admit(requests.values())
     with caplog.at_level("ERROR", logger="reason_plugins.vllm"):
-        hidden, residual, out = _step(runtime, requests, ["bad", "good"], [2, 3])
+        hidden, residual, out = engine_step(runtime, requests, ["bad", "good"], [2, 3])
     assert "request bad cannot be steered" in caplog.text and "out of range" in caplog.text
     assert runtime.failed_pending == {"bad"}
     output = SimpleNamespace(_model_runner_output=SimpleNamespace())  # an async output wraps the real one
@@ -194,7 +187,7 @@ def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(sta
     torch.testing.assert_close(out[2:5], steer(x[2:5], sae, parse_steering(good)[0]) - residual[2:5], rtol=1e-5, atol=1e-5)
     report = runtime.report(["bad", "good"])
     assert "out of range" in report["bad"]["error"] and report["good"]["tokens"] == 3
-    hidden, residual, out = _step(runtime, requests, ["bad", "good"], [1, 1])  # later steps: no retry, no crash
+    hidden, residual, out = engine_step(runtime, requests, ["bad", "good"], [1, 1])  # later steps: no retry, no crash
     assert torch.equal(out[0], hidden[0]) and not runtime.failed_pending
 
 
@@ -265,14 +258,14 @@ def test_input_dependent_normalisations_refuse_delta_and_direction_and_reconstru
 @pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
 def test_the_engine_op_reconstructs_normalising_saes_like_saelens(sae_dirs, tmp_path, norm):
     sae_dir, sae = _sae_with_norm(sae_dirs, tmp_path, norm)
-    runtime = _runtime(sae_dir)
+    runtime = steering_runtime(sae_dir)
     op = next(iter(runtime.ops.values()))
     assert op.sae is not None  # input-normalising SAEs get the full-SAE path by default
     spec = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "method": "reconstruct",
             "edits": [{"feature": 7, "mode": "set", "value": 5.0}]}
-    requests = {"s": _request("s", spec, 4, 0), "u": _request("u", None, 2, 0)}
+    requests = {"s": engine_request("s", spec, 4, 0), "u": engine_request("u", None, 2, 0)}
     runtime.admit(requests.values())
-    hidden, residual, out = _step(runtime, requests, ["s", "u"], [4, 2])
+    hidden, residual, out = engine_step(runtime, requests, ["s", "u"], [4, 2])
     x = hidden + residual
     torch.testing.assert_close(out[:4], _saelens_steered(sae, x[:4], 7, 5.0) - residual[:4], rtol=1e-4, atol=1e-4)
     assert torch.equal(out[4:], hidden[4:])

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from reason_plugins.spec import parse_steering, specs_hash
-from tests.test_vllm_steering import hf_greedy, run_job
+from tests.support.references import hf_greedy
+from tests.support.vllm_jobs import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -98,14 +99,8 @@ def _check_reports(requests, records_of, outputs, aborted):
 @pytest.fixture(scope="module")
 def engine_run(llama_dir, layer_saes, load_requests, tmp_path_factory):
     job = {"model": str(llama_dir), "engine": ENGINE, "steering": _steering_config(layer_saes), "requests": load_requests}
-    tmp = tmp_path_factory.mktemp("load")
-    job_path, out_path = tmp / "job.json", tmp / "out.json"
-    job_path.write_text(json.dumps(job))
     started = time.monotonic()
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("vllm_load_job.py")), str(job_path), str(out_path)],
-                         capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stderr[-6000:]
-    out = json.loads(out_path.read_text())
+    out = run_job(tmp_path_factory.mktemp("load"), job, script="vllm_load_job.py", timeout=1200)
     out["seconds"] = time.monotonic() - started
     return out
 
@@ -205,7 +200,7 @@ def _complete(client, r, **kw):
     extra = {"return_token_ids": True}
     if r.get("steering") is not None:
         extra["vllm_xargs"] = {"steering": json.dumps(r["steering"])}
-    n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded, see vllm_load_job.py)
+    n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded, see tests/support/vllm_load_job.py)
     return client.completions.create(model="tiny", prompt=r["prompt_token_ids"], max_tokens=r["max_tokens"],
                                      n=n, temperature=0.0 if n == 1 else 0.8, extra_body=extra, **kw)
 

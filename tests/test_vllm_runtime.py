@@ -4,44 +4,13 @@ V1-runner guard. (The engine tests in test_vllm_steering.py hold the whole path 
 
 from __future__ import annotations
 
-import json
-from types import SimpleNamespace
-
 import pytest
 import torch
-from torch import nn
 
 from reason_plugins.spec import parse_steering
 from reason_plugins.steering import steer
-from tests.conftest import FIXTURE_HOOK, fake_vllm_config_module
-
-D_MODEL = 128
-
-
-class _Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.model = nn.Module()
-        self.model.layers = nn.ModuleList([nn.Linear(1, 1) for _ in range(4)])
-
-
-def _runtime(sae_dir, pipeline_parallel_size=1):
-    from vllm_patches.config import parse_config
-    from vllm_patches.runtime import SteeringRuntime
-
-    vllm_config = SimpleNamespace(
-        model_config=SimpleNamespace(get_hidden_size=lambda: D_MODEL, dtype=torch.float32),
-        scheduler_config=SimpleNamespace(max_num_batched_tokens=64, max_num_seqs=4),
-        compilation_config=SimpleNamespace(max_cudagraph_capture_size=0),
-        parallel_config=SimpleNamespace(pipeline_parallel_size=pipeline_parallel_size))
-    config = parse_config({"saes": [{"sae": str(sae_dir), "hook": FIXTURE_HOOK}], "max_edits": 4})
-    return SteeringRuntime(_Model(), vllm_config, config)
-
-
-def _request(req_id, spec, prompt, computed):
-    extra = {"steering": json.dumps(spec)} if spec is not None else {}
-    return SimpleNamespace(req_id=req_id, sampling_params=SimpleNamespace(extra_args=extra),
-                           num_prompt_tokens=prompt, num_computed_tokens=computed)
+from tests.conftest import FIXTURE_HOOK
+from tests.support.runtime_doubles import engine_request, engine_step, fake_vllm_config_module, steering_runtime
 
 
 @pytest.fixture(params=["fused", "opaque"])
@@ -52,35 +21,17 @@ def op_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def standard(sae_dirs):
-    from sae_lens import SAE
-
-    return sae_dirs["standard"], SAE.load_from_disk(str(sae_dirs["standard"])).eval()
-
-
-def _step(runtime, requests, order, counts):
-    """One engine step: buffers for the batch, then the op on random residual-stream rows."""
-    import numpy as np
-
-    runtime.update(order, np.array(counts), requests)
-    op = next(iter(runtime.ops.values()))
-    hidden, residual = torch.randn(sum(counts), D_MODEL), torch.randn(sum(counts), D_MODEL)
-    before = hidden.clone()
-    return before, residual, op(hidden, residual)
-
-
-def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard, op_path):
-    sae_dir, sae = standard
-    runtime = _runtime(sae_dir)
+def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard_sae, op_path):
+    sae_dir, sae = standard_sae
+    runtime = steering_runtime(sae_dir)
     assert next(iter(runtime.ops.values())).fused is (op_path == "fused")
     spec_a = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
     spec_c = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 9, "mode": "add", "value": 3.0}],
               "decode_only": True}
-    requests = {"a": _request("a", spec_a, 5, 0), "b": _request("b", None, 3, 0), "c": _request("c", spec_c, 4, 2)}
+    requests = {"a": engine_request("a", spec_a, 5, 0), "b": engine_request("b", None, 3, 0), "c": engine_request("c", spec_c, 4, 2)}
     runtime.admit(requests.values())
     # a: 5 prompt tokens; b: 3 unsteered; c: its last 2 prompt tokens and its first generated one
-    hidden, residual, out = _step(runtime, requests, ["a", "b", "c"], [5, 3, 3])
+    hidden, residual, out = engine_step(runtime, requests, ["a", "b", "c"], [5, 3, 3])
     x = hidden + residual
     expect = hidden.clone()
     expect[0:5] = steer(x[0:5], sae, parse_steering(spec_a)[0]) - residual[0:5]
@@ -90,29 +41,29 @@ def test_mixed_batch_steers_exactly_the_rows_of_steered_requests(standard, op_pa
     assert not torch.equal(out[0:5], hidden[0:5]) and not torch.equal(out[10:11], hidden[10:11])
 
 
-def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, op_path, monkeypatch):
-    sae_dir, sae = standard
-    runtime = _runtime(sae_dir)
+def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard_sae, op_path, monkeypatch):
+    sae_dir, sae = standard_sae
+    runtime = steering_runtime(sae_dir)
     op = next(iter(runtime.ops.values()))
-    requests = {"u": _request("u", None, 3, 0)}
+    requests = {"u": engine_request("u", None, 3, 0)}
     runtime.admit(requests.values())
     op.enc_t.fill_(float("nan"))  # any arithmetic over the buffers would poison the output
-    hidden, _, out = _step(runtime, requests, ["u"], [3])
+    hidden, _, out = engine_step(runtime, requests, ["u"], [3])
     assert torch.equal(out, hidden) and not op.rows_active
     op.enc_t.zero_()
 
     spec = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 5, "mode": "add", "value": 2.0}]}
-    requests["s"] = _request("s", spec, 4, 0)
+    requests["s"] = engine_request("s", spec, 4, 0)
     runtime.admit([requests["s"]])
     writes = []
     original = type(runtime)._write
     monkeypatch.setattr(type(runtime), "_write", lambda self, *a: (writes.append(a[0]), original(self, *a))[1])
     seen = []  # per step: the mean |delta| of s's rows
-    hidden, residual, out = _step(runtime, requests, ["u", "s"], [3, 4])  # prefill of s
+    hidden, residual, out = engine_step(runtime, requests, ["u", "s"], [3, 4])  # prefill of s
     seen.append((out - hidden)[3:7].abs().mean(-1).double())
     requests["s"].num_computed_tokens = 4
     for _ in range(3):  # steady decode: same rows every step
-        hidden, residual, out = _step(runtime, requests, ["u", "s"], [1, 1])
+        hidden, residual, out = engine_step(runtime, requests, ["u", "s"], [1, 1])
         seen.append((out - hidden)[1:2].abs().mean(-1).double())
         assert torch.equal(out[0], hidden[0])
     assert len(writes) == 2  # the prefill layout, then the decode layout once for three steps
@@ -124,15 +75,15 @@ def test_idle_steps_skip_the_op_and_steady_decode_reuses_the_layout(standard, op
     assert rec["mean_abs_delta"] == pytest.approx(float(torch.cat(seen).sum()) / 7, rel=1e-4)
     # the request's |delta| row is zeroed and free again; with no steered request left the op is idle
     assert float(op.delta_abs_sum.abs().sum()) == 0 and len(runtime._free_numbers) == 16
-    hidden, _, out = _step(runtime, {}, [], [])
+    hidden, _, out = engine_step(runtime, {}, [], [])
     assert not op.rows_active and op.edit_a.abs().sum() == 0 and op.edit_b.abs().sum() == 0
 
 
-def test_pipeline_parallel_engines_are_refused_clearly(standard):
+def test_pipeline_parallel_engines_are_refused_clearly(standard_sae):
     from reason_plugins.spec import SpecError
 
     with pytest.raises(SpecError, match="not pipeline parallelism .pipeline_parallel_size=2"):
-        _runtime(standard[0], pipeline_parallel_size=2)
+        steering_runtime(standard_sae[0], pipeline_parallel_size=2)
 
 
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):

@@ -3,7 +3,7 @@ HF activations, parity of every steering method and mode with the literal formul
 forward hooks, mixed batches, prefix-cache isolation, per-request errors and reports.
 
 One engine for the whole module (``engine``); the plugin-free baseline and the Qwen2 engine run in
-subprocesses (``tests/vllm_job.py``) because two engines cannot share this process.
+subprocesses (``tests/support/vllm_job.py``) because two engines cannot share this process.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support.references import hf_greedy
+from tests.support.vllm_jobs import run_job
 
 pytestmark = pytest.mark.slow
 
@@ -59,35 +62,6 @@ def saes(layer_saes):
 
 def spec(layer_saes, hook, edits, method="delta", **kw):
     return {"sae": str(layer_saes[hook][1]), "hook": hook, "edits": edits, "method": method, **kw}
-
-
-def hf_greedy(model, prompt_ids, specs, saes, max_tokens=MAX_TOKENS, decode_only=False):
-    """Greedy decoding with the literal formula applied by forward hooks; also the log-probs.
-    ``decode_only``: steer only positions past the prompt."""
-    from reason_plugins.hf_hooks import steered
-    from reason_plugins.spec import parse_steering
-
-    ids = torch.tensor([prompt_ids])
-    parsed = parse_steering(specs) if specs else []
-    out, logprobs = [], []
-    positions = (lambda n: torch.arange(n) >= len(prompt_ids)) if decode_only else None
-    with steered(model, parsed, saes, positions=positions), torch.no_grad():
-        for _ in range(max_tokens):
-            logits = model(ids).logits[0, -1]
-            token = int(logits.argmax())
-            out.append(token)
-            logprobs.append(float(torch.log_softmax(logits.double(), -1)[token]))
-            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-    return out, logprobs
-
-
-def run_job(tmp_path, job) -> dict:
-    job_path, out_path = tmp_path / "job.json", tmp_path / "out.json"
-    job_path.write_text(json.dumps(job))
-    script = Path(__file__).with_name("vllm_job.py")
-    res = subprocess.run([sys.executable, str(script), str(job_path), str(out_path)], capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return json.loads(out_path.read_text())
 
 
 def generate(engine, prompts, steering, logprobs=False):
@@ -140,12 +114,12 @@ def test_every_method_and_mode_matches_hf_hooks_in_one_mixed_batch(engine, hf_mo
     changed = 0
     for (name, prompt, specs), out in zip(requests, outputs):
         ours = list(out.outputs[0].token_ids)
-        ref, ref_lp = hf_greedy(hf_model, prompt, specs, saes)
+        ref, ref_lp = hf_greedy(hf_model, prompt, specs, saes, MAX_TOKENS)
         assert ours == ref, name
         our_lp = [next(iter(lp.values())).logprob if len(lp) == 1 else lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, ours)]
         assert max(abs(a - b) for a, b in zip(our_lp, ref_lp)) < 2e-3, name
         if specs:
-            changed += ours != hf_greedy(hf_model, prompt, None, saes)[0]
+            changed += ours != hf_greedy(hf_model, prompt, None, saes, MAX_TOKENS)[0]
     assert changed >= 5  # the edits are strong enough to change what the model writes
 
 
@@ -169,7 +143,7 @@ def test_decode_only_leaves_the_prompt_alone(engine, hf_model, saes, layer_saes,
     plain, steered_decode = generate(engine, [prompts[2]] * 2, [None, decode_only])
     ours = list(steered_decode.outputs[0].token_ids)
     assert ours[0] == plain.outputs[0].token_ids[0]  # the first token comes from the (unsteered) prompt
-    assert ours == hf_greedy(hf_model, prompts[2], [decode_only], saes, decode_only=True)[0]
+    assert ours == hf_greedy(hf_model, prompts[2], [decode_only], saes, MAX_TOKENS, decode_only=True)[0]
     assert ours != list(plain.outputs[0].token_ids)
     assert engine.applied([steered_decode])[0]["tokens"] == MAX_TOKENS - 1  # generated tokens fed back only
 
@@ -269,8 +243,8 @@ def test_qwen2_hook_parity_and_steering_in_its_own_engine(qwen2_dir, layer_saes,
         model(torch.tensor([prompts[3]]))
     handle.remove()
     torch.testing.assert_close(torch.tensor(out["captured"][hook]), captured["x"][0], atol=1e-4, rtol=1e-4)
-    assert out["token_ids"][0] == hf_greedy(model, prompts[3], None, saes)[0]
-    assert out["token_ids"][1] == hf_greedy(model, prompts[3], [steer], saes)[0]
+    assert out["token_ids"][0] == hf_greedy(model, prompts[3], None, saes, MAX_TOKENS)[0]
+    assert out["token_ids"][1] == hf_greedy(model, prompts[3], [steer], saes, MAX_TOKENS)[0]
 
 
 def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompts, hf_model, saes, tmp_path):
@@ -286,8 +260,8 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
                              "steering": {"saes": [{"sae": str(layer_saes[hook][1]), "hook": hook}]},
                              "requests": [{"prompt_token_ids": prompts[0], "max_tokens": MAX_TOKENS, "steering": steer},
                                           {"prompt_token_ids": prompts[1], "max_tokens": MAX_TOKENS, "steering": None}]})
-    assert out["token_ids"][0] == hf_greedy(hf_model, prompts[0], [steer], saes)[0]
-    assert out["token_ids"][1] == hf_greedy(hf_model, prompts[1], None, saes)[0]
+    assert out["token_ids"][0] == hf_greedy(hf_model, prompts[0], [steer], saes, MAX_TOKENS)[0]
+    assert out["token_ids"][1] == hf_greedy(hf_model, prompts[1], None, saes, MAX_TOKENS)[0]
     reports = out["reports"]
     assert len(reports) == 2 and all(len(r) == 1 for r in reports)  # one steered request, seen by each rank
     (rank0,), (rank1,) = (list(r.values()) for r in reports)

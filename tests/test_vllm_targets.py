@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_HOOK, fake_vllm_config_module
+from tests.conftest import FIXTURE_HOOK
+from tests.support.runtime_doubles import fake_vllm_config_module
 from vllm_patches import targets, wrapping
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from reason_plugins.cli_args import UserError, looks_local
-from reason_plugins.spec import parse_steering
+from reason_plugins.files import read_json
+from reason_plugins.spec import check_feature_index, parse_steering
 
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
@@ -31,10 +32,7 @@ def model_shape(model: str) -> dict:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise UserError(f"model directory {str(model)!r} has no config.json (expected a Hugging Face model folder)")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"model config {str(cfg_file)!r} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        cfg = read_json(cfg_file, "model config", UserError)
     elif looks_local(str(model)):
         raise UserError(f"model {str(model)!r} does not exist (expected a local model directory or a hub name ORG/NAME)")
     else:
@@ -106,9 +104,7 @@ def preflight(model: str, specs, *, force_hook: bool = False, max_edits: int = 1
             raise UserError(f"SAE {spec.sae!r} was trained on {info['hook']!r}, not {spec.hook!r} (use its own hook, "
                             f"or --force-hook to steer at another layer anyway)")
         for edit in spec.edits:
-            if not 0 <= edit.feature < int(info["d_sae"]):
-                raise UserError(f"feature index {edit.feature} is out of range: SAE {spec.sae!r} has d_sae={info['d_sae']} "
-                                f"(expected 0..{int(info['d_sae']) - 1})")
+            check_feature_index(edit.feature, int(info["d_sae"]), f"SAE {spec.sae!r}", error=UserError)
         slot = slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
         if spec.method == "reconstruct":
             slot["reconstruct"] = True

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from reason_plugins.figures import pyplot
 from reason_plugins.files import write_json_atomic
+from reason_plugins.spec import check_feature_index
 
 
 def default_prompts(n: int = 4) -> list[str]:
@@ -62,8 +63,7 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
     from reason_plugins.vocabulary import count_reasoning_words
 
     shape = sae_shape(str(sae_dir), sae_id)
-    if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < shape["d_sae"]:
-        raise ValueError(f"feature index {feature!r} is out of range: this SAE has d_sae={shape['d_sae']} (valid: 0..{shape['d_sae'] - 1})")
+    check_feature_index(feature, shape["d_sae"])
     if not prompts:
         raise ValueError("a sweep needs at least one prompt")
     method = method or default_method(shape)

@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from reason_plugins.app.report_tables import top_features_table
+
 DEMO_HOOK = "blocks.2.hook_resid_post"
 DEMO_PROMPTS = ["What is 17 + 5?", "What is 33 * 4?", "What is 29 - 12?"]
 
@@ -233,11 +235,8 @@ def _report_markdown(s: dict) -> str:
         f"Saved to `{s['sae_dir']}` (load with `sae_lens.SAE.load_from_disk`).", "",
         "## Top features by ReasonScore", "",
         "![ReasonScore distribution](reason_score/score_histogram.png)", "",
-        "| feature | score | mu+ | mu- | entropy | top groups |", "|---|---|---|---|---|---|",
+        *top_features_table(s["top_features"]),
     ]
-    for f in s["top_features"]:
-        groups = ", ".join(f"{g['group']} ({g['mu']:.2f})" for g in f["top_groups"][:3])
-        lines.append(f"| {f['feature']} | {f['score']:.4f} | {f['mu_pos']:.3f} | {f['mu_neg']:.3f} | {f['entropy']:.2f} | {groups} |")
     lines += ["", "Full table: `reason_score/top_features.json`; all scores: `reason_score/scores.safetensors`.", ""]
     v = s["views"]
     lines += ["## Looking at them", "",

@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+from reason_plugins.app.report_tables import fmt, top_features_table
+
 MODEL = "smollm2-135m-instruct"
 RECIPE = "smollm2-135m-instruct-demo"
 PROMPTS = ["How many positive divisors does 36 have?",
@@ -187,10 +189,6 @@ def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max
             {"feature": first, "png": str(Path(sweep["png"]).relative_to(out)), "summary": sweep["summary"]})
 
 
-def _fmt(x, spec=".3f"):
-    return "–" if x is None else format(x, spec)
-
-
 def report_markdown(s: dict) -> str:
     conv = s.get("conversion") or {}
     check = conv.get("check", {})
@@ -211,12 +209,8 @@ def report_markdown(s: dict) -> str:
         f"Saved to `{s['sae_dir']}`. ReasonScore over {s['score_rows']} held-out rows of 128 tokens.", "",
         "## Top features by ReasonScore", "",
         "![ReasonScore distribution](reason_score/score_histogram.png)", "",
-        "| feature | score | mu+ | mu- | entropy | max act | top groups |", "|---|---|---|---|---|---|---|",
+        *top_features_table(s["top_features"], lambda f: (s["contexts"].get(f) or s["contexts"].get(str(f)) or {}).get("max_act")),
     ]
-    for f in s["top_features"]:
-        groups = ", ".join(f"{g['group']} ({g['mu']:.2f})" for g in f["top_groups"][:3])
-        max_act = (s["contexts"].get(f["feature"]) or s["contexts"].get(str(f["feature"])) or {}).get("max_act")
-        lines.append(f"| {f['feature']} | {f['score']:.4f} | {f['mu_pos']:.3f} | {f['mu_neg']:.3f} | {f['entropy']:.2f} | {_fmt(max_act)} | {groups} |")
     v = s["views"]
     lines += ["", "## Looking at them", "",
               f"- [SAEDashboard pages for the top 5 features (offline, real CHAMP text)]({v['index']})",
@@ -229,8 +223,8 @@ def report_markdown(s: dict) -> str:
                   "| feature | value | prompt | reasoning words | tokens | mean abs delta |", "|---|---|---|---|---|---|"]
         for r in st["rows"]:
             delta = (r["applied"] or {}).get("mean_abs_delta")
-            lines.append(f"| {r['feature'] if r['feature'] is not None else 'baseline'} | {_fmt(r['value'], '.2f')} | {r['prompt']} | "
-                         f"{r['reasoning_words']} | {r['tokens']} | {_fmt(delta, '.4f')} |")
+            lines.append(f"| {r['feature'] if r['feature'] is not None else 'baseline'} | {fmt(r['value'], '.2f')} | {r['prompt']} | "
+                         f"{r['reasoning_words']} | {r['tokens']} | {fmt(delta, '.4f')} |")
         lines.append("")
         for r in st["rows"]:
             label = "baseline" if r["feature"] is None else f"feature {r['feature']} = {r['value']:.2f}"

@@ -1,5 +1,5 @@
 """The engine half of the load test, in its own process (one engine at a time, never two in the
-test process): ``python tests/vllm_load_job.py JOB.json OUT.json``.
+test process): ``python tests/support/vllm_load_job.py JOB.json OUT.json``.
 
 JOB: {"model": dir, "engine": {LLM kwargs}, "steering": {steering config},
       "requests": [{"id", "prompt_token_ids", "max_tokens", "n", "steering", "abort_after"}]}

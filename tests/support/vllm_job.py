@@ -1,5 +1,5 @@
 """Run one vLLM job in a fresh process (a second engine cannot share the test process with the
-session engine): ``python tests/vllm_job.py JOB.json OUT.json``.
+session engine): ``python tests/support/vllm_job.py JOB.json OUT.json``.
 
 JOB: {"model": dir, "steering": config or null, "eager": bool, "env": {name: value} (optional),
       "tensor_parallel_size": n (optional),
