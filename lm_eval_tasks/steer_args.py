@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, check_feature_index, parse_spec, parse_steering
 
 REFERENCE_ARGS = ("sae_release", "sae_id", "sae_feature_idx", "sae_strength", "sae_max_activation")
 CSV_COLUMNS = ("loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient")
@@ -121,8 +121,8 @@ def csv_specs(path: str | Path) -> list[SteeringSpec]:
             raise SpecError(f"{where}: hookpoint {hook} already steered on line {seen[hook]}; "
                             "lm-eval's `steered` would silently keep only the last row — use one row per hookpoint")
         seen[hook] = i
-        if feature >= sae.cfg.d_sae:
-            raise SpecError(f"{where}: feature_index {feature} out of range: SAE {sparse_model!r} has d_sae = {sae.cfg.d_sae}")
+        check_feature_index(feature, int(sae.cfg.d_sae), owner=f"SAE {sparse_model!r}", what=f"{where}: feature_index",
+                            error=SpecError)
         if action == "add":
             edit, method = {"feature": feature, "mode": "add", "value": coefficient}, _method_for(sae)
         elif action == "clamp":

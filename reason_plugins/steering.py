@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from reason_plugins.spec import METHODS, SpecError, SteeringSpec
+from reason_plugins.spec import METHODS, SpecError, SteeringSpec, check_feature_index
 
 DELTA_ARCHITECTURES = ("standard", "jumprelu")
 # SAELens normalisations that rescale each input by a statistic of that input (its norm, its mean
@@ -68,9 +68,8 @@ def feature_rows(sae, features: list[int], method: str) -> dict[str, torch.Tenso
     """What the per-feature paths need for the edited features only:
     ``enc`` [F, d], ``bias`` [F], ``thresh`` [F], ``linear`` [F] (1 = no ReLU), ``dec`` [F, d]."""
     d_sae = sae.cfg.d_sae
-    bad = [f for f in features if not 0 <= f < d_sae]
-    if bad:
-        raise SpecError(f"feature index {bad[0]} out of range: this SAE has d_sae = {d_sae}")
+    for f in features:
+        check_feature_index(f, d_sae, error=SpecError)
     refusal = per_feature_refusal(sae_architecture(sae), sae_normalisation(sae), method)
     if refusal:
         raise SpecError(refusal)
@@ -133,8 +132,7 @@ def steer_reconstruct(x: torch.Tensor, sae, spec: SteeringSpec) -> torch.Tensor:
     f = sae.encode(x)
     a, b = edit_constants([e.mode for e in spec.edits], [e.value for e in spec.edits])
     idx = torch.tensor([e.feature for e in spec.edits], dtype=torch.long)
-    if int(idx.max()) >= f.shape[-1]:
-        raise SpecError(f"feature index {int(idx.max())} out of range: this SAE has d_sae = {f.shape[-1]}")
+    check_feature_index(int(idx.max()), f.shape[-1], error=SpecError)
     f_new = f.clone()
     f_new[..., idx] = f[..., idx] * a.to(f.dtype) + b.to(f.dtype) + f[..., idx]
     return decode_edited(sae, x, f, f_new)

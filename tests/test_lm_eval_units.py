@@ -107,7 +107,7 @@ def test_csv_errors_name_the_bad_value(tmp_path, sae_dirs):
     std = sae_dirs["standard"]
     cases = [([("sae_lens", "multiply", std, "layers.2", 1, 1.0, "", "", "")], "action 'multiply'"),
              ([("sae_lens", "add", std, "layers.2.mlp", 1, 1.0, "", "", "")], "'layers.2.mlp'"),
-             ([("sae_lens", "add", std, "layers.2", 999, 1.0, "", "", "")], "feature_index 999 out of range"),
+             ([("sae_lens", "add", std, "layers.2", 999, 1.0, "", "", "")], "feature_index 999 is out of range"),
              ([("sae_lens", "add", std, "layers.2", 1, 1.0, 3, "", "")], "head_index"),
              ([("hub", "add", std, "layers.2", 1, 1.0, "", "", "")], "loader 'hub'"),
              ([("sae_lens", "add", std, "layers.2", 1, 1.0, "", "", ""), ("sae_lens", "add", std, "layers.2", 2, 1.0, "", "", "")],

@@ -100,7 +100,7 @@ def test_delta_refuses_topk_and_out_of_range_features(saes):
     with pytest.raises(SpecError, match="use method 'reconstruct'"):
         steer(torch.randn(2, 128), saes["topk"], _spec("delta"))
     for method in ("delta", "reconstruct", "direction"):
-        with pytest.raises(SpecError, match="feature index 256 out of range: this SAE has d_sae = 256"):
+        with pytest.raises(SpecError, match=r"feature index 256 is out of range: this SAE has d_sae=256 \(valid: 0\.\.255\)"):
             steer(torch.randn(2, 128), saes["standard"], _spec(method, [{"feature": 256, "mode": "set", "value": 1.0}]))
 
 

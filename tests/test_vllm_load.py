@@ -244,7 +244,7 @@ def test_a_refused_spec_is_a_400_with_the_spec_error_and_the_server_keeps_servin
             client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is 17 + 5?"}],
                                            max_tokens=4, extra_body=extra)
     assert info.value.status_code == 400
-    assert "feature index 256 out of range" in info.value.message and "d_sae = 256" in info.value.message
+    assert "feature index 256 is out of range" in info.value.message and "d_sae=256" in info.value.message
     good = _spec(layer_saes, HOOKS[1], 4)
     if endpoint == "chat":
         out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is 17 + 5?"}],

@@ -151,7 +151,7 @@ def test_decode_only_leaves_the_prompt_alone(engine, hf_model, saes, layer_saes,
 @pytest.mark.parametrize("bad, message", [
     ({"sae": "/nope", "hook": "blocks.2.hook_resid_post", "edits": [{"feature": 1, "value": 1.0}]}, "no SAE '/nope'"),
     ("{not json", "not valid JSON"),
-    ("FEATURE", "out of range: SAE .* has d_sae = 256"),
+    ("FEATURE", "is out of range: SAE .* has d_sae=256"),
     ("LAYER0", "is configured at 'blocks.0.hook_resid_post'"),
     ("TOPK-DELTA", "method 'delta' is not exact for the 'topk' SAE"),
     ("STD-RECONSTRUCT", "not configured for 'reconstruct'"),

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from vllm.exceptions import VLLMValidationError
 
-from reason_plugins.spec import METHODS, SpecError, SteeringSpec, parse_steering, specs_hash
+from reason_plugins.spec import METHODS, SpecError, SteeringSpec, check_feature_index, parse_steering, specs_hash
 from reason_plugins.steering import needs_full_sae, per_feature_refusal
 from vllm_patches.config import SteeringConfig
 
@@ -57,8 +57,7 @@ def check_specs(raw, config: SteeringConfig | None) -> list[SteeringSpec]:
         slot = config.find(spec.sae, spec.sae_id, spec.hook)
         shape = _shape(slot.sae, slot.sae_id)
         for edit in spec.edits:
-            if edit.feature >= shape["d_sae"]:
-                raise SpecError(f"feature index {edit.feature} out of range: SAE {spec.sae!r} has d_sae = {shape['d_sae']}")
+            check_feature_index(edit.feature, int(shape["d_sae"]), owner=f"SAE {spec.sae!r}", error=SpecError)
         normalisation = shape.get("normalize_activations", "none")
         refusal = per_feature_refusal(shape["architecture"], normalisation, spec.method)
         if refusal:
