@@ -24,12 +24,11 @@ import re
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, check_feature_index, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, check_feature_index, hook_layer, parse_spec, parse_steering
 
 REFERENCE_ARGS = ("sae_release", "sae_id", "sae_feature_idx", "sae_strength", "sae_max_activation")
 CSV_COLUMNS = ("loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient")
 _LAYER = re.compile(r"^(?:model\.|base_model\.)?(?:layers|h)\.(\d+)$")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 
 def _sae(sae: str, sae_id: str | None, loader: str | None = None):
@@ -52,7 +51,7 @@ def hook_of(hookpoint: str | None, sae=None, where: str = "hookpoint") -> str:
             raise SpecError(f"{where}: empty and no SAE to take the hook from")
         hookpoint = sae.cfg.metadata.hook_name
     text = str(hookpoint).strip()
-    if _BLOCK.match(text):
+    if hook_layer(text) is not None:
         return text
     m = _LAYER.match(text)
     if m:

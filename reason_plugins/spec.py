@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 
 MODES = ("set", "scale", "add")
 METHODS = ("delta", "reconstruct", "direction")
-_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")  # the one steerable hook form, everywhere
+
+
+def hook_layer(hook) -> int | None:
+    """The layer of a steerable hook (``blocks.<layer>.hook_resid_post``), else None."""
+    m = _HOOK.match(hook) if isinstance(hook, str) else None
+    return int(m.group(1)) if m else None
 
 
 class SpecError(ValueError):
@@ -46,7 +52,7 @@ class SteeringSpec:
 
     @property
     def layer(self) -> int:
-        return int(_HOOK.match(self.hook).group(1))
+        return hook_layer(self.hook)
 
     def to_dict(self) -> dict:
         # by hand: dataclasses.asdict deep-copies field by field, and this runs for every request
@@ -84,7 +90,7 @@ def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
     sae, hook, edits = obj.get("sae"), obj.get("hook"), obj.get("edits")
     if not isinstance(sae, str) or not sae:
         raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")
-    if not isinstance(hook, str) or not _HOOK.match(hook):
+    if hook_layer(hook) is None:
         raise SpecError(f"{where}: hook {hook!r} is not of the form 'blocks.<layer>.hook_resid_post'")
     if not isinstance(edits, list) or not edits:
         raise SpecError(f"{where}: 'edits' must be a non-empty list, got {edits!r}")

@@ -89,3 +89,27 @@ def test_check_feature_index_passes_valid_indices_and_callers_keep_their_labels(
     _check_explain([0, 3], 4)
     with pytest.raises(UserError, match=r"^--explain feature index 4 is out of range: the SAE has d_sae=4 \(valid: 0\.\.3\)$"):
         _check_explain([0, 4], 4)
+
+
+@pytest.mark.parametrize("hook, layer", [("blocks.0.hook_resid_post", 0), ("blocks.31.hook_resid_post", 31),
+                                         ("blocks.3.hook_resid_pre", None), ("blocks.x.hook_resid_post", None),
+                                         ("layers.3", None), (" blocks.3.hook_resid_post", None), (3, None), (None, None)])
+def test_one_steerable_hook_form(hook, layer):
+    """``spec.hook_layer`` is the one reader of the steerable hook form: the spec parser and the vLLM
+    steering config accept exactly the hooks it gives a layer for, and lm-eval's steer file keeps those as they are."""
+    from lm_eval_tasks.steer_args import hook_of
+    from reason_plugins.spec import hook_layer, parse_spec
+    from vllm_patches.config import parse_config
+
+    assert hook_layer(hook) == layer
+    spec = {"sae": "s", "hook": hook, "edits": [{"feature": 0, "mode": "add", "value": 1.0}]}
+    config = {"saes": [{"sae": "s", "hook": hook}]}
+    if layer is None:
+        with pytest.raises(SpecError, match="hook"):
+            parse_spec(spec)
+        with pytest.raises(SpecError, match="hook"):
+            parse_config(config)
+    else:
+        assert parse_spec(spec).layer == layer
+        assert parse_config(config).saes[0].layer == layer
+        assert hook_of(hook) == hook

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reason_plugins.spec import SpecError
+from reason_plugins.spec import SpecError, hook_layer
 
 ENV_VAR = "REASON_STEERING"
 CONFIG_KEY = "reason_steering"
 DEFAULT_MAX_SLOTS = 64
-_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class SaeSlot:
 
     @property
     def layer(self) -> int:
-        return int(_HOOK.match(self.hook).group(1))
+        return hook_layer(self.hook)
 
     @property
     def key(self) -> tuple:
@@ -80,7 +78,7 @@ def parse_config(raw) -> SteeringConfig:
         if not isinstance(entry, dict) or not isinstance(entry.get("sae"), str):
             raise SpecError(f"steering config saes[{i}] needs an 'sae' (release or path), got {entry!r}")
         hook = entry.get("hook")
-        if not isinstance(hook, str) or not _HOOK.match(hook):
+        if hook_layer(hook) is None:
             raise SpecError(f"steering config saes[{i}]: hook {hook!r} is not 'blocks.<layer>.hook_resid_post'")
         unknown = set(entry) - {"sae", "sae_id", "hook", "reconstruct"}
         if unknown:

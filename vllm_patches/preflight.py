@@ -13,15 +13,12 @@ steer``, ``reason-sae sweep`` and lm-eval's ``steered_vllm``.
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from pathlib import Path
 
 from reason_plugins.cli_args import UserError, looks_local
 from reason_plugins.files import read_json
-from reason_plugins.spec import check_feature_index, parse_steering
-
-_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+from reason_plugins.spec import check_feature_index, hook_layer, parse_steering
 
 
 def model_shape(model: str) -> dict:
@@ -87,10 +84,9 @@ def preflight(model: str, specs, *, force_hook: bool = False, max_edits: int = 1
     slots: dict[tuple, dict] = {}
     infos: dict[tuple, dict] = {}
     for spec in parsed:
-        m = _HOOK.match(spec.hook)
-        if not m:
+        layer = hook_layer(spec.hook)
+        if layer is None:
             raise UserError(f"hook {spec.hook!r} is not steerable in vLLM (expected 'blocks.<layer>.hook_resid_post')")
-        layer = int(m.group(1))
         if layer >= shape["num_hidden_layers"]:
             raise UserError(f"hook {spec.hook!r} is past the model's last layer (model {str(model)!r} has "
                             f"{shape['num_hidden_layers']} layers: blocks.0 .. blocks.{shape['num_hidden_layers'] - 1})")
