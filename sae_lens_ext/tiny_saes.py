@@ -7,9 +7,11 @@ from pathlib import Path
 
 from reason_plugins.tiny_models import atomic_dir, training_texts
 
+HOOK = "blocks.2.hook_resid_post"  # where the tiny SAEs are fitted (the tests' FIXTURE_HOOK)
+
 
 def build_saes(model_dir: str | Path, tokenizer_dir: str | Path, out_root: str | Path, *,
-               hook_name: str = "blocks.2.hook_resid_post", architectures=("standard", "topk", "jumprelu"),
+               hook_name: str = HOOK, architectures=("standard", "topk", "jumprelu"),
                d_sae: int = 256, training_tokens: int = 40_000, seed: int = 0) -> dict[str, Path]:
     """Tiny SAEs of SAELens's architectures fitted (with SAELens's own runner) to one layer of a
     fixture model. Returns ``{architecture: SAE directory}`` loadable with ``SAE.load_from_disk``."""

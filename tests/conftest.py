@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from reason_plugins import tiny_models  # noqa: E402
 from sae_lens_ext import tiny_saes  # noqa: E402
 
-FIXTURE_HOOK = "blocks.2.hook_resid_post"
+FIXTURE_HOOK = tiny_saes.HOOK
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reason_plugins.app.cli import main
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 
 SCRIPT = Path(sys.executable).parent / "reason-sae"
 

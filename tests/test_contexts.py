@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 
 
 def test_running_top_n_windows_and_token_counts():

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                                     reason="Chromium is not installed (scripts/setup.sh installs the Debian package)")

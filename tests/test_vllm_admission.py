@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from reason_plugins.spec import SpecError, parse_steering
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import engine_request, engine_step, steering_runtime
 
 HOOK3 = "blocks.3.hook_resid_post"

@@ -9,7 +9,7 @@ import torch
 
 from reason_plugins.spec import parse_steering
 from reason_plugins.steering import steer
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import engine_request, engine_step, fake_vllm_config_module, steering_runtime
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURE_HOOK
+from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import fake_vllm_config_module
 from vllm_patches import targets, wrapping
 
