@@ -55,16 +55,17 @@ class Timer:
 
 
 def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) -> Path:
-    """The demo SAE (SAELens's runner, the registered recipe), cached by its settings."""
+    """The demo SAE (SAELens's runner, the registered recipe), cached by its settings and the packing rule."""
     import hashlib
 
     from reason_plugins import __version__
     from reason_plugins.tiny_models import atomic_dir
+    from sae_lens_ext.token_data import PACKING_RULE
     from sae_lens_ext.training import champ_tokens_dataset, train_from_config
     from sae_lens_ext.training_configs import apply_overrides, get_config
 
     config = apply_overrides(get_config(RECIPE), {"training_tokens": int(sae_tokens), "seed": int(seed), "model_path": model_dir})
-    key = hashlib.sha256(json.dumps([__version__, config], sort_keys=True, default=str).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps([__version__, PACKING_RULE, config], sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def build(tmp: Path) -> None:
         from transformers import AutoTokenizer
