@@ -26,6 +26,7 @@ from pathlib import Path
 # Names the packing rule of the docstring in cache keys of data packed here (e.g. the real demo's SAE): change it with the rule.
 PACKING_RULE = "eos-closes-each-document/1"
 
+
 def load_data(data, split: str = "train"):
     """A ``datasets.Dataset`` from an instance, a saved dataset dir, a .json/.jsonl/.parquet file or a hub name."""
     import datasets
