@@ -13,8 +13,6 @@ import copy
 import re
 from pathlib import Path
 
-from reason_plugins.saes import load_sae  # noqa: F401
-
 RESID_HOOK = re.compile(r"blocks\.(\d+)\.hook_resid_(post|pre)")
 CHUNKABLE = ("standard", "jumprelu", "gated", "topk")  # encoders we can evaluate on a feature slice
 SPECIAL_IGNORES = ("bos", "eos", "pad")

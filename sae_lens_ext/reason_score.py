@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from reason_plugins.hookspecs import hookimpl
-from reason_plugins.saes import load_sae  # noqa: F401
+from reason_plugins.saes import load_sae
 from sae_lens_ext.activations import (  # noqa: F401  (part of this module's API)
     CHUNKABLE,
     RESID_HOOK,

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reason_plugins.saes import load_sae  # noqa: F401
-from sae_lens_ext.reason_score import PreparedRun, compute_reason_score  # noqa: F401
+from sae_lens_ext.reason_score import PreparedRun
 
 
 def write_outputs(result, out_dir, top_k: int = 20) -> dict[str, Path]:
