@@ -1,6 +1,7 @@
 """Argument checks shared by every ``reason-sae`` subcommand, run before any model, SAE, data or
 engine is touched: argparse ``type=`` functions for numeric bounds (the parser names the option,
-the value and what was expected), and path checks for outputs and inputs.
+the value and what was expected), their twin for the Python API (``check_int``), and path checks
+for outputs and inputs.
 
 ``UserError`` marks a refusal caused by what the user asked for; ``reason_plugins.app.cli`` prints it as
 one line and exits 2 (a traceback only with ``--debug``). Host-free: imports nothing heavy.
@@ -32,6 +33,16 @@ def int_at_least(low: int, high: int | None = None):
         return value
     parse.__name__ = f"int>={low}"
     return parse
+
+
+def check_int(name: str, value, low: int, *, optional: bool = False):
+    """``value`` when it is an int (not a bool) ``>= low``, or None when ``optional``; else a ``ValueError``
+    naming the argument: the library twin of ``int_at_least`` for keyword arguments."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} is invalid (expected {'None or ' if optional else ''}an int >= {low})")
+    return value
 
 
 def finite_float(low: float | None = None, *, strict: bool = False, high: float | None = None):

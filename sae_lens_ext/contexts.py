@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reason_plugins.cli_args import check_int
 from reason_plugins.files import write_text_atomic
 from sae_lens_ext.context_pages import context_text, html_table, markdown_table  # noqa: F401  (context_text re-exported: old path)
 from sae_lens_ext.context_stats import TopContexts  # re-exported too: old path
@@ -25,9 +26,9 @@ def top_contexts(model, sae, data, features, *, run: ScoredRun | None = None, n:
                  **open_kwargs) -> list[dict]:
     """Top-``n`` activating tokens (context ``window`` each side) of each feature, plus the tokens it
     fires on most often, over the first ``n_samples`` rows of ``data`` (packed as in scoring)."""
-    for name, value, low in (("n", n, 1), ("window", window, 0), ("batch_size", batch_size, 1), ("n_samples", n_samples, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name}={value!r} is invalid (expected an int >= {low})")
+    for name, value, low in (("n", n, 1), ("window", window, 0), ("batch_size", batch_size, 1)):
+        check_int(name, value, low)
+    check_int("n_samples", n_samples, 1, optional=True)
     acts = acts or FeatureActivations.open(model, sae, features, run=run, **open_kwargs)
     cfg = run.config if run else {}
     top = TopContexts(len(acts.features), len(acts.tokenizer), n, window)

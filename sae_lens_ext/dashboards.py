@@ -19,6 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from reason_plugins.cli_args import check_int
 from reason_plugins.figures import write_figure_atomic
 from reason_plugins.files import write_text_atomic
 from sae_lens_ext.dashboard_assets import ASSETS, CDN, make_offline, write_assets  # noqa: F401  (ASSETS, CDN re-exported: old path)
@@ -90,8 +91,7 @@ def render_dashboards(model, sae, data, features, out_dir, *, run=None, per_file
     cfg = run.config if run else {}
     sae = load_sae(sae, cfg.get("sae_id"), device)
     features = check_features(list(features), int(sae.cfg.d_sae))
-    if not isinstance(per_file, int) or per_file < 1:
-        raise ValueError(f"per_file must be a positive int, got {per_file!r}")
+    check_int("per_file", per_file, 1)
     hook = cfg.get("hook") or sae.cfg.metadata.hook_name
     ht = hooked_model(model, device)
     if hook not in ht.hook_dict:
@@ -133,8 +133,7 @@ def dashboard(scores_dir, out_dir, *, top_k: int = 100, features=None, model=Non
     from sae_lens_ext import plots
     from sae_lens_ext.scored_run import load_scored_run, run_inputs
 
-    if isinstance(per_file, bool) or not isinstance(per_file, int) or per_file < 1:
-        raise ValueError(f"per_file={per_file!r} is invalid (expected an int >= 1)")
+    check_int("per_file", per_file, 1)
     run = load_scored_run(scores_dir)
     model, sae, data = run_inputs(run, model, sae, data)
     feats = [r["feature"] for r in run.top(top_k)] if features is None else [int(f) for f in features]

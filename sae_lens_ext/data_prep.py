@@ -33,6 +33,7 @@ import random
 import re
 from pathlib import Path
 
+from reason_plugins.cli_args import check_int
 from sae_lens_ext.token_data import load_data, pack_texts
 
 THOUGHT = re.compile(r"<\|begin_of_thought\|>(.*?)<\|end_of_thought\|>", re.DOTALL)
@@ -185,10 +186,9 @@ def prepare(tokenizer, out_dir: str | Path, *, lmsys: list | None = None, openth
 
     if not lmsys and not openthoughts:
         raise ValueError("give at least one LMSYS or OpenThoughts input")
-    for name, value, low in (("context_size", context_size, 2), ("scoring_samples", scoring_samples, 0),
-                             ("max_tokens", max_tokens, context_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ValueError(f"{name}={value!r} is invalid (expected an int >= {low})")
+    check_int("context_size", context_size, 2)
+    check_int("scoring_samples", scoring_samples, 0, optional=True)
+    check_int("max_tokens", max_tokens, context_size, optional=True)
     parse_ratio(ratio)  # a bad ratio is refused before any file is read
     out_dir, rng = Path(out_dir), random.Random(seed)
     records = {"lmsys": _load_all(lmsys, "lmsys"), "openthoughts": _load_all(openthoughts, "openthoughts")}

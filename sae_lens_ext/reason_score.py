@@ -16,6 +16,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from reason_plugins.cli_args import check_int
 from reason_plugins.hookspecs import hookimpl
 from reason_plugins.saes import load_sae
 from sae_lens_ext.activations import (  # noqa: F401  (part of this module's API)
@@ -48,10 +49,7 @@ def _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, 
     for name, value, low in (("batch_size", batch_size, 1), ("n_samples", n_samples, 1), ("num_chunks", num_chunks, 1),
                              ("checkpoint_every", checkpoint_every, 1), ("feature_chunk_size", feature_chunk_size, 1),
                              ("context_size", context_size, 2)):
-        if value is None and name in ("n_samples", "feature_chunk_size", "context_size"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            bad(name, value, f"an int >= {low}")
+        check_int(name, value, low, optional=name in ("n_samples", "feature_chunk_size", "context_size"))
     if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or not 0 <= chunk_index < num_chunks:
         bad("chunk_index", chunk_index, f"an int in 0..{num_chunks - 1} (num_chunks={num_chunks})")
 

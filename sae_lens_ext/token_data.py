@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
+from reason_plugins.cli_args import check_int
+
 # Names the packing rule of the docstring in cache keys of data packed here (e.g. the real demo's SAE): change it with the rule.
 PACKING_RULE = "eos-closes-each-document/1"
 
@@ -68,8 +70,7 @@ def pack_documents(documents: Iterable[Sequence[int]], context_size: int, *, bos
     """Rows of ``context_size`` token ids from documents' token ids, by the rule in the module docstring.
     The arguments are checked now, not at the first row: ``context_size`` an int >= 2, a BOS id when
     ``prepend_bos``."""
-    if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 2:
-        raise ValueError(f"context_size={context_size!r} is invalid (expected an int >= 2)")
+    check_int("context_size", context_size, 2)
     if prepend_bos and bos_id is None:
         raise ValueError("prepend_bos=True but the tokenizer has no BOS token (bos_token_id is None); "
                          "pass prepend_bos=False or use a tokenizer with a BOS token")
@@ -96,10 +97,8 @@ def pack_texts(texts: Iterable[str], tokenizer, context_size: int, *, prepend_bo
     """``texts`` tokenised in batches of ``batch_size`` (no special tokens added) and packed by
     ``pack_documents`` with the tokenizer's BOS/EOS; at most ``max_rows`` rows (texts past the last
     row needed are not tokenised); a tqdm bar over the batches when ``progress``."""
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
-        raise ValueError(f"max_rows={max_rows!r} is invalid (expected None or an int >= 0)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid (expected an int >= 1)")
+    check_int("max_rows", max_rows, 0, optional=True)
+    check_int("batch_size", batch_size, 1)
     rows = pack_documents(_tokenised(texts, tokenizer, batch_size, progress, desc), context_size,
                           bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, prepend_bos=prepend_bos)
     return rows if max_rows is None else islice(rows, max_rows)

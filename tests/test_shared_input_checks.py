@@ -113,3 +113,19 @@ def test_one_steerable_hook_form(hook, layer):
         assert parse_spec(spec).layer == layer
         assert parse_config(config).saes[0].layer == layer
         assert hook_of(hook) == hook
+
+
+@pytest.mark.parametrize("value, optional, ok", [(3, False, True), (2, False, True), (1, False, False), (True, False, False),
+                                                 (2.0, False, False), (None, False, False), (None, True, True), (-1, True, False)])
+def test_check_int_is_the_one_keyword_int_check(value, optional, ok):
+    """``cli_args.check_int``: the int bound of the Python API (token packing, contexts, data prep,
+    dashboards, ReasonScore options), one message naming the argument, the value and the bound."""
+    from reason_plugins.cli_args import check_int
+
+    if ok:
+        assert check_int("rows", value, 2, optional=optional) == value
+    else:
+        expected = "None or an int >= 2" if optional else "an int >= 2"
+        with pytest.raises(ValueError) as info:
+            check_int("rows", value, 2, optional=optional)
+        assert str(info.value) == f"rows={value!r} is invalid (expected {expected})"
