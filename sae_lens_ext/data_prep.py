@@ -21,8 +21,9 @@ Formatting (what the paper's data looks like to the model):
 Packing: the documents of one source (shuffled with ``seed``) are packed by the one rule stated in
 ``token_data`` with ``prepend_bos=False`` (train with ``prepend_bos=False``, as the paper did): tokenised
 without extra special tokens (the template carries BOS/EOS; a render that already ends with EOS gets
-none added — only an LMSYS conversation whose last turn is the user's gets one EOS closing it), concatenated and cut into ``context_size`` rows, the remainder dropped
-(the reference's ``tokenize_and_concatenate`` without BOS). Mixing draws whole rows per source in the given ratio.
+none added, so only an LMSYS conversation whose last turn is the user's gets one EOS closing it),
+concatenated and cut into ``context_size`` rows, the remainder dropped (the reference's
+``tokenize_and_concatenate`` without BOS). Mixing draws whole rows per source in the given ratio.
 The scoring subset is held out: its documents never reach the training rows.
 """
 
