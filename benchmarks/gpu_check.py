@@ -138,8 +138,8 @@ def reason_score_scale(cfg: dict, layer: int, d_sae: int, n_rows: int, length: i
     from sae_lens import StandardSAE, StandardSAEConfig
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sae_lens_ext.activations import ActivationSource
-    from sae_lens_ext.reason_score import compute_reason_score
+    from sae_lens_ext.inputs.activations import ActivationSource
+    from sae_lens_ext.reason_score.run import compute_reason_score
 
     tokenizer = _tokenizer(cache)
     hook = f"blocks.{layer}.hook_resid_post"

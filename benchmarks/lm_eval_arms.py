@@ -35,7 +35,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 def fixtures(root: Path) -> tuple[Path, Path]:
     from reason_plugins import tiny_models
-    from sae_lens_ext import tiny_saes
+    from sae_lens_ext.training import tiny_saes
 
     tok = tiny_models.build_tokenizer(root / "tokenizer")
     model = tiny_models.build_model(root / "llama", tok, family="llama")
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
 
-    from lm_eval_tasks.arms import arms_file_dict, parse_arms
+    from lm_eval_tasks.arms.formats import arms_file_dict, parse_arms
     from lm_eval_tasks.run_arms import run_arms_eval
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="arms_bench_"))

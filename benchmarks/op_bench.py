@@ -94,7 +94,7 @@ def decoder_layer(shape: dict, tokens: int, dtype, device, seed: int = 0):
 
 def make_op(d: int, slots: int, tokens: int, dtype, device, *, fused: bool = False, sae=None, max_requests: int = 256):
     """A steering op with a catalogue of ``slots`` feature rows over ``tokens`` token rows."""
-    from vllm_patches.op import SteeringOp
+    from vllm_patches.engine.op import SteeringOp
 
     return SteeringOp(d, slots, tokens, max_requests, dtype, device, sae=sae, prefer_fused=fused)
 

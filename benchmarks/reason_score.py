@@ -39,7 +39,7 @@ def build(cache: Path, d_sae: int, rows: int):
     from transformers import AutoTokenizer
 
     from reason_plugins import tiny_models
-    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.inputs.token_data import tokens_dataset
 
     tok_dir = tiny_models.build_tokenizer(cache / "tokenizer")
     model_dir = tiny_models.build_model(cache / "llama", tok_dir)
@@ -142,7 +142,7 @@ def memory_probe(cache: str, d_sae: int, rows: int) -> dict:
     """Peak RSS above the pre-run RSS of one of our runs over ``rows`` rows streamed from a dataset."""
     from datasets import Dataset
 
-    from sae_lens_ext.reason_score import compute_reason_score
+    from sae_lens_ext.reason_score.run import compute_reason_score
 
     model_dir, tokenizer, sae, tokens = build(Path(cache), d_sae, rows)
     ds = Dataset.from_dict({"tokens": tokens.tolist()})
@@ -181,7 +181,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from reason_plugins.vocabulary import resolve_vocabulary
-    from sae_lens_ext.reason_score import compute_reason_score
+    from sae_lens_ext.reason_score.run import compute_reason_score
 
     torch.set_num_threads(os.cpu_count() or 1)
     model_dir, tokenizer, sae, tokens = build(Path(args.cache), args.d_sae, args.rows)

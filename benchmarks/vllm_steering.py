@@ -92,8 +92,8 @@ def child(args) -> None:
 
 def _clock_plugin() -> dict:
     """Wrap the plugin's per-step methods with timers (the engine runs in this process)."""
-    from vllm_patches.op import SteeringOp
-    from vllm_patches.runtime import SteeringRuntime
+    from vllm_patches.engine.op import SteeringOp
+    from vllm_patches.engine.runtime import SteeringRuntime
 
     clock = {"update": [], "op": []}
 
@@ -140,7 +140,7 @@ def main() -> None:
         child(args)
         return
     from reason_plugins import tiny_models
-    from sae_lens_ext import tiny_saes
+    from sae_lens_ext.training import tiny_saes
 
     root = Path(tempfile.mkdtemp(prefix="vllm_bench_"))
     tok = tiny_models.build_tokenizer(root / "tok")
@@ -197,7 +197,7 @@ def op_cost_in_compiled_graph(tokens: int, step_us: float | None, d_model: int =
     the same function with and without the op, torch.compile'd as vLLM does (dynamic shapes)."""
     import torch
 
-    from vllm_patches.op import SteeringOp
+    from vllm_patches.engine.op import SteeringOp
 
     def per_call_us(fn, *inputs) -> float:
         for _ in range(100):

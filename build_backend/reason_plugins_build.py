@@ -3,7 +3,7 @@
 The ``.pth`` (``reason_plugins.pth`` beside this file) arms, at every interpreter start and at next to
 no cost, the registrations that make an install usable with nothing of ours imported: ``steered_vllm``
 in lm-eval's model registry (``lm_eval_tasks.autoload``), the DeepSeek-R1-Distill names in
-TransformerLens and our releases in SAELens (``sae_lens_ext.autoload``).
+TransformerLens and our releases in SAELens (``sae_lens_ext.loading.autoload``).
 
 A ``.pth`` file only runs from the root of a site directory. setuptools cannot put one there:
 ``data-files`` land under the install prefix, and editable (PEP 660) wheels skip data files and

@@ -29,13 +29,13 @@ TASK = "tiny_arith"
 def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | None = None, n_problems: int | None = 24,
                   limit: int | None = None, max_gen_toks: int = 192, enforce_eager: bool = True, single_arms: bool = False,
                   gen_kwargs: str | None = None, max_model_len: int = 1024, timeout: float = 1800, n_boot: int = 10_000) -> dict:
-    """Every arm of ``arms`` (anything ``arms.parse_arms`` takes) on ``task``, in one engine and one run.
+    """Every arm of ``arms`` (anything ``arms.formats.parse_arms`` takes) on ``task``, in one engine and one run.
 
     Writes under ``out_dir``: ``arms.json`` (the resolved arms), ``run/`` (lm-eval results + samples,
     ``<task>@<arm>``), ``single/<arm>/`` with ``single_arms``, ``compare.png`` (forest plot), ``compare.json``,
     ``compare.md``, ``compare_dose.png`` for sweeps, ``arms_eval.json`` (the summary returned)."""
-    from lm_eval_tasks.arms import arms_file_dict, parse_arms
-    from lm_eval_tasks.comparison import compare_arms, load_arms, write_outputs
+    from lm_eval_tasks.arms.formats import arms_file_dict, parse_arms
+    from lm_eval_tasks.comparison.compare import compare_arms, load_arms, write_outputs
     from reason_plugins.files import write_json_atomic
 
     out = Path(out_dir)
@@ -80,7 +80,7 @@ def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out
                   sae_id: str | None = None, method: str | None = None, n_problems: int = 24, max_gen_toks: int = 192,
                   enforce_eager: bool = True, timeout: float = 900, task: str = TASK) -> dict:
     """Baseline vs one steered arm (``feature`` := ``value``) as one two-arm run; the older summary keys."""
-    from lm_eval_tasks.arms import _method
+    from lm_eval_tasks.arms.formats import _method
 
     method = method or _method(str(sae_dir), sae_id)
     spec = {"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "method": method,
@@ -111,7 +111,7 @@ def _child(job: dict) -> None:
     from lm_eval.tasks import TaskManager
 
     from lm_eval_tasks import TASKS_DIR
-    from lm_eval_tasks.arm_eval import split_task_name
+    from lm_eval_tasks.arms.evaluate import split_task_name
     from lm_eval_tasks.steered_vllm import SteeredVLLM, _empty_summary
     from reason_plugins.files import write_json_atomic
 

@@ -7,9 +7,9 @@ A subclass of ``lm_eval.models.vllm_causallms.VLLM`` that changes two things onl
 - every ``SamplingParams`` the parent builds (generation and log-likelihood alike) is copied with
   ``extra_args={"steering": specs}``; the plugin validates each request and steers it in-engine.
 
-With ``arms=`` (``lm_eval_tasks/arms.py``: an arms file, a sweep, a JSON-lines or CSV file) every task
+With ``arms=`` (``lm_eval_tasks/arms/formats.py``: an arms file, a sweep, a JSON-lines or CSV file) every task
 is evaluated once per arm in the same engine and the same batches (``<task>@<arm>`` results, see
-``arm_eval.py``): each request carries its own arm's steering, the engine is configured once with
+``arms/evaluate.py``): each request carries its own arm's steering, the engine is configured once with
 every SAE the arms need, and the plugin's report is checked per arm (a steered arm's request that
 ran unsteered fails the run, naming the arm). ``--batch_size auto`` sends each request type to the
 engine in one ``generate`` call.
@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 from lm_eval.models.vllm_causallms import VLLM
 
-from lm_eval_tasks.arms import Arm, parse_arms
+from lm_eval_tasks.arms.formats import Arm, parse_arms
 from lm_eval_tasks.steer_args import REFERENCE_ARGS, engine_saes, steering_from_args
 from reason_plugins.spec import SpecError
 from vllm_patches.preflight import preflight
@@ -61,7 +61,7 @@ class SteeredVLLM(VLLM):
             self.arms = parse_arms(arms, defaults=args)
             specs = [s for arm in self.arms for s in arm.specs]
             self.arm_summary = {a.name: _empty_summary() for a in self.arms if a.specs}
-            from lm_eval_tasks import arm_eval
+            from lm_eval_tasks.arms import evaluate as arm_eval
 
             arm_eval.install()
             logger.info("steered_vllm: %d arms %s", len(self.arms), [a.name for a in self.arms])

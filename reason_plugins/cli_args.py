@@ -84,20 +84,35 @@ def float_list(text: str) -> list[float]:
 
 # ---------------------------------------------------------------- paths
 def check_out_dir(path, option: str = "--out") -> Path:
-    """An output directory that can be created or written: not an existing file, and its nearest
-    existing ancestor writable. Creates nothing."""
+    """An output directory that can be created and written, proved the only sure way: the missing
+    directories are made and a probe file is written there, then everything made is removed again,
+    so a refusal that comes later still leaves nothing behind. (Permission bits lie: root may
+    "write" to ``/proc``, where nothing can be created.)"""
+    import tempfile
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {str(path)!r} is an existing file (expected a directory to write into)")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    made, probe = [], path
+    while not probe.exists() and probe.parent != probe:
+        made.append(probe)
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise UserError(f"{option} {str(path)!r}: {str(probe)!r} is a file, so the directory cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {str(path)!r} is not writable ({str(probe)!r} denies writing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".reason-sae-probe-", dir=path)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        verb = "created" if made and not made[-1].exists() else "written"
+        raise UserError(f"{option} {str(path)!r} cannot be {verb} ({exc.strerror or exc})") from None
+    finally:
+        for made_dir in made:  # deepest first
+            try:
+                made_dir.rmdir()
+            except OSError:
+                pass
     return path
 
 

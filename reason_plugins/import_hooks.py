@@ -2,7 +2,7 @@
 
 TransformerLens and SAELens keep their model names, config conversion and pretrained-SAE
 directory in module-level registries and offer no plugin hook to extend them. Our registrations
-(``sae_lens_ext.deepseek``, ``sae_lens_ext.releases``) must therefore touch those modules — but
+(``sae_lens_ext.loading.deepseek``, ``sae_lens_ext.loading.releases``) must therefore touch those modules — but
 importing TransformerLens costs ~10 s, far too much for ``reason_plugins.get_plugin_manager()``.
 So registration is deferred: if the host module is already imported the callback runs now,
 otherwise a ``sys.meta_path`` finder runs it right after the module's own code has executed,

@@ -1,7 +1,7 @@
 """Tiny, deterministic, offline stand-ins for the real things: a BPE tokenizer with R1's chat
 template and ``<think>`` tokens, Llama / Qwen2 causal LMs (head_dim 32 so vLLM's CPU backend
 accepts them) and an optional short LM training run on the synthetic corpus. (Tiny SAEs fitted to
-them: ``sae_lens_ext.tiny_saes``.)
+them: ``sae_lens_ext.training.tiny_saes``.)
 
 Used by the tests (built once per session under a temp dir) and by the embedded demo (cached).
 """

@@ -1,4 +1,4 @@
-"""Check the plugin's vLLM patch targets (``vllm_patches/targets.py``) against a vLLM release's
+"""Check the plugin's vLLM patch targets (``vllm_patches/patching/targets.py``) against a vLLM release's
 source, without installing or importing it: a maintainer's tool for deciding whether a new vLLM
 can be added to ``SUPPORTED_VLLM``.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a plain checkout
 
-from vllm_patches.targets import SUPPORTED_VLLM, TARGETS, check_source  # noqa: E402
+from vllm_patches.patching.targets import SUPPORTED_VLLM, TARGETS, check_source  # noqa: E402
 
 
 def _paths(module: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from reason_plugins import tiny_models  # noqa: E402
-from sae_lens_ext import tiny_saes  # noqa: E402
+from sae_lens_ext.training import tiny_saes  # noqa: E402
 
 FIXTURE_HOOK = tiny_saes.HOOK
 
@@ -95,7 +95,7 @@ def scored_data(tmp_path_factory, llama_dir):
 @pytest.fixture(scope="session")
 def scored_run(tmp_path_factory, llama_dir, sae_dirs, scored_data):
     """score_to_dir on paths (so run_config can reopen model, SAE and data): 48 rows of 64 tokens."""
-    from sae_lens_ext.score_outputs import score_to_dir
+    from sae_lens_ext.reason_score.outputs import score_to_dir
 
     out = tmp_path_factory.mktemp("views_scores")
     score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(scored_data), out, top_k=10, ignore_tokens=["bos", "eos"],

@@ -1,6 +1,6 @@
 """Installed means registered: in a fresh interpreter that imports nothing of ours, the DeepSeek-R1-Distill
 names resolve in TransformerLens and our releases in SAELens (armed by the installed ``.pth`` through
-``sae_lens_ext.autoload``), and arming them costs next to nothing at interpreter start."""
+``sae_lens_ext.loading.autoload``), and arming them costs next to nothing at interpreter start."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import re
 import subprocess
 import sys
 
-from sae_lens_ext.deepseek import DEEPSEEK_MODELS
-from sae_lens_ext.releases import RELEASES
+from sae_lens_ext.loading.deepseek import DEEPSEEK_MODELS
+from sae_lens_ext.loading.releases import RELEASES
 
 OURS = ("reason_plugins", "sae_lens_ext", "lm_eval_tasks", "vllm_patches")
-PTH_MODULES = ("lm_eval_tasks.autoload", "sae_lens_ext.autoload", "vllm_patches.dist_alias")  # our .pth's lines
+PTH_MODULES = ("lm_eval_tasks.autoload", "sae_lens_ext.loading.autoload", "vllm_patches.dist_alias")  # our .pth's lines
 
 
 def _fresh(code: str) -> str:
@@ -29,7 +29,7 @@ def test_transformer_lens_knows_the_distill_names_with_no_import_of_ours():
             f"print(all(n in lp.OFFICIAL_MODEL_NAMES for n in {sorted(DEEPSEEK_MODELS)!r}))\n"
             "print(lp.get_official_model_name('DeepSeek-R1-Distill-Llama-8B'))\n")
     imported, listed, official = _fresh(code).strip().splitlines()
-    assert imported == "['sae_lens_ext.deepseek']"  # registered by the post-import hook, not by the script
+    assert imported == "['sae_lens_ext.loading.deepseek']"  # registered by the post-import hook, not by the script
     assert listed == "True"
     assert official == "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"  # alias lookup (what from_pretrained does first)
 

@@ -22,6 +22,15 @@ def test_help_lists_every_subcommand():
         assert re.search(rf"^\s+{re.escape(name)}\s+{re.escape(help_text[:30])}", out, re.M), f"{name!r} not listed:\n{out}"
 
 
+def test_help_describes_the_demo_as_it_runs_by_default():
+    """The default demo is the packaged real model over CHAMP text, and the listing says so."""
+    out = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    demo_line = next(line for line in out.splitlines() if re.match(r"^\s+demo\s", line))
+    assert "SmolLM2-135M-Instruct" in demo_line and "CHAMP" in demo_line, demo_line
+    assert "embedded tiny" not in out
+
+
 def test_plugins_lists_the_paper_vocabulary():
     out = subprocess.run([str(SCRIPT), "plugins", "--json"], capture_output=True, text=True, check=True).stdout
     assert "paper" in json.loads(out)["vocabulary"]

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from reason_plugins.app.cli import main
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 SCRIPT = Path(sys.executable).parent / "reason-sae"
+UNCREATABLE = "/proc/reason-sae-test/out"  # mkdir fails there, even as root
 
 
 class StartedWork(BaseException):
@@ -160,6 +161,20 @@ CASES = [
                                          "--out", e["file"]], "is an existing file", False),
     ("sweep max-tokens 0", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,2",
                                       "--out", e["out"], "--max-tokens", "0"], "got '0'", False),
+    # ---- an output path that cannot be created (root may "write" to /proc, where mkdir fails): refused first
+    *[(f"{cmd} --out under /proc", argv, "cannot be created", False) for cmd, argv in (
+        ("score", lambda e: S(e) + ["--out", UNCREATABLE]),
+        ("score --merge", lambda e: ["score", "--merge", e["run"], e["run"], "--out", UNCREATABLE]),
+        ("contexts", lambda e: ["contexts", "--scores", e["run"], "--out", UNCREATABLE]),
+        ("control", lambda e: ["control", "--scores", e["run"], "--out", UNCREATABLE]),
+        ("dashboard", lambda e: ["dashboard", "--scores", e["run"], "--out", UNCREATABLE]),
+        ("diff", lambda e: ["diff", "--scores", e["run"], "--dataset-b", e["jsonl"], "--out", UNCREATABLE]),
+        ("data", lambda e: ["data", "--tokenizer", e["tok"], "--openthoughts", e["jsonl"], "--out", UNCREATABLE]),
+        ("train", lambda e: ["train", "--config", "tiny", "--out", UNCREATABLE]),
+        ("sweep", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,2", "--out", UNCREATABLE]),
+        ("demo", lambda e: ["demo", "--model", "tiny", "--out", UNCREATABLE]),
+        ("compare", lambda e: ["compare", e["root"], "--out", UNCREATABLE + "/plot.png"]),
+    )],
     # ---- compare
     ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
     ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),
@@ -178,8 +193,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, env, capsys, monk
         def started(*a, **k):
             raise StartedWork(f"{name}: work started before the refusal")
 
-        import sae_lens_ext.activations as activations
-        import sae_lens_ext.reason_score as rs
+        import sae_lens_ext.inputs.activations as activations
+        import sae_lens_ext.reason_score.run as rs
         import vllm_patches.llm as llm
 
         monkeypatch.setattr(rs, "load_model", started)  # the score run's own reference

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from reason_plugins.app.cli import main
-from sae_lens_ext import reason_score as rs
+from sae_lens_ext.reason_score.outputs import score_to_dir
+from sae_lens_ext.reason_score.run import compute_reason_score
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_merge_refuses_shards_of_different_saes(llama_dir, sae_dirs, other_sae, 
 def test_resume_refuses_another_sae_and_overwrite_equals_clean(llama_dir, sae_dirs, other_sae, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        rs.score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data_dir), out, n_samples=6, batch_size=2,
+        score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data_dir), out, n_samples=6, batch_size=2,
                         seed=42, ignore_tokens=["bos", "eos"], progress=False, checkpoint_every=1, _interrupt_after=1)
     assert (out / "checkpoint.safetensors").is_file()
     capsys.readouterr()
@@ -97,7 +98,7 @@ def test_resume_refuses_another_sae_and_overwrite_equals_clean(llama_dir, sae_di
 def test_same_run_resumes_and_says_so(llama_dir, sae_dirs, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        rs.score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data_dir), out, n_samples=6, batch_size=2,
+        score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data_dir), out, n_samples=6, batch_size=2,
                         seed=42, ignore_tokens=["bos", "eos"], progress=False, checkpoint_every=1, _interrupt_after=1, top_k=5)
     capsys.readouterr()
     assert main(base(llama_dir, sae_dirs["standard"], data_dir) + ["--out", str(out)]) == 0
@@ -119,7 +120,7 @@ def test_scores_alone_reopens_runs_from_paths_and_from_memory(llama_dir, sae_dir
     assert cfg["model"] == str(llama_dir) and cfg["sae"] == str(sae_dirs["standard"].resolve()) and cfg["data"] == str(data_dir)
     in_memory = tmp_path / "memory"
     sae = SAE.load_from_disk(str(sae_dirs["standard"]))  # an object with no path we know of
-    rs.score_to_dir(str(llama_dir), sae, rows, in_memory, top_k=5, progress=False, batch_size=2)
+    score_to_dir(str(llama_dir), sae, rows, in_memory, top_k=5, progress=False, batch_size=2)
     cfg = json.loads((in_memory / "run_config.json").read_text())
     assert cfg["data"] == str((in_memory / "data").resolve()) and cfg["sae"] == str((in_memory / "sae").resolve())
     for run in (from_paths, in_memory):
@@ -128,6 +129,6 @@ def test_scores_alone_reopens_runs_from_paths_and_from_memory(llama_dir, sae_dir
                      str(run / "ctx"), "--no-progress"]) == 0, capsys.readouterr().err
         assert (run / "ctx" / "contexts.jsonl").is_file()
     # the saved rows are the rows that were scored: rescoring them from the run dir gives the same numbers
-    again = rs.compute_reason_score(str(llama_dir), str(in_memory / "sae"), str(in_memory / "data"), progress=False, batch_size=2)
-    first = rs.compute_reason_score(str(llama_dir), sae, rows, progress=False, batch_size=2)
+    again = compute_reason_score(str(llama_dir), str(in_memory / "sae"), str(in_memory / "data"), progress=False, batch_size=2)
+    first = compute_reason_score(str(llama_dir), sae, rows, progress=False, batch_size=2)
     assert torch.allclose(again.scores, first.scores, rtol=1e-12, atol=0)

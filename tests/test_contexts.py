@@ -10,11 +10,11 @@ import json
 import pytest
 import torch
 
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 
 def test_running_top_n_windows_and_token_counts():
-    from sae_lens_ext.context_stats import TopContexts
+    from sae_lens_ext.views.context_stats import TopContexts
 
     class Tok:
         def decode(self, ids):
@@ -55,9 +55,9 @@ def _folded_acts(llama_dir, sae_dir, rows, layer):
 def test_contexts_match_an_independent_computation(scored_run, llama_dir, sae_dirs, scored_data):
     from transformers import AutoTokenizer
 
-    from sae_lens_ext.contexts import top_contexts
-    from sae_lens_ext.scored_run import load_scored_run, run_inputs
-    from sae_lens_ext.token_data import token_batches
+    from sae_lens_ext.inputs.token_data import token_batches
+    from sae_lens_ext.views.contexts import top_contexts
+    from sae_lens_ext.views.scored_run import load_scored_run, run_inputs
 
     run = load_scored_run(scored_run)
     model, sae, data = run_inputs(run)
@@ -89,8 +89,8 @@ def test_sparsify_ksae_reads_the_mlp_output(tmp_path, llama_dir, scored_data):
     assert D_IN == 128, "the sparsify folder must match the Llama fixture's width (d_model 128)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sae_lens_ext.contexts import top_contexts
-    from sae_lens_ext.token_data import token_batches
+    from sae_lens_ext.inputs.token_data import token_batches
+    from sae_lens_ext.views.contexts import top_contexts
 
     w = write_sparsify_folder(tmp_path / "layers.1.mlp")
     rows = top_contexts(str(llama_dir), str(tmp_path / "layers.1.mlp"), str(scored_data), [0, 3], n=3, window=2,

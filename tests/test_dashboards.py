@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                                     reason="Chromium is not installed (scripts/setup.sh installs the Debian package)")
@@ -19,8 +19,8 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and shutil.
 def test_hooked_model_sees_what_scoring_saw(llama_dir):
     """The HookedTransformer SAEDashboard runs on gives the same activations at the SAE's hook as
     the HF path ReasonScore uses."""
-    from sae_lens_ext.activations import ActivationSource, load_model
-    from sae_lens_ext.dashboards import hooked_model
+    from sae_lens_ext.inputs.activations import ActivationSource, load_model
+    from sae_lens_ext.views.dashboards import hooked_model
 
     tokens = torch.randint(10, 500, (2, 24), generator=torch.Generator().manual_seed(0))
     ht = hooked_model(str(llama_dir))
@@ -33,7 +33,7 @@ def test_hooked_model_sees_what_scoring_saw(llama_dir):
 
 
 def test_make_offline_rewrites_cdn_scripts(tmp_path):
-    from sae_lens_ext.dashboard_assets import make_offline
+    from sae_lens_ext.views.dashboard_assets import make_offline
 
     page = ('<div></div><script src="https://d3js.org/d3.v6.min.js"></script>\n<script src="https://cdn.plot.ly/plotly-latest.min.js">'
             '</script><script>const START_KEY = "7";</script>')
@@ -49,8 +49,8 @@ def test_make_offline_rewrites_cdn_scripts(tmp_path):
 @needs_chromium
 def test_demo_views_draw_offline(scored_run, llama_dir, sae_dirs, tmp_path):
     from reason_plugins.app.demo_views import demo_views
-    from sae_lens_ext.headless_browser import chromium_dom, drawn_panels
-    from sae_lens_ext.scored_run import load_scored_run
+    from sae_lens_ext.views.headless_browser import chromium_dom, drawn_panels
+    from sae_lens_ext.views.scored_run import load_scored_run
 
     features = [r["feature"] for r in load_scored_run(scored_run).top(3)]
     paths = demo_views(llama_dir, sae_dirs["standard"], scored_run, tmp_path, features, n_samples=16)
@@ -93,8 +93,8 @@ def test_cli_dashboard_with_check(scored_run, tmp_path, capsys):
 
 
 def test_bad_inputs_fail_clearly(scored_run, tmp_path):
-    from sae_lens_ext.dashboards import dashboard
-    from sae_lens_ext.scored_run import ScoredRun, load_scored_run, run_inputs
+    from sae_lens_ext.views.dashboards import dashboard
+    from sae_lens_ext.views.scored_run import ScoredRun, load_scored_run, run_inputs
 
     with pytest.raises(FileNotFoundError, match="not a ReasonScore output directory"):
         dashboard(tmp_path, tmp_path / "out")
@@ -109,7 +109,7 @@ def test_bad_inputs_fail_clearly(scored_run, tmp_path):
 def test_dashboard_sae_is_a_copy_and_topk_is_left_unfolded(sae_dirs):
     from sae_lens import SAE
 
-    from sae_lens_ext.dashboards import _dashboard_sae
+    from sae_lens_ext.views.dashboards import _dashboard_sae
 
     for arch in ("standard", "topk"):
         sae = SAE.load_from_disk(str(sae_dirs[arch]))

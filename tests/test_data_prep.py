@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reason_plugins.corpus import reasoning_examples
-from sae_lens_ext import data_prep
+from sae_lens_ext.training import data_prep
 from tests.support.records import OT_SYSTEM, lmsys_records, openthoughts_records
 
 

@@ -67,7 +67,7 @@ def test_hooked_transformer_loads_deepseek_name_with_hf_logits(name, family, lla
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import sae_lens_ext.deepseek  # noqa: F401  (the registration)
+    import sae_lens_ext.loading.deepseek  # noqa: F401  (the registration)
 
     model_dir = llama3_dir if family == "llama" else qwen_dir
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
@@ -88,7 +88,7 @@ def test_hooked_transformer_loads_deepseek_name_with_hf_logits(name, family, lla
 def test_llama_rope_scaling_is_carried_and_matters(llama3_dir, tokenizer_dir, tmp_path, tokens):
     from transformers import AutoConfig
 
-    from sae_lens_ext.deepseek import load_hooked_transformer, tl_config_from_hf
+    from sae_lens_ext.loading.deepseek import load_hooked_transformer, tl_config_from_hf
 
     cfg = tl_config_from_hf(LLAMA_NAME, AutoConfig.from_pretrained(str(llama3_dir)))
     assert cfg["use_NTK_by_parts_rope"] and cfg["NTK_by_parts_factor"] == 8.0 and cfg["NTK_original_ctx_len"] == 64
@@ -108,7 +108,7 @@ def test_registration_is_visible_and_idempotent():
     from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
 
     from reason_plugins.manager import registry
-    from sae_lens_ext import deepseek
+    from sae_lens_ext.loading import deepseek
 
     deepseek.register()
     deepseek._patch(loading)  # twice more: still one entry each
@@ -125,7 +125,7 @@ def test_registration_is_visible_and_idempotent():
 def test_conversion_refuses_what_it_cannot_represent(qwen_dir):
     from transformers import AutoConfig
 
-    from sae_lens_ext.deepseek import tl_config_from_hf
+    from sae_lens_ext.loading.deepseek import tl_config_from_hf
 
     hf = AutoConfig.from_pretrained(str(qwen_dir)).to_dict()
     with pytest.raises(ValueError, match="should be a LlamaForCausalLM"):
@@ -139,7 +139,7 @@ def test_transformer_bridge_under_deepseek_name(name, family, llama3_dir, qwen_d
     import json
     from importlib.resources import files
 
-    from sae_lens_ext.deepseek import load_bridge
+    from sae_lens_ext.loading.deepseek import load_bridge
 
     registry = json.loads(files("transformer_lens").joinpath("tools/model_registry/data/supported_models.json").read_text())
     listed = {m["model_id"] for m in registry["models"]} if isinstance(registry, dict) else {m["model_id"] for m in registry}

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from reason_plugins import tiny_models
 from reason_plugins.corpus import corpus_texts, reasoning_examples, render_trace
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 
 def test_corpus_is_deterministic_r1_style():

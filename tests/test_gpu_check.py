@@ -52,7 +52,7 @@ def test_quick_kit_runs_and_its_checks_pass(gpu_check, tmp_path, capsys):
 def test_graph_parity_catches_a_wrong_op(gpu_check, monkeypatch):
     """An op whose arithmetic is off (the feature gate ignored) agrees with itself eagerly, but not
     with the float64 recomputation from its buffers: the check reports it."""
-    import vllm_patches.op as op_module
+    import vllm_patches.engine.op as op_module
 
     def ungated(x, enc_t, bias, gate, dec, edit_a, edit_b):
         return torch.addcmul(edit_b, torch.addmm(bias, x, enc_t), edit_a) @ dec

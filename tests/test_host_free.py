@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 
 HOSTS = ("sae_lens", "transformer_lens", "transformers", "datasets", "vllm", "lm_eval")
-HOST_FREE = ("sae_lens_ext.reason_score_math", "sae_lens_ext.context_stats", "sae_lens_ext.control_stats",
-             "sae_lens_ext.diff_stats", "lm_eval_tasks.stats", "reason_plugins.steering")
+HOST_FREE = ("sae_lens_ext.reason_score.metric", "sae_lens_ext.views.context_stats", "sae_lens_ext.views.control_stats",
+             "sae_lens_ext.views.diff_stats", "lm_eval_tasks.comparison.stats", "reason_plugins.steering")
 
 _PROBE = """
 import importlib, json, sys
@@ -41,7 +41,7 @@ def test_host_free_modules_import_no_host():
 
 def test_the_probe_sees_a_host_when_one_is_imported():
     # lm_eval is the cheapest host to import; the probe must report it (else the test above proves nothing)
-    assert _leaked_hosts(["sae_lens_ext.diff_stats", "lm_eval"]) == {"sae_lens_ext.diff_stats": [], "lm_eval": ["lm_eval"]}
+    assert _leaked_hosts(["sae_lens_ext.views.diff_stats", "lm_eval"]) == {"sae_lens_ext.views.diff_stats": [], "lm_eval": ["lm_eval"]}
 
 
 def test_import_linter_contract_lists_the_same_modules_and_hosts():

@@ -20,7 +20,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 # -- arms formats -----------------------------------------------------------------------------
 def test_arms_list_sweep_and_reference_triple(sae_dirs, tmp_path):
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
 
     std = str(sae_dirs["standard"])
     spec = {"sae": std, "hook": HOOK, "edits": [{"feature": 5, "mode": "set", "value": 3.0}]}
@@ -47,7 +47,7 @@ def test_arms_list_sweep_and_reference_triple(sae_dirs, tmp_path):
 
 
 def test_arms_from_jsonl_and_lm_eval_csv_rows(sae_dirs, layer_saes, tmp_path):
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
     from lm_eval_tasks.steer_args import csv_specs
 
     std = str(sae_dirs["standard"])
@@ -82,14 +82,14 @@ def test_arms_from_jsonl_and_lm_eval_csv_rows(sae_dirs, layer_saes, tmp_path):
     ("no_such_file.json", "neither a file nor inline JSON"),
 ])
 def test_arms_errors_name_the_bad_value(value, match):
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
 
     with pytest.raises(SpecError, match=match):
         parse_arms(value)
 
 
 def test_sweep_without_a_max_activation_for_a_feature(sae_dirs):
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
 
     with pytest.raises(SpecError, match="no value for feature 9"):
         parse_arms({"sweep": {"sae": str(sae_dirs["standard"]), "features": [5, 9], "strengths": [1], "max_activation": {"5": 1.0}}})
@@ -100,7 +100,7 @@ def test_tasks_are_copied_once_per_arm(tmp_path):
     from lm_eval.tasks import TaskManager
 
     from lm_eval_tasks import TASKS_DIR
-    from lm_eval_tasks.arm_eval import expand_tasks, split_task_name
+    from lm_eval_tasks.arms.evaluate import expand_tasks, split_task_name
 
     loaded = TaskManager(include_path=TASKS_DIR, include_defaults=False, metadata={"n": 3}).load(["tiny_arith"])
     expanded, arm_of = expand_tasks(loaded, ["baseline", "f5_s2"])
@@ -119,7 +119,7 @@ def test_tasks_are_copied_once_per_arm(tmp_path):
 def test_holm_and_bh_match_hand_computed_values_and_statsmodels():
     from statsmodels.stats.multitest import multipletests
 
-    from lm_eval_tasks.stats import adjust_pvalues
+    from lm_eval_tasks.comparison.stats import adjust_pvalues
 
     p = [0.01, 0.04, 0.03, 0.005]
     # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
@@ -193,7 +193,7 @@ def test_compare_multi_arm_run_adjusts_across_arms_and_metrics(tmp_path, capsys)
 
 
 def test_compare_several_single_arm_runs_and_mismatches(tmp_path):
-    from lm_eval_tasks.comparison import compare_arms, load_arms
+    from lm_eval_tasks.comparison.compare import compare_arms, load_arms
 
     rows = [{"doc_id": i, "doc_hash": f"h{i}", "exact_match": float(i % 2), "reasoning_tokens": 10.0 + i} for i in range(8)]
     for name in ("a", "b", "c"):
@@ -218,7 +218,7 @@ def _bare_model(arms):
 def test_each_arm_rides_on_its_requests_params_and_cutoff_token_stays_out(sae_dirs):
     from lm_eval.models.vllm_causallms import VLLM
 
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
     from lm_eval_tasks.steered_vllm import ARM_KEY
 
     arms = parse_arms({"sweep": {"sae": str(sae_dirs["standard"]), "hook": HOOK, "features": [5], "strengths": [2],
@@ -239,7 +239,7 @@ def test_each_arm_rides_on_its_requests_params_and_cutoff_token_stays_out(sae_di
 def test_requests_of_an_unknown_task_fail_clearly():
     from types import SimpleNamespace
 
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
 
     lm = _bare_model(parse_arms({"arms": [{"name": "baseline", "steering": None}]}))
     with pytest.raises(RuntimeError, match="'tiny_arith' belongs to no arm"):

@@ -96,7 +96,7 @@ def test_gpqa_and_aime_scoring(fixture_tasks, tokenizer_dir):
 
 # -- statistics and compare --------------------------------------------------------------------
 def test_paired_statistics_flag_noise_and_real_effects():
-    from lm_eval_tasks.stats import bootstrap_ci, paired_test, sign_flip_pvalue
+    from lm_eval_tasks.comparison.stats import bootstrap_ci, paired_test, sign_flip_pvalue
 
     mean, lo, hi = bootstrap_ci([0, 1] * 15)
     assert mean == 0.5 and lo < 0.4 and hi > 0.6

@@ -159,7 +159,7 @@ def test_without_steering_args_steered_vllm_builds_the_same_engine_as_vllm(monke
 def test_pth_is_installed_in_site_packages():
     pth = Path(sysconfig.get_paths()["purelib"]) / "reason_plugins.pth"
     assert pth.is_file(), "run `pip install -e .`: the build backend puts the .pth into the wheel"
-    assert pth.read_text().splitlines() == ["import lm_eval_tasks.autoload", "import sae_lens_ext.autoload",
+    assert pth.read_text().splitlines() == ["import lm_eval_tasks.autoload", "import sae_lens_ext.loading.autoload",
                                             "import vllm_patches.dist_alias"]
 
 

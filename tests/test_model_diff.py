@@ -10,14 +10,14 @@ import torch
 
 
 def _stats(fired, n=1000, label=""):
-    from sae_lens_ext.diff_stats import ActivationStats
+    from sae_lens_ext.views.diff_stats import ActivationStats
 
     fired = torch.tensor(fired, dtype=torch.int64)
     return ActivationStats(fired, fired.double() * 0.5, torch.ones(len(fired), dtype=torch.float64), n, label)
 
 
 def test_status_rule():
-    from sae_lens_ext.diff_stats import compare
+    from sae_lens_ext.views.diff_stats import compare
 
     a = _stats([100, 0, 50, 0, 60])
     b = _stats([1, 80, 40, 0, 11])
@@ -55,15 +55,15 @@ def test_reasoning_vs_chat_data_through_the_cli(scored_run, tmp_path, capsys):
 
 def test_two_models_and_identical_sides(tmp_path, llama_dir, tokenizer_dir, sae_dirs, scored_data):
     from reason_plugins.tiny_models import build_model
-    from sae_lens_ext.diff_stats import compare
-    from sae_lens_ext.model_diff import activation_stats, model_diff
+    from sae_lens_ext.views.diff_stats import compare
+    from sae_lens_ext.views.model_diff import activation_stats, model_diff
 
     kw = dict(n_samples=8, context_size=64, progress=False)
     same_a = activation_stats(str(llama_dir), sae_dirs["standard"], str(scored_data), **kw)
     same_b = activation_stats(str(llama_dir), sae_dirs["standard"], str(scored_data), **kw)
     from transformers import AutoTokenizer
 
-    from sae_lens_ext.token_data import token_batches
+    from sae_lens_ext.inputs.token_data import token_batches
 
     tok = AutoTokenizer.from_pretrained(llama_dir)
     rows = torch.cat(list(token_batches(str(scored_data), tok, context_size=64, n_samples=8)))

@@ -154,7 +154,7 @@ def test_delta_direction_reconstruct_equal_hf_hooks_in_one_batch(engine, real_hf
 def champ_rows(real_tok):
     from reason_plugins.champ import reasoning_texts
     from reason_plugins.vocabulary import count_reasoning_words
-    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.inputs.token_data import tokens_dataset
 
     # real transcripts, the ones that use reasoning words most (kept small: 6 rows of 128 tokens)
     texts = sorted(reasoning_texts(n=200, seed=3, include_solutions=False), key=lambda t: -sum(count_reasoning_words(t).values()) / len(t))
@@ -164,7 +164,7 @@ def champ_rows(real_tok):
 
 def test_reason_score_on_real_text_equals_naive_oracle(real_hf, real_tok, real_saes, champ_rows):
     from reason_plugins.vocabulary import resolve_vocabulary
-    from sae_lens_ext.reason_score import compute_reason_score
+    from sae_lens_ext.reason_score.run import compute_reason_score
 
     hook, _, sae = real_saes["standard"]
     seqs = [[tuple(real_tok.encode(s, add_special_tokens=False)) for s in strings] for strings in resolve_vocabulary("paper").values()]
@@ -188,8 +188,8 @@ def test_reason_score_on_real_text_equals_naive_oracle(real_hf, real_tok, real_s
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None, reason="Chromium is not installed")
 def test_dashboard_draws_a_real_model_feature_page(real_dir, real_saes, champ_rows, tmp_path):
-    from sae_lens_ext.dashboards import render_dashboards
-    from sae_lens_ext.headless_browser import chromium_dom, drawn_panels
+    from sae_lens_ext.views.dashboards import render_dashboards
+    from sae_lens_ext.views.headless_browser import chromium_dom, drawn_panels
 
     _, path, _ = real_saes["standard"]
     out = render_dashboards(real_dir, str(path), champ_rows, [3, 11], tmp_path, n_samples=4, batch_size=2, progress=False)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from reason_plugins.vocabulary import resolve_vocabulary
-from sae_lens_ext import reason_score_math as rsm
-from sae_lens_ext.activations import FeatureEncoder
-from sae_lens_ext.reason_score import compute_reason_score
+from sae_lens_ext.inputs.activations import FeatureEncoder
+from sae_lens_ext.reason_score import metric as rsm
+from sae_lens_ext.reason_score.run import compute_reason_score
 from tests.support.references import assert_close, naive_scores
 
 
@@ -19,7 +19,7 @@ from tests.support.references import assert_close, naive_scores
 @pytest.fixture(scope="module")
 def rows(tokenizer):
     from reason_plugins.tiny_models import training_texts
-    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.inputs.token_data import tokens_dataset
 
     ds = tokens_dataset(tokenizer, training_texts(tokenizer, 12, seed=3), context_size=128)
     return torch.tensor(ds["tokens"][:7])

@@ -8,8 +8,11 @@ import json
 import pytest
 import torch
 
-from sae_lens_ext import reason_score as rs
-from sae_lens_ext.reason_score_math import ReasonStats
+from sae_lens_ext.inputs.activations import ActivationSource
+from sae_lens_ext.inputs.token_data import token_batches
+from sae_lens_ext.reason_score.metric import ReasonStats
+from sae_lens_ext.reason_score.outputs import merge_shards, score_to_dir
+from sae_lens_ext.reason_score.run import compute_reason_score
 
 HOOK = "blocks.2.hook_resid_post"
 
@@ -39,38 +42,38 @@ def kw(tokenizer, **extra):
 
 
 def test_resume_after_interrupt_equals_uninterrupted(hf_model, sae, tokenizer, text_dataset_dir, tmp_path, monkeypatch):
-    full = rs.compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer))
+    full = compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer))
     ckpt = tmp_path / "ckpt.safetensors"
     with pytest.raises(KeyboardInterrupt):
-        rs.compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt,
+        compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt,
                                 checkpoint_every=1, _interrupt_after=2))
     assert ReasonStats.load(ckpt).n_batches == 2
     calls = []
-    real = rs.ActivationSource.__call__
-    monkeypatch.setattr(rs.ActivationSource, "__call__", lambda self, t: calls.append(1) or real(self, t))
-    resumed = rs.compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt, checkpoint_every=1))
+    real = ActivationSource.__call__
+    monkeypatch.setattr(ActivationSource, "__call__", lambda self, t: calls.append(1) or real(self, t))
+    resumed = compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt, checkpoint_every=1))
     assert len(calls) == 3  # 10 rows / batch 2 = 5 batches, 2 already in the checkpoint
     assert resumed.stats.n_tokens == full.stats.n_tokens == 10 * 128
     assert torch.allclose(resumed.scores, full.scores, rtol=1e-12, atol=0)
     assert torch.allclose(resumed.mu_groups, full.mu_groups, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="different run"):  # a checkpoint of another configuration is refused
-        rs.compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt, expand_range=(0, 0)))
+        compute_reason_score(hf_model, sae, str(text_dataset_dir), **kw(tokenizer, checkpoint=ckpt, expand_range=(0, 0)))
 
 
 def test_sharded_merge_equals_single_run(hf_model, sae, tokenizer, text_dataset_dir, tmp_path):
-    single = rs.score_to_dir(hf_model, sae, str(text_dataset_dir), tmp_path / "single", top_k=5, **kw(tokenizer))
+    single = score_to_dir(hf_model, sae, str(text_dataset_dir), tmp_path / "single", top_k=5, **kw(tokenizer))
     dirs = []
     for i in range(3):
         dirs.append(tmp_path / f"shard{i}")
-        rs.score_to_dir(hf_model, sae, str(text_dataset_dir), dirs[-1], top_k=5, num_chunks=3, chunk_index=i,
+        score_to_dir(hf_model, sae, str(text_dataset_dir), dirs[-1], top_k=5, num_chunks=3, chunk_index=i,
                         require_matches=False, **kw(tokenizer))
-    merged = rs.merge_shards(dirs, tmp_path / "merged", top_k=5)
+    merged = merge_shards(dirs, tmp_path / "merged", top_k=5)
     assert merged.stats.n_tokens == single.stats.n_tokens
     assert merged.stats.count_pos == single.stats.count_pos > 0
     assert torch.allclose(merged.scores, single.scores, rtol=1e-10, atol=1e-15)
     assert json.loads((tmp_path / "merged" / "top_features.json").read_text()) == single.top(5)
     with pytest.raises(ValueError, match="do not cover"):
-        rs.merge_shards(dirs[:2])
+        merge_shards(dirs[:2])
 
 
 def test_hf_and_bridge_activations_agree(llama_dir, hf_model):
@@ -79,15 +82,15 @@ def test_hf_and_bridge_activations_agree(llama_dir, hf_model):
     bridge = TransformerBridge.boot_transformers(str(llama_dir), device="cpu")
     tokens = torch.randint(10, 800, (2, 48), generator=torch.Generator().manual_seed(0))
     for hook in (HOOK, "blocks.0.hook_resid_pre", "blocks.3.hook_resid_post"):
-        ours_hf = rs.ActivationSource(hf_model, hook)(tokens)
-        ours_tl = rs.ActivationSource(bridge, hook)(tokens)
+        ours_hf = ActivationSource(hf_model, hook)(tokens)
+        ours_tl = ActivationSource(bridge, hook)(tokens)
         _, cache = bridge.run_with_cache(tokens, names_filter=hook)  # TL's own full forward
         assert ours_hf.shape == (2, 48, 128)
         assert torch.allclose(ours_hf, ours_tl, atol=1e-5), hook
         assert torch.allclose(ours_tl, cache[hook], atol=1e-6), hook
-    assert rs.ActivationSource(bridge, HOOK).stop == 3  # the bridge run stops after the hook layer
+    assert ActivationSource(bridge, HOOK).stop == 3  # the bridge run stops after the hook layer
     with pytest.raises(ValueError, match="'blocks.2.hook_nonsense' not found"):
-        rs.ActivationSource(bridge, "blocks.2.hook_nonsense")
+        ActivationSource(bridge, "blocks.2.hook_nonsense")
 
 
 def test_hooked_transformer_source_stops_at_the_hook_layer():
@@ -97,7 +100,7 @@ def test_hooked_transformer_source_stops_at_the_hook_layer():
     model = HookedTransformer(HookedTransformerConfig(n_layers=3, d_model=128, d_head=32, n_heads=4, d_mlp=256,
                                                       n_ctx=64, d_vocab=300, act_fn="gelu", normalization_type="LN"))
     tokens = torch.randint(0, 300, (2, 16))
-    source = rs.ActivationSource(model, "blocks.1.hook_resid_post")
+    source = ActivationSource(model, "blocks.1.hook_resid_post")
     _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
     assert source.stop == 2
     assert torch.allclose(source(tokens), cache["blocks.1.hook_resid_post"], atol=1e-6)
@@ -106,12 +109,12 @@ def test_hooked_transformer_source_stops_at_the_hook_layer():
 
 
 def test_text_rows_are_concatenated_to_context_size(tokenizer, text_dataset_dir):
-    batches = list(rs.token_batches(str(text_dataset_dir), tokenizer, batch_size=4, context_size=64, n_samples=9, seed=0))
+    batches = list(token_batches(str(text_dataset_dir), tokenizer, batch_size=4, context_size=64, n_samples=9, seed=0))
     assert [b.shape for b in batches] == [(4, 64), (4, 64), (1, 64)]
     assert all((b[:, 0] == tokenizer.bos_token_id).all() for b in batches)
-    no_bos = next(rs.token_batches(str(text_dataset_dir), tokenizer, batch_size=2, context_size=64, prepend_bos=False, seed=0))
+    no_bos = next(token_batches(str(text_dataset_dir), tokenizer, batch_size=2, context_size=64, prepend_bos=False, seed=0))
     assert (no_bos[0, :63] == batches[0][0, 1:]).all()  # same stream, just without the BOS column
-    shards = [torch.cat(list(rs.token_batches(str(text_dataset_dir), tokenizer, context_size=64, n_samples=9, seed=0,
+    shards = [torch.cat(list(token_batches(str(text_dataset_dir), tokenizer, context_size=64, n_samples=9, seed=0,
                                               num_chunks=2, chunk_index=i))) for i in range(2)]
     assert shards[0].shape[0] == 5 and shards[1].shape[0] == 4
     assert torch.equal(shards[1][0], batches[0][1])  # row 1 goes to shard 1
@@ -130,19 +133,19 @@ def test_bad_inputs_raise_clear_errors_and_write_nothing(hf_model, sae, tokenize
     ]
     for extra, message in cases:
         with pytest.raises(ValueError, match=message):
-            rs.score_to_dir(hf_model, sae, str(text_dataset_dir), out, **{**kw(tokenizer), **extra})
+            score_to_dir(hf_model, sae, str(text_dataset_dir), out, **{**kw(tokenizer), **extra})
     with pytest.raises(ValueError, match="d_in=64 does not match the model width d_model=128"):
         small = StandardSAE(StandardSAEConfig(d_in=64, d_sae=32))
         small.cfg.metadata.hook_name = HOOK
-        rs.score_to_dir(hf_model, small, str(text_dataset_dir), out, **kw(tokenizer))
+        score_to_dir(hf_model, small, str(text_dataset_dir), out, **kw(tokenizer))
     empty = tmp_path / "empty"
     Dataset.from_dict({"text": []}).save_to_disk(str(empty))
     with pytest.raises(ValueError, match="cannot load dataset .*empty"):
-        rs.score_to_dir(hf_model, sae, str(empty), out, **kw(tokenizer))
+        score_to_dir(hf_model, sae, str(empty), out, **kw(tokenizer))
     with pytest.raises(ValueError, match="gave no token rows"):
-        rs.score_to_dir(hf_model, sae, Dataset.from_dict({"text": []}), out, **kw(tokenizer))
+        score_to_dir(hf_model, sae, Dataset.from_dict({"text": []}), out, **kw(tokenizer))
     with pytest.raises(ValueError, match="no 'text' column"):
-        rs.score_to_dir(hf_model, sae, Dataset.from_dict({"body": ["a"]}), out, **kw(tokenizer))
+        score_to_dir(hf_model, sae, Dataset.from_dict({"body": ["a"]}), out, **kw(tokenizer))
     assert not out.exists()
 
 
@@ -151,7 +154,7 @@ def test_sparsify_sae_through_the_loader_plugin(llama_dir, hf_model, tokenizer, 
     MLP-output hookpoint makes a model given by path load through TransformerBridge."""
     from safetensors.torch import save_file
 
-    from sae_lens_ext.sparsify import load_sparsify_sae
+    from sae_lens_ext.loading.sparsify import load_sparsify_sae
 
     torch.manual_seed(0)
     for hookpoint in ("layers.2", "layers.1.mlp"):
@@ -162,11 +165,11 @@ def test_sparsify_sae_through_the_loader_plugin(llama_dir, hf_model, tokenizer, 
     tokens = torch.randint(10, 800, (4, 64), generator=torch.Generator().manual_seed(1))
     tokens[:, 10:12] = torch.tensor(tokenizer.encode(" Wait", add_special_tokens=False)[:1] * 2)
     common = dict(tokenizer=tokenizer, progress=False, vocabulary=[" Wait"])
-    auto = rs.compute_reason_score(hf_model, str(tmp_path), tokens, sae_id="layers.2", **common)
-    explicit = rs.compute_reason_score(hf_model, load_sparsify_sae(tmp_path, "layers.2"), tokens, **common)
+    auto = compute_reason_score(hf_model, str(tmp_path), tokens, sae_id="layers.2", **common)
+    explicit = compute_reason_score(hf_model, load_sparsify_sae(tmp_path, "layers.2"), tokens, **common)
     assert auto.config["hook"] == "blocks.2.hook_resid_post" and auto.d_sae == 64
     assert torch.equal(auto.scores, explicit.scores) and auto.stats.count_pos > 0
-    mlp = rs.compute_reason_score(str(llama_dir), str(tmp_path), tokens, sae_id="layers.1.mlp", **common)
+    mlp = compute_reason_score(str(llama_dir), str(tmp_path), tokens, sae_id="layers.1.mlp", **common)
     assert mlp.config["hook"] == "blocks.1.hook_mlp_out" and mlp.config["model"] == str(llama_dir) \
         and mlp.config["model_class"] == "TransformerBridge"
     assert torch.isfinite(mlp.scores).all() and mlp.mu_pos.abs().sum() > 0
@@ -176,7 +179,7 @@ def test_registered_as_feature_scorer():
     from reason_plugins.manager import get, reset
 
     reset()
-    assert get("feature_scorer", "reason_score") is rs.compute_reason_score
+    assert get("feature_scorer", "reason_score") is compute_reason_score
 
 
 def test_cli_end_to_end_and_merge(llama_dir, sae_dirs, text_dataset_dir, tmp_path, capsys):

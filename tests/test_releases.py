@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sae_lens_ext import releases, sparsify
+from sae_lens_ext.loading import releases, sparsify
 from tests.support.sae_folders import write_sparsify_folder
 
 PAPER_ID = "blocks.19.hook_resid_post"

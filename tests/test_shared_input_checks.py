@@ -55,7 +55,7 @@ def _steer_path(path):
 
 
 def _arms_file(path):
-    from lm_eval_tasks.arms import parse_arms
+    from lm_eval_tasks.arms.formats import parse_arms
 
     parse_arms(str(path))
 
@@ -84,7 +84,7 @@ def test_check_feature_index_refuses_what_does_not_index_the_sae(feature):
 
 def test_check_feature_index_passes_valid_indices_and_callers_keep_their_labels():
     assert [check_feature_index(f, 8) for f in (0, 7)] == [0, 7]
-    from sae_lens_ext.cli_score import _check_explain
+    from sae_lens_ext.cli.score import _check_explain
 
     _check_explain([0, 3], 4)
     with pytest.raises(UserError, match=r"^--explain feature index 4 is out of range: the SAE has d_sae=4 \(valid: 0\.\.3\)$"):

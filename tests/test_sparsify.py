@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_lens_ext.sparsify import UnsupportedSparsifyError, hookpoint_to_hook, load_sparsify_sae
+from sae_lens_ext.loading.sparsify import UnsupportedSparsifyError, hookpoint_to_hook, load_sparsify_sae
 from tests.support.sae_folders import D_IN, N_LATENTS, K, write_sparsify_folder
 
 

@@ -7,7 +7,7 @@ import torch
 
 from reason_plugins.spec import SpecError, parse_spec, parse_steering, specs_hash
 from reason_plugins.steering import steer
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 EDITS = [{"feature": 3, "mode": "set", "value": 4.5}, {"feature": 17, "mode": "scale", "value": 3.0},
          {"feature": 40, "mode": "add", "value": -2.0}]

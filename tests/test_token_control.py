@@ -10,7 +10,7 @@ import torch
 
 
 def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
-    from sae_lens_ext.control_stats import TokenMeans, token_r2
+    from sae_lens_ext.views.control_stats import TokenMeans, token_r2
 
     g = torch.Generator().manual_seed(0)
     table = torch.rand(50, 1, generator=g) * 3
@@ -32,14 +32,14 @@ def test_token_r2_is_one_for_a_lookup_table_and_near_zero_for_noise():
 @pytest.mark.parametrize("r2, ratio, expected", [(0.9, 0.1, "word detector"), (0.1, 0.95, "word detector"), (0.1, None, "context-dependent"),
                                                  (0.1, 0.1, "context-dependent"), (0.4, 0.5, "mixed")])
 def test_verdict(r2, ratio, expected):
-    from sae_lens_ext.control_stats import verdict
+    from sae_lens_ext.views.control_stats import verdict
 
     assert verdict(r2, ratio) == expected
 
 
 def test_built_contexts_put_reasoning_words_into_chat():
     from reason_plugins.corpus import chat_texts
-    from sae_lens_ext.token_control import word_contexts
+    from sae_lens_ext.views.token_control import word_contexts
 
     reasoning, chat = word_contexts("paper", n=20)
     assert len(reasoning) == len(chat) == 20 and all("<think>" in t for t in reasoning)
@@ -54,7 +54,7 @@ def test_a_pure_word_detector_is_called_one(llama_dir, scored_data):
     from sae_lens import SAE
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sae_lens_ext.token_control import token_control
+    from sae_lens_ext.views.token_control import token_control
 
     tok = AutoTokenizer.from_pretrained(llama_dir)
     emb = AutoModelForCausalLM.from_pretrained(llama_dir).get_input_embeddings().weight.detach()
@@ -96,6 +96,6 @@ def test_control_on_a_scored_run_writes_figure_and_data(scored_run, tmp_path, ca
     assert (tmp_path / "control.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| feature | score | token R²" in capsys.readouterr().out
     with pytest.raises(ValueError, match="holdout_every"):
-        from sae_lens_ext.token_control import token_control
+        from sae_lens_ext.views.token_control import token_control
 
         token_control(None, None, None, [0], holdout_every=1)

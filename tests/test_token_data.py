@@ -1,4 +1,4 @@
-"""The one BOS/EOS packing rule of ``sae_lens_ext.token_data``, checked on a word-level fake tokenizer
+"""The one BOS/EOS packing rule of ``sae_lens_ext.inputs.token_data``, checked on a word-level fake tokenizer
 (no model), and its three callers (scoring's ``token_batches``, training's ``tokens_dataset``,
 ``data_prep.pack_rows``) against one naive reference written here."""
 
@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from sae_lens_ext import data_prep, training
-from sae_lens_ext.token_data import pack_documents, pack_texts, token_batches, tokens_dataset
+from sae_lens_ext.inputs.token_data import pack_documents, pack_texts, token_batches, tokens_dataset
+from sae_lens_ext.training import data_prep
+from sae_lens_ext.training import train as training
 
 BOS, EOS = 1, 2
 
@@ -108,7 +109,7 @@ def test_all_three_callers_pack_by_the_one_rule(context_size):
                                                      context_size=context_size, prepend_bos=False) for row in batch.tolist()]
     assert scoring_no_bos == without_bos
     assert tokens_dataset(tok, MIXED_TEXTS, context_size)["tokens"] == with_bos
-    assert training.tokens_dataset(tok, MIXED_TEXTS, context_size, prepend_bos=False)["tokens"] == without_bos
+    assert tokens_dataset(tok, MIXED_TEXTS, context_size, prepend_bos=False)["tokens"] == without_bos
     assert data_prep.pack_rows(MIXED_TEXTS, tok, context_size, batch_size=5) == without_bos
     assert data_prep.pack_rows(MIXED_TEXTS, tok, context_size, max_rows=3) == without_bos[:3]
 

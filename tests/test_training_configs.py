@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reason_plugins.manager import UnknownNameError, get, registry
-from sae_lens_ext import training_configs as tc
+from sae_lens_ext.training import recipes as tc
 
 
 def test_recipes_are_registered_through_the_plugin_hook():
@@ -83,7 +83,7 @@ def test_train_tiny_recipe_offline_and_load_back(llama_dir, tokenizer_dir, tmp_p
     from transformers import AutoTokenizer
 
     from reason_plugins.app.cli import main
-    from sae_lens_ext import data_prep
+    from sae_lens_ext.training import data_prep
     from tests.support.records import lmsys_records, openthoughts_records
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

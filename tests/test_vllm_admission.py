@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from reason_plugins.spec import SpecError, parse_steering
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import engine_request, engine_step, steering_runtime
 
 HOOK3 = "blocks.3.hook_resid_post"
@@ -77,7 +77,7 @@ def _unsteered(req_id):
 
 @pytest.fixture
 def scheduler_cls():
-    from vllm_patches.admission import install
+    from vllm_patches.engine.admission import install
 
     cls = type("Scheduler", (), {k: v for k, v in vars(_FakeScheduler).items() if not k.startswith("__") or k == "__init__"})
     install(types.SimpleNamespace(Scheduler=cls))
@@ -167,7 +167,7 @@ def test_max_edits_per_request_is_separate_from_the_per_layer_catalogue():
 # -- the worker never dies for one request --------------------------------------------------------
 def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(standard_sae, caplog):
     from reason_plugins.steering import steer
-    from vllm_patches.admission import FAILED_ATTR, attach_failed
+    from vllm_patches.engine.admission import FAILED_ATTR, attach_failed
 
     sae_dir, sae = standard_sae
     runtime = steering_runtime(sae_dir)

@@ -9,7 +9,7 @@ import torch
 
 from reason_plugins.spec import parse_steering
 from reason_plugins.steering import steer
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import engine_request, engine_step, fake_vllm_config_module, steering_runtime
 
 
@@ -87,13 +87,13 @@ def test_pipeline_parallel_engines_are_refused_clearly(standard_sae):
 
 
 def test_engines_with_steering_use_the_v1_model_runner(monkeypatch):
-    from vllm_patches.patches import patch_config
+    from vllm_patches.engine.patches import patch_config
 
     module, Config = fake_vllm_config_module("fake_vllm_config")
     monkeypatch.delenv("REASON_STEERING", raising=False)
     # the patch-target check steered engines run is tested in test_vllm_targets.py; here: none declared
-    monkeypatch.setattr("vllm_patches.targets.TARGETS", ())
-    monkeypatch.setattr("vllm_patches.wrapping._checked", {})
+    monkeypatch.setattr("vllm_patches.patching.targets.TARGETS", ())
+    monkeypatch.setattr("vllm_patches.patching.wrapping._checked", {})
     patch_config(module)
     patch_config(module)  # idempotent
     assert Config({}).use_v2_model_runner is True

@@ -1,4 +1,4 @@
-"""The vLLM patch targets (``vllm_patches/targets.py``): they fit the installed vLLM; a missing or
+"""The vLLM patch targets (``vllm_patches/patching/targets.py``): they fit the installed vLLM; a missing or
 re-shaped target is not wrapped, is logged, and makes an engine with a steering config refuse to
 start with an error naming the vLLM version and the target, while an engine without one is left
 alone; the maintainer script reads the same verdicts out of a wheel."""
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 from tests.support.runtime_doubles import fake_vllm_config_module
-from vllm_patches import targets, wrapping
+from vllm_patches.patching import targets, wrapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "check_vllm_targets.py"
@@ -109,7 +109,7 @@ def test_a_fitting_target_is_wrapped_once_and_passes(monkeypatch):
 def test_only_engines_with_a_steering_config_are_held_to_the_targets(monkeypatch, caplog):
     """The V2-runner switch is where an engine start first meets the plugin: with a steering config
     a missing target fails it; without one vLLM's own choice stands and nothing is checked."""
-    from vllm_patches.patches import patch_config
+    from vllm_patches.engine.patches import patch_config
 
     module, Config = fake_vllm_config_module("fake_vllm_config_targets")
     patch_config(module)
@@ -170,7 +170,7 @@ import sys
 import vllm.v1.worker.gpu_model_runner as runner
 {tamper}
 from vllm import LLM
-from vllm_patches.targets import PatchTargetError
+from vllm_patches.patching.targets import PatchTargetError
 try:
     LLM(sys.argv[1], dtype="float32", max_model_len=128, enforce_eager=True,
         additional_config={{"reason_steering": {{"saes": [{{"sae": "unused", "hook": "blocks.2.hook_resid_post"}}]}}}})

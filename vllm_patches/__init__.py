@@ -2,27 +2,31 @@
 
 ``register`` is the ``vllm.general_plugins`` entry point. vLLM calls it in every process it
 starts; it imports nothing heavy and only arranges patches that apply when their vLLM modules
-load (``import_hooks``; the patch bodies are in ``patches.py``, wrapped by ``wrapping.py``):
+load (``import_hooks``; the patch bodies are in ``engine/patches.py``, wrapped by ``patching/wrapping.py``):
 
 - model runner ``load_model``: after the weights load, and so before torch.compile / CUDA-graph
-  capture, install the steering ops on the configured decoder layers (``runtime.py``, ``op.py``);
+  capture, install the steering ops on the configured decoder layers (``engine/runtime.py``, ``engine/op.py``);
 - model runner ``_update_states`` / ``_prepare_inputs``: per step, write which edits apply to
   which token rows, and close the books of finished requests;
 - ``InputProcessor.process_inputs``: validate each request's spec (``frontend.check_specs``, the
   one validator), refuse a bad one as a client error (HTTP 400 on the server) and salt its prefix
   cache (``frontend.py``);
 - ``Scheduler``: steering slots are admitted like LoRA adapters under ``max_loras``; requests the
-  worker could not steer are finished with an error (``admission.py``);
+  worker could not steer are finished with an error (``engine/admission.py``);
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
 - workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request),
   and ``reason_steering_stats`` (admission counters); ``endpoint.py`` serves the report over HTTP
   (``vllm.endpoint_plugins``).
 
-Every patched name is declared in ``targets.py`` with the call shape its wrapper expects; an engine
-given a steering config checks them all at start (``wrapping.require_targets``: in the front-end
+Every patched name is declared in ``patching/targets.py`` with the call shape its wrapper expects; an engine
+given a steering config checks them all at start (``patching.targets.require_targets``: in the front-end
 when the input processor asks which runner to use, in the worker at ``load_model``) and refuses to
 start on a vLLM whose internals moved, instead of running steered requests unsteered.
+
+The rooms, importing downwards only (an import-linter contract): ``cli`` (``reason-sae steer`` /
+``sweep``) > ``sweep`` > ``llm`` (``SteeredLLM``), ``preflight``, ``endpoint`` > ``engine`` > ``patching``,
+``frontend`` (the one validator) > ``config``.
 """
 
 from __future__ import annotations
@@ -36,16 +40,8 @@ def register() -> None:
         return
     _registered = True
     from reason_plugins.import_hooks import when_imported
-    from vllm_patches import patches
+    from vllm_patches.engine import patches
 
     for module_name, patch in patches.BY_MODULE.items():
         when_imported(module_name, patch)
 
-
-def __getattr__(name):
-    # ``from vllm_patches import SteeredLLM`` without importing vLLM at package import
-    if name == "SteeredLLM":
-        from vllm_patches.llm import SteeredLLM
-
-        return SteeredLLM
-    raise AttributeError(name)

@@ -13,7 +13,7 @@ SAEs whose architecture is not delta-exact). ``max_edits`` is the most edits one
 at one layer. ``max_slots`` is the size of each layer's catalogue: the number of distinct
 (method, feature) rows (and, separately, distinct reconstruct edits) that the requests scheduled
 together in one engine step may use; the scheduler admits steered requests so that they always
-fit (``admission.py``). Its default, 64, keeps a sweep over dozens of features in one batch at a
+fit (``engine/admission.py``). Its default, 64, keeps a sweep over dozens of features in one batch at a
 measured cost (``benchmarks/vllm_steering.py``, ``benchmarks/RESULTS.md``).
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).

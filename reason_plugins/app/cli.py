@@ -28,17 +28,17 @@ _OUR_PACKAGES = tuple(str(Path(__file__).resolve().parents[2] / p) + os.sep  # t
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
-    "demo": ("reason_plugins.app.demo", "build the embedded tiny model + SAE and write a report"),
-    "score": ("sae_lens_ext.cli_score", "rank SAE features by ReasonScore (paper defaults), or merge shard runs"),
-    "train": ("sae_lens_ext.cli_train", "train a registered SAE recipe (paper configs for the R1 distills) with SAELens's runner"),
-    "data": ("sae_lens_ext.cli_data", "tokenise LMSYS-Chat / OpenThoughts files into SAELens-ready datasets"),
-    "steer": ("vllm_patches.cli_steer", "generate baseline vs SAE-feature-steered text with the vLLM plugin"),
-    "dashboard": ("sae_lens_ext.cli_dashboard", "SAEDashboard pages (offline) + index for the top ReasonScore features"),
-    "contexts": ("sae_lens_ext.cli_contexts", "top-activating contexts and most frequent tokens of chosen features"),
-    "control": ("sae_lens_ext.cli_control", "token-driven control: reasoning feature or word detector?"),
-    "diff": ("sae_lens_ext.cli_diff", "compare one SAE's feature activations between two models and/or datasets"),
-    "sweep": ("vllm_patches.cli_sweep", "steer one feature at several strengths in vLLM; plot reasoning words and length"),
-    "compare": ("lm_eval_tasks.cli_compare", "baseline vs steered lm-eval runs: accuracy and reasoning length, 95% CIs, paired test, plot"),
+    "demo": ("reason_plugins.app.demo", "the main job on the packaged real model (SmolLM2-135M-Instruct) over CHAMP text: SAE, ReasonScore, views, steering, lm-eval; --model tiny for the synthetic one"),
+    "score": ("sae_lens_ext.cli.score", "rank SAE features by ReasonScore (paper defaults), or merge shard runs"),
+    "train": ("sae_lens_ext.cli.train", "train a registered SAE recipe (paper configs for the R1 distills) with SAELens's runner"),
+    "data": ("sae_lens_ext.cli.data", "tokenise LMSYS-Chat / OpenThoughts files into SAELens-ready datasets"),
+    "steer": ("vllm_patches.cli.steer", "generate baseline vs SAE-feature-steered text with the vLLM plugin"),
+    "dashboard": ("sae_lens_ext.cli.dashboard", "SAEDashboard pages (offline) + index for the top ReasonScore features"),
+    "contexts": ("sae_lens_ext.cli.contexts", "top-activating contexts and most frequent tokens of chosen features"),
+    "control": ("sae_lens_ext.cli.control", "token-driven control: reasoning feature or word detector?"),
+    "diff": ("sae_lens_ext.cli.diff", "compare one SAE's feature activations between two models and/or datasets"),
+    "sweep": ("vllm_patches.cli.sweep", "steer one feature at several strengths in vLLM; plot reasoning words and length"),
+    "compare": ("lm_eval_tasks.comparison.cli", "baseline vs steered lm-eval runs: accuracy and reasoning length, 95% CIs, paired test, plot"),
     "plugins": ("reason_plugins.cli_plugins", "list registered vocabularies, scorers, steering methods, loaders and configs"),
 }
 

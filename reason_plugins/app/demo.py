@@ -24,23 +24,29 @@ DEMO_PROMPTS = ["What is 17 + 5?", "What is 33 * 4?", "What is 29 - 12?"]
 
 
 def add_arguments(parser) -> None:
+    from reason_plugins.cli_args import finite_float, int_at_least
+
     parser.add_argument("--out", default="demo_out", help="directory for the report and artifacts (default: demo_out)")
     parser.add_argument("--cache", default=None, help="where built models are cached (default: $REASON_PLUGINS_CACHE or ~/.cache/reason-plugins)")
     parser.add_argument("--model", default="smollm2-135m-instruct", choices=["smollm2-135m-instruct", "tiny"],
                         help="the real packaged model over CHAMP text (default) or the tiny synthetic one")
-    parser.add_argument("--lm-steps", type=int, default=300, help="tiny only: training steps of the tiny LM (default: 300)")
-    parser.add_argument("--sae-tokens", type=int, default=None, help="SAE training tokens (default: 24k real, 200k tiny)")
-    parser.add_argument("--score-rows", type=int, default=32, help="real only: 128-token rows of held-out CHAMP text for ReasonScore")
-    parser.add_argument("--eval-problems", type=int, default=4, help="real only: CHAMP problems in the lm-eval step")
-    parser.add_argument("--max-tokens", type=int, default=64, help="real only: generated tokens per steering request")
+    parser.add_argument("--lm-steps", type=int_at_least(1), default=300, help="tiny only: training steps of the tiny LM (default: 300)")
+    parser.add_argument("--sae-tokens", type=int_at_least(1), default=None, help="SAE training tokens (default: 24k real, 200k tiny)")
+    parser.add_argument("--score-rows", type=int_at_least(1), default=32, help="real only: 128-token rows of held-out CHAMP text for ReasonScore")
+    parser.add_argument("--eval-problems", type=int_at_least(1), default=4, help="real only: CHAMP problems in the lm-eval step")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=64, help="real only: generated tokens per steering request")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="real only: vLLM dtype (default float32)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steer-strength", type=float, default=None,
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
+    parser.add_argument("--steer-strength", type=finite_float(0, strict=True), default=None,
                         help="steered value = strength x the feature's max activation (the paper's clamp; default 4 real, 3 tiny)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM steering and lm-eval steps")
 
 
 def run(args) -> int:
+    from reason_plugins.cli_args import check_out_dir
+
+    check_out_dir(args.out)  # before any model is built or loaded
+    check_out_dir(args.cache or default_cache(), "--cache")
     if args.model != "tiny":
         from reason_plugins.app.demo_real import run_real_demo
 
@@ -127,9 +133,9 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
     from reason_plugins import tiny_models
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.vocabulary import count_reasoning_words
-    from sae_lens_ext.score_outputs import score_to_dir
-    from sae_lens_ext.token_data import tokens_dataset
-    from sae_lens_ext.training import train_sae
+    from sae_lens_ext.inputs.token_data import tokens_dataset
+    from sae_lens_ext.reason_score.outputs import score_to_dir
+    from sae_lens_ext.training.train import train_sae
 
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,9 @@ def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) 
 
     from reason_plugins import __version__
     from reason_plugins.tiny_models import atomic_dir
-    from sae_lens_ext.token_data import PACKING_RULE
-    from sae_lens_ext.training import champ_tokens_dataset, train_from_config
-    from sae_lens_ext.training_configs import apply_overrides, get_config
+    from sae_lens_ext.inputs.token_data import PACKING_RULE
+    from sae_lens_ext.training.recipes import apply_overrides, get_config
+    from sae_lens_ext.training.train import champ_tokens_dataset, train_from_config
 
     config = apply_overrides(get_config(RECIPE), {"training_tokens": int(sae_tokens), "seed": int(seed), "model_path": model_dir})
     key = hashlib.sha256(json.dumps([__version__, PACKING_RULE, config], sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -80,7 +80,7 @@ def train_demo_sae(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0) 
 def scoring_rows(tokenizer, rows: int, seed: int = 1):
     """Held-out CHAMP text for ReasonScore: model transcripts (chat-formatted) + plain statements."""
     from reason_plugins.champ import chat_texts
-    from sae_lens_ext.token_data import tokens_dataset
+    from sae_lens_ext.inputs.token_data import tokens_dataset
 
     data = tokens_dataset(tokenizer, chat_texts(tokenizer, n=max(8, rows // 2), seed=seed + 1000), context_size=128)
     return data.select(range(min(rows, len(data))))
@@ -94,8 +94,8 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     from reason_plugins.app.demo_views import demo_views
     from reason_plugins.files import write_json_atomic, write_text_atomic
     from reason_plugins.models import describe, resolve_model
-    from sae_lens_ext.score_outputs import score_to_dir
-    from sae_lens_ext.training_configs import get_config
+    from sae_lens_ext.reason_score.outputs import score_to_dir
+    from sae_lens_ext.training.recipes import get_config
 
     started, timer = time.time(), Timer()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The demos' "look at the top features" step: top contexts, the token-driven control and SAEDashboard
 pages + index for a few features of a scored run, sharing one model load. Demo glue over the SAELens
-adapter (``sae_lens_ext.contexts``, ``token_control``, ``dashboards``), so it lives in the
+adapter (``sae_lens_ext.views.contexts``, ``token_control``, ``dashboards``), so it lives in the
 application layer, the one place that may import every adapter.
 """
 
@@ -16,11 +16,11 @@ def demo_views(model_dir, sae_dir, scores_dir, out_dir, feature_ids, *, data=Non
     .json/.jsonl/.parquet file, a ``datasets.Dataset`` or token rows). Returns paths: ``index``, ``contexts_html``,
     ``contexts_md``, ``contexts_jsonl``, ``control_png``, ``control_json``, ``group_profile_png``,
     ``score_histogram_png``, ``pages`` (the dashboard files)."""
-    from sae_lens_ext.contexts import top_contexts, write_contexts
-    from sae_lens_ext.dashboards import dashboard
-    from sae_lens_ext.feature_activations import FeatureActivations
-    from sae_lens_ext.scored_run import load_scored_run, run_inputs
-    from sae_lens_ext.token_control import token_control, write_control
+    from sae_lens_ext.views.contexts import top_contexts, write_contexts
+    from sae_lens_ext.views.dashboards import dashboard
+    from sae_lens_ext.views.feature_activations import FeatureActivations
+    from sae_lens_ext.views.scored_run import load_scored_run, run_inputs
+    from sae_lens_ext.views.token_control import token_control, write_control
 
     run = load_scored_run(scores_dir)
     model, sae, data = run_inputs(run, str(model_dir), str(sae_dir), data)

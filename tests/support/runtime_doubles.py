@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from sae_lens_ext.tiny_saes import HOOK as FIXTURE_HOOK
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
 
 D_MODEL = 128
 
@@ -29,7 +29,7 @@ class LayerStack(nn.Module):
 def steering_runtime(sae_dir, pipeline_parallel_size=1):
     """A ``SteeringRuntime`` with one SAE at FIXTURE_HOOK, 4 edits a request, 64 tokens / 4 sequences a step."""
     from vllm_patches.config import parse_config
-    from vllm_patches.runtime import SteeringRuntime
+    from vllm_patches.engine.runtime import SteeringRuntime
 
     vllm_config = SimpleNamespace(
         model_config=SimpleNamespace(get_hidden_size=lambda: D_MODEL, dtype=torch.float32),

@@ -1,0 +1,211 @@
+"""The ReasonScore run: options checked before any work, SAE and model loaded, one pass over the token
+rows with float64 accumulators (checkpointed and resumable only by the same run, see ``identity``),
+shards, and the ``reason_score`` feature-scorer plugin. The metric itself lives in ``metric``
+(host-free, pure torch); activations in ``inputs.activations``, token rows in ``inputs.token_data``, output files and
+merges in ``outputs``.
+
+One pass: each token batch runs through the model once (stopping at the hook layer), the SAE
+encodes all features (optionally in feature chunks), and float64 sums/counts accumulate; the
+reference instead re-ran the model for every 48-feature block. Heavy imports happen inside
+functions so registering this module as a plugin stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from reason_plugins.cli_args import check_int
+from reason_plugins.hookspecs import hookimpl
+from reason_plugins.saes import load_sae, source_of
+from sae_lens_ext.inputs.activations import (
+    ActivationSource,
+    FeatureEncoder,
+    ignore_ids,
+    load_model,
+    model_tokenizer,
+)
+from sae_lens_ext.inputs.token_data import load_data, token_batches
+
+
+def _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
+                   feature_chunk_size, context_size) -> None:
+    """Numeric options, checked before anything is loaded (names the value and what was expected)."""
+    import math
+
+    def bad(name, value, expected):
+        raise ValueError(f"{name}={value!r} is invalid (expected {expected})")
+
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        bad("alpha", alpha, "a finite number > 0")
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        bad("eps", eps, "a finite number > 0")
+    if len(tuple(expand_range)) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in expand_range):
+        bad("expand_range", expand_range, "two non-negative ints (LEFT, RIGHT)")
+    for name, value, low in (("batch_size", batch_size, 1), ("n_samples", n_samples, 1), ("num_chunks", num_chunks, 1),
+                             ("checkpoint_every", checkpoint_every, 1), ("feature_chunk_size", feature_chunk_size, 1),
+                             ("context_size", context_size, 2)):
+        check_int(name, value, low, optional=name in ("n_samples", "feature_chunk_size", "context_size"))
+    if isinstance(chunk_index, bool) or not isinstance(chunk_index, int) or not 0 <= chunk_index < num_chunks:
+        bad("chunk_index", chunk_index, f"an int in 0..{num_chunks - 1} (num_chunks={num_chunks})")
+
+
+class PreparedRun:
+    """Everything loaded and checked for one scoring run, before any batch is read: model, SAE,
+    tokenizer, vocabulary, the run config (with the references that reopen it) and its identity."""
+
+    def __init__(self, model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
+                 eps=1e-12, sae_id=None, hook=None, tokenizer=None, batch_size=8, feature_chunk_size=None,
+                 n_samples=None, seed=None, text_column="text", context_size=None, prepend_bos=None,
+                 num_chunks=1, chunk_index=0, checkpoint_every=50, backend="auto", sae_loader=None, device="cpu"):
+        import torch
+
+        from reason_plugins.vocabulary import resolve_vocabulary
+        from sae_lens_ext.reason_score import identity as ri
+        from sae_lens_ext.reason_score import metric as rsm
+
+        _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
+                       feature_chunk_size, context_size)
+        model_ref = str(model) if isinstance(model, (str, Path)) else None
+        if isinstance(tokens, (str, Path)):  # a path or name: opened (not read) now, so bad data fails before the model loads
+            if len(load_data(tokens)) == 0:
+                raise ValueError(f"dataset {str(tokens)!r} has no rows (expected rows with a text or tokens column)")
+        sae = load_sae(sae, sae_id, device, sae_loader)
+        meta = sae.cfg.metadata
+        hook = hook or meta.hook_name
+        if not hook:
+            raise ValueError("the SAE's config names no hook; pass hook=")
+        model = load_model(model, hook, backend, device)
+        if model_ref is None:  # an instance: its own name, when that is a local dir or a hub name
+            name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
+            model_ref = str(name) if name else None
+        source = ActivationSource(model, hook)
+        if int(sae.cfg.d_in) != source.d_model:
+            raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
+        tok = model_tokenizer(model, tokenizer)
+        groups = resolve_vocabulary(vocabulary)
+        seqs = rsm.vocabulary_sequences(groups, lambda s: tok.encode(s, add_special_tokens=False), tok.unk_token_id)
+        ignore = ignore_ids(ignore_tokens, tok)
+        context_size = int(context_size or meta.context_size or 1024)
+        prepend_bos = bool(meta.get("prepend_bos", True) if prepend_bos is None else prepend_bos)
+        encoder = FeatureEncoder(sae, feature_chunk_size)
+        in_memory_rows = isinstance(tokens, (torch.Tensor, list))
+        sae_src = source_of(sae) or {}
+        data_id = ri.data_identity(tokens)
+        self.config = {
+            # how to reopen the run (paths or names; None when the caller passed an object we cannot name)
+            "model": model_ref, "model_class": type(model).__name__, "backend": backend,
+            "sae": sae_src.get("sae"), "sae_id": sae_id if sae_id is not None else sae_src.get("sae_id"),
+            "sae_loader": sae_loader or sae_src.get("loader"), "sae_class": type(sae).__name__,
+            "data": data_id["ref"], "hook": hook, "architecture": encoder.arch, "d_sae": encoder.d_sae,
+            "n_samples": n_samples, "seed": None if in_memory_rows else seed, "text_column": text_column,
+            "context_size": context_size, "prepend_bos": prepend_bos, "batch_size": batch_size,
+            "vocabulary": {g: [list(s) for s in v] for g, v in seqs.items()},
+            "expand_range": [int(v) for v in expand_range], "ignore_tokens": ignore, "alpha": alpha, "eps": eps,
+            "num_chunks": num_chunks, "chunk_index": chunk_index}
+        # what the run computes: any difference here means different numbers
+        self.identity = {"sae": ri.sae_identity(sae), "model": ri.model_identity(model, model_ref), "data": data_id,
+                         **{k: self.config[k] for k in ("hook", "n_samples", "seed", "text_column", "context_size",
+                                                        "prepend_bos", "batch_size", "vocabulary", "expand_range",
+                                                        "ignore_tokens", "alpha", "eps", "num_chunks")}}
+        job = hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.config.update(job=job, fingerprint=f"{job}-{chunk_index}of{num_chunks}", identity=self.identity)
+        self.model, self.sae, self.tokens, self.tokenizer, self.source, self.encoder = model, sae, tokens, tok, source, encoder
+        self.groups, self.seqs, self.ignore = groups, seqs, ignore
+        self.opts = dict(expand_range=expand_range, alpha=alpha, eps=eps, batch_size=batch_size, n_samples=n_samples,
+                         seed=seed, text_column=text_column, context_size=context_size, prepend_bos=prepend_bos,
+                         num_chunks=num_chunks, chunk_index=chunk_index, checkpoint_every=checkpoint_every)
+
+    def check_against(self, other: dict, what: str, hint: str) -> None:
+        """Refuse when ``other`` (a saved run's config / checkpoint extra) was computed by another job."""
+        from sae_lens_ext.reason_score.identity import differences
+
+        theirs = other.get("identity")
+        if other.get("fingerprint") == self.config["fingerprint"] and theirs is not None:
+            return
+        if theirs is None:
+            diff = ["it predates run identities (no record of what it computed)"]
+        else:
+            diff = differences(theirs, self.identity)
+            if other.get("chunk_index") != self.config["chunk_index"]:
+                diff.append(f"chunk_index: {other.get('chunk_index')} != {self.config['chunk_index']}")
+        raise ValueError(f"{what} belongs to a different run ({'; '.join(diff) or 'fingerprint differs'}); {hint}")
+
+    def run(self, checkpoint=None, progress=True, require_matches=True, _interrupt_after=None):
+        import sys
+
+        import torch
+        from tqdm.auto import tqdm
+
+        from sae_lens_ext.reason_score import metric as rsm
+
+        o, config = self.opts, self.config
+        stats = rsm.ReasonStats(list(self.groups), self.encoder.d_sae,
+                                extra={k: config[k] for k in ("job", "fingerprint", "num_chunks", "chunk_index", "identity")})
+        rows = o["n_samples"] if o["n_samples"] is not None else len(self.tokens) if isinstance(self.tokens, (torch.Tensor, list)) else None
+        total = None if rows is None else -(-len(range(o["chunk_index"], rows, o["num_chunks"])) // o["batch_size"])
+        if checkpoint is not None and Path(checkpoint).is_file():
+            saved = rsm.ReasonStats.load(checkpoint)
+            self.check_against(saved.extra, f"checkpoint {str(checkpoint)!r}", "delete it, choose another output, or start over (--overwrite)")
+            stats = saved
+            print(f"ReasonScore: resuming from batch {stats.n_batches}/{total if total is not None else '?'} "
+                  f"({str(checkpoint)!r}, identical run {config['job']})", file=sys.stderr)
+        done = stats.n_batches
+        group_seqs = list(self.seqs.values())
+        batches = token_batches(self.tokens, self.tokenizer, batch_size=o["batch_size"], context_size=o["context_size"],
+                                prepend_bos=o["prepend_bos"], n_samples=o["n_samples"], seed=o["seed"],
+                                text_column=o["text_column"], num_chunks=o["num_chunks"], chunk_index=o["chunk_index"])
+        sae_device = next(self.encoder.sae.parameters()).device
+        for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
+            if i < done:
+                continue  # resumed: these batches are already in the checkpoint
+            acts = self.source(batch).to(sae_device)
+            masks = rsm.token_masks(batch.to(sae_device), group_seqs, o["expand_range"], self.ignore)
+            stats.add_counts(*masks)
+            flat = acts.reshape(-1, acts.shape[-1])
+            for start, chunk_acts in self.encoder.chunks(flat):
+                stats.add_acts(chunk_acts, *masks, start=start)
+            if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
+                stats.save(checkpoint)
+            if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
+                raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
+        if stats.n_tokens == 0:
+            what = config["data"] or type(self.tokens).__name__
+            raise ValueError(f"the data {what!r} gave no token rows (empty dataset, or too short for context_size {o['context_size']})")
+        if require_matches and stats.count_pos == 0:
+            raise ValueError(f"no vocabulary string occurs in the {stats.n_tokens} scored tokens (groups: {list(self.groups)}); "
+                             f"check the vocabulary and the tokenizer")
+        return rsm.ReasonScoreResult.from_stats(stats, o["alpha"], o["eps"], config)
+
+
+def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
+                         checkpoint=None, progress=True, require_matches=True, _interrupt_after=None, **kwargs):
+    """ReasonScore of every feature of ``sae`` on ``tokens`` in one pass over the data.
+
+    ``model``: HookedTransformer, TransformerBridge, HF causal LM, or an HF name / local dir.
+    ``sae``: SAELens SAE, local dir, release (with ``sae_id``) or what a ``sae_loader`` plugin reads.
+    ``tokens``: [N, T] tensor / list of rows, a ``datasets.Dataset``, or a dataset path/name (text
+    column tokenised and concatenated to the SAE's context_size, or a pre-tokenised ``tokens``
+    column). ``ignore_tokens``: ids or "bos"/"eos"/"pad". Keyword options (``PreparedRun``):
+    ``eps, sae_id, hook, tokenizer, batch_size, feature_chunk_size`` (encode that many features at a
+    time: bounds memory, same result), ``n_samples, seed, text_column, context_size, prepend_bos,
+    num_chunks, chunk_index`` (score one shard of the rows; merge with ``merge_shards``),
+    ``checkpoint_every, backend, sae_loader, device``. ``checkpoint``: a file the accumulators are
+    saved to every ``checkpoint_every`` batches and resumed from — only by the same run (identity:
+    SAE weights, model, data fingerprint, vocabulary, options); another run's checkpoint is refused.
+    Returns a ``ReasonScoreResult`` (``.scores``, ``.mu_pos``, ``.mu_neg``, ``.mu_groups``, ``.top(k)``).
+
+    Every option is checked before the model or SAE is loaded. Vocabulary errors: strings that
+    tokenize to the unknown token cannot match and are dropped; if none is left, or (with
+    ``require_matches``, off for shards) if no string occurs anywhere in the scored tokens, a
+    ValueError names the groups. Groups that never occur are kept (mu_g = 0), as in the reference,
+    so G is the vocabulary's group count.
+    """
+    prepared = PreparedRun(model, sae, tokens, vocabulary, expand_range, ignore_tokens, alpha, **kwargs)
+    return prepared.run(checkpoint, progress, require_matches, _interrupt_after)
+
+
+@hookimpl
+def reason_feature_scorers():
+    return {"reason_score": compute_reason_score}

@@ -1,0 +1,166 @@
+"""The patch bodies: what each vLLM module gets once it is imported (``register`` in ``__init__.py`` arms
+them through ``reason_plugins.import_hooks``; ``wrapping.wrap_method`` applies each one at most once and
+refuses loudly when a target moved; every patched name is declared in ``patching/targets.py``).
+
+- model runners (``patch_runner``): install the steering ops at ``load_model``; per step, admit and
+  finish requests (``_update_states``), write the token -> edit layout (``_prepare_inputs``), report
+  requests the worker could not steer (``sample_tokens``);
+- the input processor (``patch_input_processor``): the one validator and the prefix-cache salt;
+- ``VllmConfig`` (``patch_config``): engines with steering use the V1 model runner;
+- workers (``patch_worker``): the ``collective_rpc`` report / capture / stats methods;
+- the scheduler (``patch_scheduler``): steering slots admitted like LoRA adapters (``admission.py``, beside this file).
+"""
+
+from __future__ import annotations
+
+
+def patch_scheduler(module) -> None:
+    from vllm_patches.engine.admission import install
+
+    install(module)
+
+
+def patch_runner(module) -> None:
+    from vllm_patches.patching.wrapping import wrap_method
+
+    cls = getattr(module, "CPUModelRunner", None) or module.GPUModelRunner
+
+    def load_model(original):
+        def wrapper(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            if getattr(self, "reason_steering", None) is None:
+                from vllm_patches.config import config_from
+                from vllm_patches.engine.runtime import SteeringRuntime
+
+                config = config_from(self.vllm_config)
+                if config:
+                    from vllm_patches.patching.wrapping import current_platform, require_targets
+
+                    require_targets(current_platform())
+                self.reason_steering = SteeringRuntime(self.model, self.vllm_config, config) if config else None
+            return result
+        return wrapper
+
+    def update_states(original):
+        def wrapper(self, scheduler_output, *args, **kwargs):
+            runtime = getattr(self, "reason_steering", None)
+            if runtime is not None:
+                stats = getattr(scheduler_output, "reason_steering_stats", None)
+                if stats is not None:
+                    runtime.scheduler_stats = stats
+                if scheduler_output.finished_req_ids:
+                    runtime.finish(scheduler_output.finished_req_ids)
+                runtime.admit(scheduler_output.scheduled_new_reqs)
+            return original(self, scheduler_output, *args, **kwargs)
+        return wrapper
+
+    def prepare_inputs(original):
+        def wrapper(self, scheduler_output, num_scheduled_tokens_np, *args, **kwargs):
+            result = original(self, scheduler_output, num_scheduled_tokens_np, *args, **kwargs)
+            runtime = getattr(self, "reason_steering", None)
+            if runtime is not None:
+                num_reqs = len(num_scheduled_tokens_np)
+                runtime.update(self.input_batch.req_ids[:num_reqs], num_scheduled_tokens_np, self.requests)
+            return result
+        return wrapper
+
+    def sample_tokens(original):
+        def wrapper(self, *args, **kwargs):
+            output = original(self, *args, **kwargs)
+            runtime = getattr(self, "reason_steering", None)
+            if runtime is not None and runtime.failed_pending:
+                from vllm_patches.engine.admission import attach_failed
+
+                attach_failed(output, runtime.failed_pending)
+            return output
+        return wrapper
+
+    wrap_method(cls, "load_model", load_model)
+    if cls.__name__ == "GPUModelRunner":
+        wrap_method(cls, "_update_states", update_states)
+        wrap_method(cls, "_prepare_inputs", prepare_inputs)
+        wrap_method(cls, "sample_tokens", sample_tokens)
+
+
+def patch_input_processor(module) -> None:
+    from vllm_patches.patching.wrapping import wrap_method
+
+    def process_inputs(original):
+        def wrapper(self, request_id, prompt, params, *args, **kwargs):
+            from vllm_patches.config import config_from
+            from vllm_patches.frontend import prepare_request
+
+            if not hasattr(self, "_reason_steering_config"):  # parsed once per processor, not per request
+                self._reason_steering_config = config_from(self.vllm_config)
+                if self._reason_steering_config:
+                    from vllm_patches.patching.wrapping import current_platform, require_targets
+
+                    require_targets(current_platform())
+            salt = prepare_request(params, self._reason_steering_config)  # raises SteeringRequestError
+            request = original(self, request_id, prompt, params, *args, **kwargs)
+            if salt is not None:
+                request.cache_salt = f"{request.cache_salt}|{salt}" if request.cache_salt else salt
+            return request
+        return wrapper
+
+    wrap_method(module.InputProcessor, "process_inputs", process_inputs)
+
+
+def patch_config(module) -> None:
+    cls = module.VllmConfig
+    original = cls.__dict__.get("use_v2_model_runner")
+    if not isinstance(original, property):  # require_targets names it when an engine steers
+        import logging
+
+        logging.getLogger("vllm.reason_steering").warning(
+            "reason-steering: VllmConfig.use_v2_model_runner is not a property in this vLLM; not patched")
+        return
+    if getattr(original.fget, "__reason_steering__", False):
+        return
+
+    def use_v2_model_runner(self) -> bool:
+        from vllm_patches.config import config_from
+
+        if config_from(self) is None:
+            return original.fget(self)
+        # steering is installed by, and reads the batch of, the V1 runner; the earliest point an
+        # engine start with a steering config reaches us (the input processor asks): check every target
+        from vllm_patches.patching.wrapping import current_platform, note_v1_switch, require_targets
+
+        require_targets(current_platform())
+        note_v1_switch(original.fget, self)
+        return False
+
+    use_v2_model_runner.__reason_steering__ = True
+    cls.use_v2_model_runner = property(use_v2_model_runner)
+
+
+def patch_worker(module) -> None:
+    def reason_steering_report(self, req_ids=None):
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        return {} if runtime is None else runtime.report(req_ids)
+
+    def reason_steering_capture(self, hook, num_tokens):
+        return self.model_runner.reason_steering.captured(hook, num_tokens)
+
+    def reason_steering_stats(self):
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
+
+    reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
+    reason_steering_stats.__reason_steering__ = True
+    if not hasattr(module.WorkerBase, "reason_steering_report"):
+        module.WorkerBase.reason_steering_report = reason_steering_report
+        module.WorkerBase.reason_steering_capture = reason_steering_capture
+        module.WorkerBase.reason_steering_stats = reason_steering_stats
+
+
+# module -> patch, in the order ``register`` arms them
+BY_MODULE = {
+    "vllm.v1.worker.gpu_model_runner": patch_runner,
+    "vllm.v1.worker.cpu_model_runner": patch_runner,
+    "vllm.v1.engine.input_processor": patch_input_processor,
+    "vllm.v1.worker.worker_base": patch_worker,
+    "vllm.config.vllm": patch_config,
+    "vllm.v1.core.sched.scheduler": patch_scheduler,
+}

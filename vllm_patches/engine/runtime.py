@@ -1,0 +1,320 @@
+"""Worker side of the plugin: install the steering ops when the model is loaded, and before each
+engine step rewrite their buffers from the batch the runner is about to run.
+
+The runner lays the scheduled tokens of its requests out back to back, in ``input_batch.req_ids``
+order with ``num_scheduled_tokens`` each; that is the map from requests to token rows. Each
+request's specs were validated and normalised by the front-end (``frontend.py``) and travel in
+``SamplingParams.extra_args["steering"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from reason_plugins.hf_hooks import decoder_layers
+from reason_plugins.spec import SpecError, parse_steering, specs_hash
+from reason_plugins.steering import edit_constants, feature_rows, needs_full_sae, row_gates, sae_architecture, sae_normalisation
+from vllm_patches.config import SteeringConfig
+from vllm_patches.engine.admission import slot_ident
+from vllm_patches.engine.op import SteeringOp
+
+logger = logging.getLogger("reason_plugins.vllm")
+_FINISHED_KEPT = 10_000
+
+
+@lru_cache(maxsize=4096)
+def _specs_of(steering_json: str):
+    specs = parse_steering(steering_json)
+    return specs, specs_hash(specs)
+
+
+@lru_cache(maxsize=4096)
+def _constants(mode: str, value: float) -> tuple[float, float]:
+    a, b = edit_constants([mode], [value])
+    return float(a[0]), float(b[0])
+
+
+def request_specs(sampling_params):
+    extra = getattr(sampling_params, "extra_args", None) or {}
+    raw = extra.get("steering")
+    if raw is None:
+        return (), None
+    return _specs_of(raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True))
+
+
+def _hook(module, args, output):
+    hidden, residual = output
+    return module.reason_steering(hidden, residual), residual
+
+
+class SteeringRuntime:
+    """Per-worker state: the ops by configured SAE, and per-request bookkeeping for reports."""
+
+    def __init__(self, model, vllm_config, config: SteeringConfig):
+        from reason_plugins.saes import load_sae
+
+        self.config = config
+        parallel = getattr(vllm_config, "parallel_config", None)
+        if getattr(parallel, "pipeline_parallel_size", 1) > 1:  # a rank would hold only some of the layers
+            raise SpecError("reason-steering supports tensor parallelism, not pipeline parallelism "
+                            f"(pipeline_parallel_size={parallel.pipeline_parallel_size})")
+        layers = decoder_layers(model)
+        d_model = self.d_model = vllm_config.model_config.get_hidden_size()
+        dtype = vllm_config.model_config.dtype
+        device = next(model.parameters()).device
+        max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
+        cudagraph_max = getattr(vllm_config.compilation_config, "max_cudagraph_capture_size", None) or 0
+        max_tokens = max(max_tokens, cudagraph_max)
+        # request numbers index the ops' |delta| sums; preempted requests keep theirs, hence the margin
+        max_requests = 4 * vllm_config.scheduler_config.max_num_seqs
+        self.ops: dict[tuple, SteeringOp] = {}
+        self.saes: dict[tuple, object] = {}
+        for slot in config.saes:
+            if not 0 <= slot.layer < len(layers):
+                raise SpecError(f"steering config hook {slot.hook!r}: the model has {len(layers)} layers")
+            sae = load_sae(slot.sae, slot.sae_id, device=str(device))
+            if sae.cfg.d_in != d_model:
+                raise SpecError(f"SAE {slot.sae!r} has d_in {sae.cfg.d_in} but the model's width is {d_model}")
+            reconstruct = slot.reconstruct if slot.reconstruct is not None else needs_full_sae(sae_architecture(sae), sae_normalisation(sae))
+            op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
+                            sae=sae if reconstruct else None, capture=config.capture)
+            layers[slot.layer].add_module("reason_steering", op)
+            layers[slot.layer].register_forward_hook(_hook)
+            self.ops[slot.key], self.saes[slot.key] = op, sae
+        self._specs: dict[str, tuple] = {}  # steered requests the runner holds: req_id -> (specs, digest)
+        self._numbers: dict[str, int] = {}  # req_id -> its row in the ops' delta_abs_sum
+        self._free_numbers = list(range(max_requests, 0, -1))
+        self._rows: dict[tuple, dict] = {}
+        self._slot_content: dict[tuple, object] = {}  # (key, buffer, slot) -> what it holds now
+        self._written: dict[tuple, int] = {}  # (key, buffer) -> rows that may be non-zero
+        self._layout: tuple = ()  # the steered requests' rows in the last step; reused while unchanged
+        self._layout_tokens: list[tuple] = []  # (req_id, steered tokens per step) of that layout
+        self._layout_steps = 0  # steps run with it, not yet counted into the records
+        self._last_ids, self._last_counts, self._steady = [], b"", False  # the last step's batch
+        self.active: dict[str, dict] = {}
+        self.finished: OrderedDict[str, dict] = OrderedDict()
+        self.failed_pending: set[str] = set()  # requests this worker could not steer, not yet told to the scheduler
+        self.scheduler_stats: dict = {}  # the scheduler's admission counters, as of the last step
+        logger.info("reason-steering: ops installed at %s",
+                    {s.hook: "fused" if self.ops[s.key].fused else "opaque" for s in config.saes})
+
+    # -- per step -----------------------------------------------------------------------------
+    def admit(self, new_requests) -> None:
+        """Note the steered ones among requests new to the runner (specs were checked by the front-end)."""
+        for request in new_requests:
+            specs, digest = request_specs(request.sampling_params)
+            if specs:
+                self._specs[request.req_id] = (specs, digest)
+
+    def update(self, req_ids, num_scheduled, requests) -> None:
+        """Point the op buffers at the batch about to run (called after the runner's input prep).
+
+        The runner lays its requests' scheduled tokens out back to back in ``req_ids`` order; the
+        steered ones' rows are this step's layout. A steady decode batch repeats the last layout,
+        and then nothing is written at all; with no steered request nothing is even looked at."""
+        if not self._specs:
+            if self._layout:
+                self._write((), 0)
+            self._steady = False
+            return
+        counts = num_scheduled.tobytes()
+        if self._steady and counts == self._last_counts and req_ids == self._last_ids:
+            self._layout_steps += 1  # same requests, same token counts, all past their prompts
+            return
+        layout = []
+        start = 0
+        for req_id, n in zip(req_ids, num_scheduled.tolist()):
+            if req_id in self._specs:
+                state = requests[req_id]
+                prompt_left = max(0, min(n, state.num_prompt_tokens - state.num_computed_tokens))
+                layout.append((req_id, start, start + n, prompt_left))
+            start += n
+        layout = tuple(layout)
+        self._last_ids, self._last_counts = list(req_ids), counts
+        self._steady = all(entry[3] == 0 for entry in layout)
+        if layout == self._layout:
+            self._layout_steps += 1
+            return
+        self._write(layout, start)
+
+    def _write(self, layout: tuple, num_tokens: int) -> None:
+        """Build the edit tables and row -> request numbers of ``layout`` on the host, copy each once."""
+        self._count_layout_steps()
+        host: dict[tuple, np.ndarray] = {}  # (key, op buffer name) -> its first num_tokens rows
+
+        def table(key, buffer, dtype=np.float32, width=self.config.max_slots):
+            rows = host.get((key, buffer))
+            if rows is None:
+                rows = host[(key, buffer)] = np.zeros((num_tokens, width) if width else num_tokens, dtype=dtype)
+            return rows
+
+        used: dict[tuple, dict] = {}
+        self._layout_tokens = []
+        kept = []
+        for entry in layout:
+            try:
+                self._write_request(entry, table, used)
+                kept.append(entry)
+            except Exception as exc:  # one request's steering must never take the engine down
+                self._fail(entry, exc, host)
+        layout = tuple(kept)
+        for key, op in self.ops.items():
+            buffers = ("edit_a", "edit_b", "row_request") + (("rec_mask",) if op.sae is not None else ())
+            for buffer in buffers:
+                target, rows = getattr(op, buffer), host.get((key, buffer))
+                written = self._written.get((key, buffer), 0)
+                filled = num_tokens if rows is not None else 0
+                if rows is not None:
+                    target[:num_tokens].copy_(torch.from_numpy(rows), non_blocking=True)
+                if written > filled:  # rows a longer step left behind
+                    target[filled:written].zero_()
+                self._written[(key, buffer)] = filled
+            op.set_active((key, "edit_a") in host, (key, "rec_mask") in host)
+        self._layout = layout
+        self._layout_steps = 1  # the step about to run
+
+    def _write_request(self, entry, table, used) -> None:
+        req_id, start, end, prompt_left = entry
+        specs, digest = self._specs[req_id]
+        number = self._number(req_id)
+        first_steered = end
+        for spec in specs:
+            lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
+            first_steered = min(first_steered, lo)
+            key = (spec.sae, spec.sae_id, spec.hook)
+            for edit in spec.edits:
+                a, b = _constants(edit.mode, edit.value)
+                path, ident = slot_ident(spec, edit)
+                if path == "rec":
+                    table(key, "rec_mask")[lo:end, self._slot(used, key, "rec", ident, (a, b))] = 1
+                else:  # the slot holds the feature's rows; the edit itself goes per token
+                    slot = self._slot(used, key, "rows", ident, None)
+                    table(key, "edit_a")[lo:end, slot] = a
+                    table(key, "edit_b")[lo:end, slot] = b
+            table(key, "row_request", np.int64, None)[lo:end] = number
+        if req_id not in self.active:
+            self.active[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
+                                   "tokens": 0, "steps": 0, "number": number}
+        self._layout_tokens.append((req_id, end - first_steered))
+
+    def _fail(self, entry, exc: Exception, host: dict) -> None:
+        """Defence in depth: a request the worker cannot steer is finished with an error by the
+        scheduler (``admission.attach_failed``); its rows are cleared, everyone else runs on."""
+        req_id, start, end, _ = entry
+        logger.error("reason-steering: request %s cannot be steered, finishing it with an error: %s", req_id, exc)
+        for rows in host.values():
+            rows[start:end] = 0
+        self.failed_pending.add(req_id)  # handed to the scheduler with this step's output
+        specs, digest = self._specs.pop(req_id)
+        rec = self.active.pop(req_id, None) or {}
+        self.finished[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
+                                 "tokens": rec.get("tokens", 0), "steps": rec.get("steps", 0),
+                                 "error": f"{type(exc).__name__}: {exc}", "mean_abs_delta": float("nan")}
+
+    def _number(self, req_id: str) -> int:
+        number = self._numbers.get(req_id)
+        if number is None:
+            # 0 (the sink row) if ever exhausted: the request is steered but its |delta| goes unreported
+            number = self._numbers[req_id] = self._free_numbers.pop() if self._free_numbers else 0
+            if number == 0:
+                logger.warning("reason-steering: no |delta| row left for request %s; its mean |delta| is not reported", req_id)
+        return number
+
+    def _slot(self, used: dict, key: tuple, path: str, ident: tuple, constants) -> int:
+        """The slot of ``path`` ("rows": catalogued encoder/decoder rows, "rec": reconstruct edits)
+        holding ``ident`` this step; its buffers are rewritten only when it held something else."""
+        taken = used.setdefault((key, path), {})
+        if ident in taken:
+            return taken[ident]
+        slot = len(taken)
+        if slot >= self.config.max_slots:  # the scheduler's admission (admission.py) keeps this from happening
+            raise SpecError(f"more than max_slots={self.config.max_slots} distinct steering slots at {key[2]} in one step")
+        taken[ident] = slot
+        if self._slot_content.get((key, path, slot)) == ident:
+            return slot
+        op = self.ops[key]
+        if path == "rec":
+            op.rec_feature[slot] = ident[1]
+            op.rec_a[slot], op.rec_b[slot] = constants
+        else:
+            method, feature = ident
+            rows = self._rows.get((key, method, feature))
+            if rows is None:
+                rows = self._rows[(key, method, feature)] = feature_rows(self.saes[key], [feature], method)
+            op.enc_t[:, slot].copy_(rows["enc"][0])
+            op.bias[slot], op.dec[slot] = rows["bias"][0], rows["dec"][0]
+            op.gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
+        self._slot_content[(key, path, slot)] = ident
+        return slot
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _count_layout_steps(self) -> None:
+        """Fold the steps run with the current layout into the records of its requests."""
+        for req_id, tokens in self._layout_tokens:
+            rec = self.active.get(req_id)
+            if rec is not None:
+                rec["tokens"] += tokens * self._layout_steps
+                rec["steps"] += self._layout_steps
+        self._layout_steps = 0
+
+    def _delta_abs_sums(self, req_ids) -> dict[str, float]:
+        """Sum of per-token mean |delta| over the steered tokens and layers of each request (one read per op)."""
+        numbers = [self.active[r]["number"] for r in req_ids]
+        if not numbers:
+            return {}
+        index = torch.tensor(numbers, device=next(iter(self.ops.values())).delta_abs_sum.device)
+        # the ops sum |delta| over the model width; the report is in per-token mean |delta|
+        total = sum(op.delta_abs_sum[index].cpu().double() for op in self.ops.values()) / self.d_model
+        return {r: (float(v) if n else float("nan")) for r, n, v in zip(req_ids, numbers, total.tolist())}
+
+    def finish(self, req_ids) -> None:
+        self._count_layout_steps()
+        done = [r for r in req_ids if r in self.active]
+        sums = self._delta_abs_sums(done)
+        freed = []
+        for req_id in req_ids:
+            self._specs.pop(req_id, None)
+            number = self._numbers.pop(req_id, None)
+            if number:
+                freed.append(number)
+        if freed:
+            for op in self.ops.values():
+                op.delta_abs_sum[torch.tensor(freed, device=op.delta_abs_sum.device)] = 0
+            self._free_numbers.extend(freed)
+        for req_id in done:
+            rec = self.active.pop(req_id)
+            rec.pop("number")
+            rec["delta_abs_sum"] = sums[req_id]
+            rec["mean_abs_delta"] = sums[req_id] / max(1, rec["tokens"] * len(rec["layers"]))
+            logger.info("reason-steering: request %s steered: spec %s, layers %s, %d tokens, mean |delta| %.4g",
+                        req_id, rec["spec_hash"], rec["layers"], rec["tokens"], rec["mean_abs_delta"])
+            self.finished[req_id] = rec
+            while len(self.finished) > _FINISHED_KEPT:
+                self.finished.popitem(last=False)
+
+    def captured(self, hook: str, num_tokens: int):
+        """The residual stream the op at ``hook`` saw for the first ``num_tokens`` rows of the last step."""
+        for key, op in self.ops.items():
+            if key[2] == hook:
+                if not op.capture:
+                    raise SpecError("capture is off: start the engine with {'capture': true} in the steering config")
+                return op.captured[:num_tokens].detach().float().cpu().tolist()  # plain lists cross the RPC
+        raise SpecError(f"no steering op at {hook!r}")
+
+    def report(self, req_ids=None) -> dict:
+        """Per request id: spec hash, layers, steered tokens, mean |delta| (finished or running)."""
+        self._count_layout_steps()
+        sums = self._delta_abs_sums(list(self.active))
+        running = {}
+        for r, rec in self.active.items():
+            rec = {k: v for k, v in rec.items() if k != "number"}
+            running[r] = dict(rec, finished=False, delta_abs_sum=sums[r],
+                              mean_abs_delta=sums[r] / max(1, rec["tokens"] * len(rec["layers"])))
+        everything = {**{r: dict(rec, finished=True) for r, rec in self.finished.items()}, **running}
+        return everything if req_ids is None else {r: everything[r] for r in req_ids if r in everything}
