@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reason-plugins-setup
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup
 	bash scripts/run_tests.sh
+
+# Everything not marked slow (no engine, server or lm-eval run end to end): for edit loops. CI runs `make test`.
+test-fast: setup
+	bash scripts/run_tests.sh --fast
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -46,7 +46,9 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
            "include_path": include_path, "gen_kwargs": gen_kwargs or f"max_gen_toks={int(max_gen_toks)}", "eager": bool(enforce_eager),
            "single": bool(single_arms), "max_model_len": int(max_model_len)}
     started = time.time()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    # the child exists for this one engine: its core runs in the child itself unless the caller says otherwise
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false",
+           "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
     res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.run_arms", json.dumps(job)], capture_output=True, text=True,
                          timeout=timeout, env=env)
     if res.returncode != 0:
@@ -123,9 +125,14 @@ def _child(job: dict) -> None:
     include = [p for p in (TASKS_DIR, job.get("include_path")) if p]
     metadata = {"pretrained": job["model"], **({"n": job["n"]} if job.get("n") else {})}
 
+    # metadata reaches the task (tokenizer for lengths, `n` for the dataset) through the TaskManager; one
+    # index serves every evaluation, and lm-eval's thousands of own tasks are indexed only when ours lack the task
+    tasks = TaskManager(include_path=include, include_defaults=False, metadata=metadata)
+    if job["task"] not in tasks.all_tasks:
+        tasks = TaskManager(include_path=include, metadata=metadata)
+
     def evaluate():
-        # metadata reaches the task (tokenizer for lengths, `n` for the dataset) through the TaskManager
-        return lm_eval.simple_evaluate(model=lm, tasks=[job["task"]], task_manager=TaskManager(include_path=include, metadata=metadata),
+        return lm_eval.simple_evaluate(model=lm, tasks=[job["task"]], task_manager=tasks,
                                        apply_chat_template=True, log_samples=True, gen_kwargs=job["gen_kwargs"], limit=job.get("limit"))
 
     t0 = time.time()

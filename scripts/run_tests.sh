@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
-# Runs the whole suite (slow end-to-end tests included), after the layering contracts and ruff when run
-# without arguments. pytest's exit 5 ("no tests ran") is a failure.
+# The test suite. Without arguments (`make test`): the layering contracts and ruff (seconds), then every
+# test, slow end-to-end ones included; `--fast` (`make test-fast`): the same without the slow ones. Both
+# run on pytest-xdist workers (one per core, up to 4; each module's tests on one worker, so a module's
+# engine starts once) and print pytest's 15 slowest tests. Any other arguments go to pytest as they are,
+# in this process (`bash scripts/run_tests.sh tests/test_hub.py -k spec`). pytest's exit 5 ("no tests
+# ran") is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-# Static checks first (seconds): the layering contracts (import-linter, pyproject.toml) and ruff's lint.
-if [ "$#" -eq 0 ]; then
+args=("$@")
+if [ "$#" -eq 0 ] || [ "$*" = "--fast" ]; then
   .venv/bin/lint-imports || exit 1
   .venv/bin/ruff check . || exit 1
+  cores=$(nproc)
+  workers="${REASON_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
+  args=(--durations=15)
+  if [ "$workers" -gt 1 ]; then
+    # modules stay whole on one worker (their engines and servers start once); tests/conftest.py
+    # puts the long modules first and pins each worker to its own core
+    args+=(-n "$workers" --dist loadscope --no-loadscope-reorder)
+  fi
+  [ "$*" = "--fast" ] && args+=(-m "not slow")
 fi
-.venv/bin/python -m pytest "$@"
+started=$(date +%s)
+.venv/bin/python -m pytest "${args[@]}"
 rc=$?
+echo "pytest: $(( $(date +%s) - started )) s wall (exit $rc)"
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
 exit "$rc"

@@ -11,6 +11,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+from tests.support.cores import pin_worker  # noqa: E402
+
+pin_worker()  # under `-n 2`: one core per worker, before torch is imported
+
 from reason_plugins import tiny_models  # noqa: E402
 from sae_lens_ext.training import tiny_saes  # noqa: E402
 
@@ -101,3 +105,17 @@ def scored_run(tmp_path_factory, llama_dir, sae_dirs, scored_data):
     score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(scored_data), out, top_k=10, ignore_tokens=["bos", "eos"],
                  context_size=64, n_samples=48, progress=False)
     return out
+
+
+# Seconds each long module took in `make test` (2 workers, measured 2026-12; only the order matters):
+# the longest start first, so that with `--dist loadscope` no long module starts last on a worker.
+MODULE_SECONDS = {"test_vllm_steering": 150, "test_lm_eval_cli": 130, "test_real_model": 70, "test_vllm_load": 65,
+                  "test_demo": 55, "test_lm_eval_arms": 30, "test_cli_bad_inputs": 20, "test_dashboards": 15,
+                  "test_sweep": 15, "test_autoload": 14, "test_vllm_targets": 12}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long modules first, longest first (``MODULE_SECONDS``), each module's tests in their own order:
+    with ``-n 2 --dist loadscope`` (``make test``) both workers start on long modules and the short
+    ones fill the gaps at the end. Tests never depend on their order."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.module.__name__.rpartition(".")[2], 0))  # stable sort

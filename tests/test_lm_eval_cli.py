@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.vllm_jobs import engine_env
+
 pytestmark = pytest.mark.slow
 
 TASKS = ["aime2024_nofigures", "math500", "gpqa_diamond_openai"]
@@ -50,7 +52,7 @@ def lm_eval_cli(out: Path, model: str, model_args: str, task_dir: Path, env_extr
     exe = shutil.which("lm_eval") or str(Path(os.sys.executable).with_name("lm_eval"))
     cmd = [exe, "--model", model, "--model_args", model_args, "--tasks", ",".join(TASKS), "--include_path", str(task_dir),
            "--limit", str(LIMIT), "--apply_chat_template", "--log_samples", "--output_path", str(out), *(extra or [])]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env_extra or {})}
+    env = engine_env(**(env_extra or {}))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-6000:])
     if arms:

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.support.references import assert_close, hf_greedy, naive_scores
+from tests.support.vllm_jobs import engine_env
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +208,7 @@ def test_steer_cli_takes_the_model_name_and_reports_the_dtype(real_dir, real_sae
     _, path, _ = real_saes["standard"]
     cmd = [str(Path(sys.executable).parent / "reason-sae"), "steer", "--model", NAME, "--sae", str(path), "--feature", "3",
            "--value", "400", "--prompt", "What is 17 + 5?", "--max-tokens", "8", "--eager", "--dtype", "float32", "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=engine_env())
     assert res.returncode == 0, res.stderr[-4000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["dtype"] == "float32" and out["applied"]["layers"] == [18]

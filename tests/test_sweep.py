@@ -4,11 +4,12 @@ vLLM engine (eager, in a subprocess: a second engine cannot share the test proce
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.support.vllm_jobs import engine_env
 
 
 def test_requests_are_baseline_then_every_value_for_every_prompt(sae_dirs):
@@ -49,11 +50,10 @@ def test_cli_sweep_on_the_vllm_engine(llama_dir, sae_dirs, tmp_path):
     sae = SAE.load_from_disk(str(sae_dirs["standard"]))
     feature = int(sae.W_dec.norm(dim=-1).argmax())
     out = tmp_path / "sweep"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     cmd = [sys.executable, "-m", "reason_plugins.app.cli", "sweep", "--model", str(llama_dir), "--sae", str(sae_dirs["standard"]),
            "--feature", str(feature), "--values", "0,40", "--max-tokens", "12", "--eager", "--max-model-len", "256",
            "--prompt", "What is 3 + 4?", "--prompt", "What is 12 * 3?", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=engine_env())
     assert res.returncode == 0, res.stderr[-4000:]
     data = json.loads((out / "sweep.json").read_text())
     assert [r["value"] for r in data["summary"]] == [None, 0.0, 40.0] and all(r["n"] == 2 for r in data["summary"])

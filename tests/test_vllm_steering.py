@@ -9,7 +9,6 @@ subprocesses (``tests/support/vllm_job.py``) because two engines cannot share th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.cores import machine_cores
 from tests.support.references import hf_greedy
-from tests.support.vllm_jobs import run_job
+from tests.support.vllm_jobs import engine_env, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -252,7 +252,7 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
     ranks' ops steer the same rows by the same amount, and the output equals the HF reference."""
     hook = "blocks.2.hook_resid_post"
     steer = spec(layer_saes, hook, CASES["delta-set"][1])
-    cores = sorted(os.sched_getaffinity(0))
+    cores = machine_cores()  # the session's cores, not only this xdist worker's
     assert len(cores) >= 2, "the tensor-parallel check needs two CPU cores"
     # vLLM's CPU workers bind their threads per NUMA node by default; this machine has one node
     env = {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
@@ -278,7 +278,7 @@ def test_steer_cli_prints_baseline_and_steered_as_json(llama_dir, layer_saes):
     sae_dir = str(layer_saes[hook][1])
     cmd = [str(Path(sys.executable).parent / "reason-sae"), "steer", "--model", str(llama_dir), "--sae", sae_dir,
            "--feature", "7", "--value", "40", "--prompt", "What is 17 + 5?", "--max-tokens", "8", "--eager", "--json"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=engine_env())
     assert res.returncode == 0, res.stderr[-4000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(out) >= {"baseline", "steered", "baseline_token_ids", "steered_token_ids", "applied"}

@@ -77,9 +77,20 @@ def adjust_pvalues(pvalues, method: str = "holm", alpha: float = ALPHA) -> list[
         raise ValueError(f"adjust_pvalues: need a flat list of p-values in [0, 1], got {pvalues!r}")
     if p.size == 0 or CORRECTIONS[method] is None:
         return [float(x) for x in p]
+    import gc
+
     from statsmodels.stats.multitest import multipletests
 
-    return [float(x) for x in multipletests(p, alpha=alpha, method=CORRECTIONS[method])[1]]
+    # statsmodels' Holm path runs gc.collect() on every call (a quarter second in a process that holds a
+    # model); over a frozen heap that collection has nothing to walk
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        adjusted = multipletests(p, alpha=alpha, method=CORRECTIONS[method])[1]
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
+    return [float(x) for x in adjusted]
 
 
 def verdict(result: dict, metric: str, alpha: float = ALPHA) -> str:

@@ -194,7 +194,8 @@ def run_demo(out: Path, cache: str | Path | None = None, lm_steps: int = 300, sa
 
 def steer_in_vllm(model_dir: Path, out: Path, feature: int, value: float, max_act: float, max_tokens: int = 120):
     """Baseline vs steered greedy generations of the demo prompts in the real vLLM engine, then a
-    sweep over strengths (0-4 x max activation) on the same engine."""
+    sweep over strengths (0-4 x max activation) on the same engine. Eager, as in the real demo: a tiny
+    model gains nothing from torch.compile but its start-up time (the compiled path is held by the tests)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
@@ -204,7 +205,8 @@ def steer_in_vllm(model_dir: Path, out: Path, feature: int, value: float, max_ac
 
     sae_dir = out / "sae"
     spec = {"sae": str(sae_dir), "hook": DEMO_HOOK, "edits": [{"feature": feature, "mode": "set", "value": value}]}
-    llm = SteeredLLM(str(model_dir), saes=[{"sae": str(sae_dir), "hook": DEMO_HOOK}], dtype="float32", max_model_len=512, seed=0)
+    llm = SteeredLLM(str(model_dir), saes=[{"sae": str(sae_dir), "hook": DEMO_HOOK}], dtype="float32", max_model_len=512, seed=0,
+                     enforce_eager=True)
     prompts = llm.chat_prompts(DEMO_PROMPTS)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     outputs = llm.generate(prompts + prompts, params, steering=tuple([None] * len(prompts) + [spec] * len(prompts)))
