@@ -15,6 +15,10 @@ c. **ReasonScore at the paper's shapes**: a random-weight Llama-8B-shaped model 
    plus a d_sae 65,536 SAE on 1,024-token rows: our single pass vs the reference algorithm's
    per-48-feature passes (a few blocks timed, extrapolated to all 1,366, said so in the output):
    the ratio (target >= 500x), tokens/s, peak GPU memory.
+d. **feature readout**: the read op's listed-feature path captured in a CUDA graph and replayed with
+   its catalogue and per-row phase rewritten between replays equals a float64 recomputation; its
+   cost with 64 listed features, and ``top_k`` through the full SAE encode (d 4096, d_sae 65,536,
+   eager: top-k reads run on the rows that asked), as shares of one decoder layer.
 
 On CPU (``--quick``) graphs are not available: each "replay" calls the same closure over the same
 buffers, so (a) checks the rewrite-between-runs protocol and the arithmetic, not graph capture.
@@ -43,6 +47,61 @@ from op_bench import LLAMA_8B, TINY, Replay, fill_edits, fill_rows, make_op, mar
 OP_TARGET = 0.03  # the op's cost at 64 slots, 256 tokens, relative to one decoder layer
 RS_TARGET = 500.0  # ReasonScore: reference time / ours, at paper scale
 REF_BLOCK = 48  # the reference's minibatch_size_features
+
+
+# ---------------------------------------------------------------- d. readout
+def readout_check(shape: dict, d_sae: int, tokens: int, dtype, device, repeats: int) -> dict:
+    """The read op at ``shape``'s width: (1) captured/replayed with buffers rewritten between replays vs
+    float64; (2) 64 listed features and a top-64 through the full encode, each vs one decoder layer."""
+    from op_bench import decoder_layer, median_seconds
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from vllm_patches.engine.op import SteeringOp
+    from vllm_patches.engine.readout import ReadPlan
+
+    d, slots = shape["hidden_size"], 64
+    g = torch.Generator().manual_seed(7)
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, dtype=str(dtype).replace("torch.", ""))).to(device).eval()
+    with torch.no_grad():
+        sae.W_enc.copy_((torch.randn(d, d_sae, generator=g) / d ** 0.5).to(device, dtype))
+    op = SteeringOp(d, slots, tokens, 256, dtype, device, max_readout=slots, max_top_k=64, read_sae=sae)
+    hidden = torch.randn(tokens, d, generator=g).to(device, dtype)
+    residual = torch.randn(tokens, d, generator=g).to(device, dtype)
+    out = {"d_model": d, "d_sae": d_sae, "tokens": tokens, "parity": []}
+
+    def fill(seed):
+        gen = torch.Generator().manual_seed(seed)
+        op.r_enc_t.copy_((torch.randn(d, slots, generator=gen) / d ** 0.5).to(device, dtype))
+        op.r_bias.copy_((torch.randn(slots, generator=gen) * 0.1).to(device, dtype))
+        op.r_gate.copy_(torch.rand(slots, generator=gen).to(device, dtype) * 0.1)
+        op.r_after.copy_((torch.arange(tokens) % 2 == 0).to(device))
+
+    def read_both():  # what a layer runs: the reads before and after the edit (here: no edit, the same rows)
+        torch.ops.reason_steering.read_(op.r_vals, op.k_vals, op.k_idx, hidden, hidden, residual, op.name, 3)
+
+    rows = torch.arange(tokens, device=device)
+    op.read_plan = (None, ReadPlan(rows, None, 0, (0, tokens)))  # eager runs: every row, after the edit
+    fill(0)
+    replay = Replay(read_both, device)
+    for seed in (1, 2):
+        fill(seed)
+        replay.run()
+        sync(device)
+        x = (hidden + residual).double()
+        pre = x @ op.r_enc_t.double() + op.r_bias.double()
+        expect = torch.where(pre > op.r_gate.double(), pre, torch.zeros_like(pre))
+        err = float((op.r_vals[:tokens].double() - expect).abs().max() / expect.abs().max().clamp_min(1e-30))
+        tolerance = 2 ** -6 if dtype in (torch.bfloat16, torch.float16) else 1e-4
+        out["parity"].append({"captured": replay.captured, "max_rel_err_vs_f64": err, "ok": err <= tolerance})
+    _, layer_run = decoder_layer(shape, tokens, dtype, device)
+    layer = Replay(layer_run, device)
+    layer_s = median_seconds(layer.run, device, repeats)
+    features_s = median_seconds(replay.run, device, repeats)
+    op.read_plan = (None, ReadPlan(rows, None, 64, (0, tokens)))
+    top_s = median_seconds(read_both, device, max(1, repeats // 5))
+    out.update(layer_ms=1e3 * layer_s, features_ms=1e3 * features_s, top_k_ms=1e3 * top_s,
+               features_vs_layer=features_s / layer_s, top_k_vs_layer=top_s / layer_s)
+    return out
 
 
 # ---------------------------------------------------------------- a. CUDA-graph parity
@@ -233,14 +292,16 @@ def _run(quick: bool, device: str, cache: Path) -> dict:
         shape, parity = TINY, dict(d=TINY["hidden_size"], tokens=24)
         cost = dict(tokens_list=(32,), slots_list=(16, 64), repeats=3)
         rs = dict(cfg=dict(TINY, vocab_size=0), layer=1, d_sae=480, n_rows=4, length=64, batch=2, ref_blocks=3)
+        read = dict(shape=TINY, d_sae=1024, tokens=32, repeats=3)
     else:
         shape, parity = LLAMA_8B, dict(d=4096, tokens=256)
         cost = dict(tokens_list=(256, 2048), slots_list=(16, 64), repeats=50)
         rs = dict(cfg=dict(LLAMA_8B, vocab_size=128256), layer=19, d_sae=65536, n_rows=64, length=1024, batch=8,
                   ref_blocks=3)
+        read = dict(shape=LLAMA_8B, d_sae=65536, tokens=256, repeats=50)
     started = time.perf_counter()
     out = {"mode": "quick" if quick else "full", "device": device, "machine": machine(device), "dtype": str(dtype)}
-    with tqdm(total=3, desc="gpu_check", disable=None) as bar:
+    with tqdm(total=4, desc="gpu_check", disable=None) as bar:
         out["graph_parity"] = graph_parity(parity["d"], parity["tokens"], (1, 64), dtype, device)
         bar.update(1)
         rows = op_vs_layer(shape, cost["tokens_list"], cost["slots_list"], dtype, device, cost["repeats"])
@@ -253,8 +314,11 @@ def _run(quick: bool, device: str, cache: Path) -> dict:
         res.update(target=RS_TARGET, met=res["ratio"] >= RS_TARGET)
         out["reason_score"] = res
         bar.update(1)
+        out["readout"] = readout_check(**read, dtype=dtype, device=device)
+        bar.update(1)
     out["reason_score"]["sums_agree"] = out["reason_score"]["block_sums_max_rel_diff"] < 1e-3
-    out["parity_ok"] = all(r["ok"] for r in out["graph_parity"]) and out["reason_score"]["sums_agree"]
+    out["parity_ok"] = (all(r["ok"] for r in out["graph_parity"]) and out["reason_score"]["sums_agree"]
+                        and all(r["ok"] for r in out["readout"]["parity"]))
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -285,6 +349,14 @@ def report(out: dict) -> str:
               "a lower bound: the reference's rolling-mean bookkeeping is not timed)",
               f"   the timed blocks' activation sums vs our pass: max relative difference "
               f"{r['block_sums_max_rel_diff']:.1e} ({'OK' if r['sums_agree'] else 'FAILED'})"]
+    ro = out["readout"]
+    lines += ["", f"d. readout, d_model {ro['d_model']}, d_sae {ro['d_sae']}, {ro['tokens']} tokens, every row reading:",
+              f"   listed features: {sum(r['ok'] for r in ro['parity'])}/{len(ro['parity'])} replays with buffers rewritten "
+              f"equal float64 ({'captured in a CUDA graph' if all(r['captured'] for r in ro['parity']) else 'eager re-runs'}; "
+              f"worst {max(r['max_rel_err_vs_f64'] for r in ro['parity']):.2e} of max)",
+              f"   64 listed features: {ro['features_ms']:.3f} ms = {ro['features_vs_layer']:.2%} of a decoder layer "
+              f"({ro['layer_ms']:.3f} ms); top-64 through the full encode (eager): {ro['top_k_ms']:.3f} ms = "
+              f"{ro['top_k_vs_layer']:.1%} of a layer"]
     if out["mode"] == "quick":
         lines += ["", "(--quick: small shapes" + (", no CUDA graphs" if out["device"] != "cuda" else "")
                   + "; the targets apply to the full kit on a GPU, not to these figures)"]

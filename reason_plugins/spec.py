@@ -33,6 +33,18 @@ class SpecError(ValueError):
     """A steering spec is malformed or cannot be applied; the message names the bad value."""
 
 
+class AtHook:
+    """What every spec naming an SAE at a hook has: the layer, and the (sae, sae_id, hook) key."""
+
+    @property
+    def layer(self) -> int:
+        return hook_layer(self.hook)
+
+    @property
+    def key(self) -> tuple:
+        return (self.sae, self.sae_id, self.hook)
+
+
 @dataclass(frozen=True)
 class Edit:
     feature: int
@@ -41,7 +53,7 @@ class Edit:
 
 
 @dataclass(frozen=True)
-class SteeringSpec:
+class SteeringSpec(AtHook):
     sae: str
     hook: str
     edits: tuple[Edit, ...]
@@ -49,10 +61,6 @@ class SteeringSpec:
     method: str = "delta"
     decode_only: bool = False
     extra: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def layer(self) -> int:
-        return hook_layer(self.hook)
 
     def to_dict(self) -> dict:
         # by hand: dataclasses.asdict deep-copies field by field, and this runs for every request
@@ -113,26 +121,33 @@ def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
     return SteeringSpec(sae=sae, hook=hook, edits=parsed, sae_id=sae_id, method=method, decode_only=decode_only)
 
 
-def parse_steering(value) -> list[SteeringSpec]:
-    """A spec, a list of specs, or their JSON text -> list of SteeringSpec (empty for None)."""
+def parse_many(value, kind: type, parse_one, what: str, key, duplicate: str) -> list:
+    """One spec (object or dict), a list of them, or their JSON text -> a list of ``kind`` (empty for
+    None). ``key(spec)`` must differ across the list; ``duplicate`` (formatted with ``keys``) says why."""
     if value is None:
         return []
-    if isinstance(value, SteeringSpec):
+    if isinstance(value, kind):
         return [value]
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            raise SpecError(f"steering is not valid JSON ({exc.msg} at char {exc.pos}): {value[:200]!r}") from exc
+            raise SpecError(f"{what} is not valid JSON ({exc.msg} at char {exc.pos}): {value[:200]!r}") from exc
     if isinstance(value, dict):
-        return [parse_spec(value)]
+        return [parse_one(value)]
     if isinstance(value, list) and value:
-        specs = [s if isinstance(s, SteeringSpec) else parse_spec(s, f"steering spec {i}") for i, s in enumerate(value)]
-        keys = [(s.sae, s.sae_id, s.hook) for s in specs]
+        specs = [s if isinstance(s, kind) else parse_one(s, f"{what} spec {i}") for i, s in enumerate(value)]
+        keys = [key(s) for s in specs]
         if len(set(keys)) != len(keys):
-            raise SpecError(f"two specs target the same SAE at the same hook: {keys}; merge their edits")
+            raise SpecError(duplicate.format(keys=keys))
         return specs
-    raise SpecError(f"steering must be a spec object or a non-empty list of them, got {value!r}")
+    raise SpecError(f"{what} must be a spec object or a non-empty list of them, got {value!r}")
+
+
+def parse_steering(value) -> list[SteeringSpec]:
+    """A spec, a list of specs, or their JSON text -> list of SteeringSpec (empty for None)."""
+    return parse_many(value, SteeringSpec, parse_spec, "steering", lambda s: s.key,
+                      "two specs target the same SAE at the same hook: {keys}; merge their edits")
 
 
 def check_feature_index(feature, d_sae: int, owner: str = "this SAE", what: str = "feature index",

@@ -7,7 +7,6 @@ config's ``max_edits`` / ``max_slots``, the "vllm" metadata alias and the HTTP r
 from __future__ import annotations
 
 import json
-import shutil
 import types
 from types import SimpleNamespace
 
@@ -193,13 +192,11 @@ def test_the_worker_finishes_a_request_it_cannot_steer_and_steers_the_others(sta
 
 # -- SAELens normalisations ----------------------------------------------------------------------
 def _sae_with_norm(sae_dirs, tmp_path, norm):
-    target = tmp_path / norm
-    shutil.copytree(sae_dirs["standard"], target)
-    cfg = json.loads((target / "cfg.json").read_text())
-    cfg["normalize_activations"] = norm
-    (target / "cfg.json").write_text(json.dumps(cfg))
     from sae_lens import SAE
 
+    from tests.support.sae_folders import normalised_copy
+
+    target = normalised_copy(sae_dirs["standard"], tmp_path / norm, norm)
     return target, SAE.load_from_disk(str(target)).eval()
 
 

@@ -5,11 +5,14 @@ client from concurrent threads — loopback only, bounded in requests and time.
 The load: 200 requests, 64 distinct (layer, feature) edits over two layers with a catalogue of 4
 slots per layer (so the scheduler must hold requests back), unsteered requests mixed in, some with
 ``n=2``, some aborted mid-generation, a KV cache of 24 blocks of 32 tokens (preemption), prefix
-caching on, prompts up to ~150 tokens through 64-token chunked prefill. Pass: no engine death;
+caching on, prompts up to ~150 tokens through 64-token chunked prefill. One request in five also
+reads SAE features (listed ones, over 64 distinct among them with a read catalogue of 8 per layer,
+or a top-k; prompt, output or all positions; before or after its own edit). Pass: no engine death;
 every steered request reported with its spec hash and token count; a sample of greedy outputs
-equal to the HF-hook reference; unsteered outputs bit-identical to a plain engine's; bad specs get
-HTTP 400 and the server keeps serving; the HTTP report (``GET /v1/steering/{id}``) says what was
-applied to each request.
+equal to the HF-hook reference; unsteered outputs bit-identical to a plain engine's; every readout
+whole (no position it asked for missing) and a sample equal to HF hooks + SAELens ``encode``; bad
+specs and readouts get HTTP 400 and the server keeps serving; the HTTP report
+(``GET /v1/steering/{id}``) says what was applied and ``GET /v1/features/{id}`` what was read.
 """
 
 from __future__ import annotations
@@ -35,13 +38,15 @@ pytestmark = pytest.mark.slow
 HOOKS = ("blocks.2.hook_resid_post", "blocks.3.hook_resid_post")
 N_REQUESTS = 200
 MAX_SLOTS = 4
+MAX_READOUT = 8
 ENGINE = {"dtype": "float32", "max_model_len": 256, "seed": 0, "enforce_eager": True, "max_num_seqs": 16,
           "max_num_batched_tokens": 64, "enable_prefix_caching": True, "block_size": 32, "num_gpu_blocks_override": 24}
 WORDS = "wait let me check the sum of seventeen and five hmm maybe alternatively therefore however but another".split()
 
 
 def _steering_config(layer_saes):
-    return {"saes": [{"sae": str(layer_saes[h][1]), "hook": h} for h in HOOKS], "max_edits": 2, "max_slots": MAX_SLOTS}
+    return {"saes": [{"sae": str(layer_saes[h][1]), "hook": h} for h in HOOKS], "max_edits": 2, "max_slots": MAX_SLOTS,
+            "max_readout": MAX_READOUT, "max_top_k": 8}
 
 
 def _spec(layer_saes, hook, feature, value=25.0, mode="set"):
@@ -65,12 +70,21 @@ def load_requests(tokenizer, layer_saes):
             hook = HOOKS[i % 2]
             spec = _spec(layer_saes, hook, (i * 7) % 37 if hook == HOOKS[0] else (i * 5) % 31)
             steering = [spec, _spec(layer_saes, HOOKS[1], 3, 12.0, "add")] if i % 9 == 1 and hook == HOOKS[0] else spec
-        requests.append({"id": f"req-{i}", "prompt_token_ids": prompt, "steering": steering,
+        readout = None
+        if i % 5 == 0:
+            hook = HOOKS[(i // 5) % 2]
+            readout = {"sae": str(layer_saes[hook][1]), "hook": hook, "positions": ("all", "output", "prompt")[(i // 5) % 3],
+                       "at": ("after", "before")[(i // 10) % 2]}
+            readout.update({"top_k": 4} if i % 15 == 0 else {"features": [(i * 7 + k * 61) % 251 for k in range(3)]})
+        requests.append({"id": f"req-{i}", "prompt_token_ids": prompt, "steering": steering, "readout": readout,
                          "max_tokens": 40 if i % 23 == 5 else 12, "n": 2 if i % 17 == 3 else 1,
                          "abort_after": 3 if i % 23 == 5 else None})
     distinct = {(s["hook"], e["feature"]) for r in requests if r["steering"]
                 for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]) for e in s["edits"]}
     assert len(distinct) >= 60 and len({h for h, _ in distinct}) == 2
+    read = {(r["readout"]["hook"], f) for r in requests if r["readout"] for f in r["readout"].get("features", ())}
+    assert len(read) > 64 and any(r["readout"] and "top_k" in r["readout"] for r in requests)
+    assert any(r["readout"] and r["n"] == 2 for r in requests) and any(r["readout"] and r["abort_after"] for r in requests)
     return requests
 
 
@@ -132,7 +146,7 @@ def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, h
             assert len(outputs[r["id"]]) == r["n"] and all(len(t) == r["max_tokens"] for t in outputs[r["id"]]), r["id"]
             assert engine_run["outputs"][r["id"]]["finish_reasons"] == ["length"] * r["n"], r["id"]
     assert stats["preemptions"] > 0 and stats["held_for_slots"] > 0 and stats["failed"] == 0
-    assert stats["peak_slots"] <= MAX_SLOTS
+    assert stats["peak_slots"] <= MAX_SLOTS and 0 < stats["peak_read_slots"] <= MAX_READOUT
     assert len(engine_run["after"]) == 4  # the engine still serves after all of it
     _check_reports(load_requests, lambda rid: list(records_for(engine_run["report"], rid).values()), outputs, aborted)
     for rid, ids in plain_tokens.items():
@@ -143,6 +157,51 @@ def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, h
     for r in sample:
         specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
         assert outputs[r["id"]][0] == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0], r["id"]
+    _check_readouts(load_requests, lambda rid: list(readouts_for(engine_run["readouts"], rid).values()), outputs, aborted,
+                    hf_model, saes)
+
+
+def readouts_for(readouts: dict, request_id: str) -> dict:
+    from vllm_patches.request_ids import belongs_to
+
+    return {internal: rec for internal, rec in readouts.items() if belongs_to(internal, request_id)}
+
+
+def _check_readouts(requests, readouts_of, outputs, aborted, hf_model, saes, sample_every=4):
+    """Every reading request's readout is whole (each choice: no position it asked for missing, the
+    token ids it fed); every ``sample_every``-th finished one (n=1) equals HF hooks + SAELens encode."""
+    import numpy as np
+
+    from reason_plugins.readout import parse_readout
+    from tests.support.references import hf_features
+
+    reading = [r for r in requests if r["readout"]]
+    compared = 0
+    for i, r in enumerate(reading):
+        recs = readouts_of(r["id"])
+        assert len(recs) == r["n"], (r["id"], len(recs))
+        (spec,) = parse_readout(r["readout"])
+        prompt = r["prompt_token_ids"]
+        for rec in recs:
+            got = rec[spec.hook]
+            assert got["missing_positions"] == [], (r["id"], got["missing_positions"])
+            assert len(got["positions"]) == len(set(got["positions"])) and got["positions"] == sorted(got["positions"])
+            assert all(t == prompt[p] for p, t in zip(got["positions"], got["token_ids"]) if p < len(prompt)), r["id"]
+        if hf_model is None or r["id"] in aborted or r["n"] != 1 or i % sample_every:
+            continue
+        ids = prompt + outputs[r["id"]][0]
+        ref = hf_features(hf_model, ids[:-1], r["steering"], saes, r["readout"])[spec.hook]
+        wanted = [p for p in range(len(ids) - 1) if spec.reads(p, len(prompt))]
+        assert got["positions"] == wanted and got["token_ids"] == [ids[p] for p in wanted], r["id"]
+        if spec.features is not None:
+            expected = ref[wanted][:, list(spec.features)].numpy()
+            np.testing.assert_allclose(got["activations"], expected, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(expected).max())))
+        else:
+            top = ref[wanted].topk(spec.top_k)
+            np.testing.assert_allclose(got["top_k"]["values"], top.values.numpy(), rtol=1e-4,
+                                       atol=1e-4 * max(1.0, float(top.values.abs().max())))
+        compared += 1
+    assert compared >= (4 if hf_model is not None else 0)
 
 
 # -- vllm serve --------------------------------------------------------------------------------
@@ -198,18 +257,48 @@ def client(server):
 
 def _complete(client, r, **kw):
     extra = {"return_token_ids": True}
-    if r.get("steering") is not None:
-        extra["vllm_xargs"] = {"steering": json.dumps(r["steering"])}
+    xargs = {k: json.dumps(r[k]) for k in ("steering", "readout") if r.get(k) is not None}
+    if xargs:
+        extra["vllm_xargs"] = xargs
     n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded, see tests/support/vllm_load_job.py)
     return client.completions.create(model="tiny", prompt=r["prompt_token_ids"], max_tokens=r["max_tokens"],
                                      n=n, temperature=0.0 if n == 1 else 0.8, extra_body=extra, **kw)
 
 
-def _report(server, request_id):
+def _report(server, request_id, route="steering"):
     import urllib.request
 
-    with urllib.request.urlopen(f"{server[0]}/v1/steering/{request_id}", timeout=60) as response:
+    with urllib.request.urlopen(f"{server[0]}/v1/{route}/{request_id}", timeout=60) as response:
         return json.loads(response.read())
+
+
+def test_readout_over_http_equals_the_hf_reference_and_says_why_when_there_is_none(client, server, layer_saes, hf_model,
+                                                                                     load_requests):
+    import urllib.error
+
+    import numpy as np
+    import openai
+    from sae_lens import SAE
+
+    from tests.support.references import hf_features
+
+    saes = {str(layer_saes[h][1]): SAE.load_from_disk(str(layer_saes[h][1])).eval() for h in HOOKS}
+    r = {**load_requests[1], "readout": {"sae": str(layer_saes[HOOKS[1]][1]), "hook": HOOKS[1], "features": [3, 40, 250]}}
+    out = _complete(client, r)
+    body = _report(server, out.id, "features")
+    (rec,) = body["requests"].values()
+    got = rec[HOOKS[1]]
+    ids = r["prompt_token_ids"] + out.choices[0].token_ids
+    ref = hf_features(hf_model, ids[:-1], r["steering"], saes, r["readout"])[HOOKS[1]]
+    assert got["positions"] == list(range(len(ids) - 1)) and got["token_ids"] == ids[:-1] and got["missing_positions"] == []
+    np.testing.assert_allclose(got["activations"], ref[:, [3, 40, 250]].numpy(), rtol=1e-4, atol=1e-4 * max(1.0, float(ref.abs().max())))
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        _report(server, "cmpl-no-such-request", "features")
+    assert missing.value.code == 404 and "no finished request with a readout has this id" in missing.value.read().decode()
+    bad = {**r, "readout": {**r["readout"], "features": [256]}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        _complete(client, bad)
+    assert refused.value.status_code == 400 and "feature index 256 is out of range" in refused.value.message
 
 
 def test_served_outputs_equal_a_plain_engine_and_the_hf_reference(client, server, load_requests, plain_tokens,
@@ -288,5 +377,7 @@ def test_load_through_the_server_with_concurrent_clients(client, server, load_re
         assert outputs[rid] == [toks], rid
     time.sleep(2)  # aborts reach the engine asynchronously
     _check_reports(load_requests, lambda rid: list(_report(server, ids[rid])["requests"].values()), outputs, aborted)
+    _check_readouts(load_requests, lambda rid: list(_report(server, ids[rid], "features")["requests"].values()),
+                    outputs, aborted, None, None, sample_every=10**9)
     log = server[2].read_text()
     assert "EngineDeadError" not in log and "Traceback" not in log

@@ -207,6 +207,123 @@ def test_each_steered_output_reports_what_was_applied(engine, hf_model, saes, la
     assert rec["mean_abs_delta"] == pytest.approx(expected, rel=1e-3)
 
 
+# -- feature readout ---------------------------------------------------------------------------
+def _assert_read(got, spec, prompt, ids, ref):
+    """One readout result against the HF reference over the same token ids (``ids``: prompt + output)."""
+    import numpy as np
+
+    wanted = [p for p in range(len(ids) - 1) if spec.reads(p, len(prompt))]  # the last token is never fed back
+    assert got["positions"].tolist() == wanted and got["missing_positions"] == []
+    assert got["token_ids"].tolist() == [ids[p] for p in wanted]
+    expected = ref[spec.hook][wanted]
+    if spec.features is not None:
+        expected = expected[:, list(spec.features)].numpy()
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(got["activations"], expected, rtol=1e-4, atol=1e-4 * scale)
+    else:
+        top = expected.topk(spec.top_k)
+        scale = max(1.0, float(top.values.abs().max()))
+        np.testing.assert_allclose(got["top_k"]["values"], top.values.numpy(), rtol=1e-4, atol=1e-4 * scale)
+        assert (np.sort(got["top_k"]["indices"], -1) == np.sort(top.indices.numpy(), -1)).mean() > 0.99  # ties may swap
+
+
+def _read_requests(layer_saes, prompts):
+    top, std, jump = (str(layer_saes[h][1]) for h in HOOKS)
+    steer = [spec(layer_saes, *CASES["delta-set"][:2])]
+    return [  # (name, prompt, steering, readout)
+        ("steered, read after", prompts[0], steer, [{"sae": std, "hook": HOOKS[1], "features": [7, 0, 200]},
+                                                    {"sae": top, "hook": HOOKS[0], "top_k": 5}]),
+        ("read only", prompts[1], None, {"sae": jump, "hook": HOOKS[2], "features": [2, 9, 31], "positions": "output"}),
+        ("steered, read before", prompts[2], steer, {"sae": std, "hook": HOOKS[1], "features": [7, 3], "at": "before"}),
+        ("plain", prompts[3], None, None),
+        ("prompt only", prompts[1], None, {"sae": std, "hook": HOOKS[1], "top_k": 3, "positions": "prompt"}),
+        ("steered, no readout", prompts[0], steer, None),
+    ]
+
+
+def test_readout_equals_hf_hooks_and_saelens_encode_in_a_mixed_batch(engine, hf_model, saes, layer_saes, prompts):
+    """Steered and unsteered requests, readouts of every mode at every architecture (topk, standard,
+    jumprelu), before and after an edit, in one batch of the compiled engine."""
+    from vllm import SamplingParams
+
+    from reason_plugins.readout import parse_readout
+    from tests.support.references import hf_features
+
+    reads = _read_requests(layer_saes, prompts)
+    outputs = engine.generate([{"prompt_token_ids": p} for _, p, _, _ in reads], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0),
+                              steering=tuple(s for _, _, s, _ in reads), readout=tuple(r for *_, r in reads))
+    results = engine.readout(outputs)
+    for (name, prompt, steering, readout), out, got in zip(reads, outputs, results):
+        ids = prompt + list(out.outputs[0].token_ids)
+        if readout is None:
+            assert got is None, name
+            continue
+        specs = parse_readout(readout)
+        ref = hf_features(hf_model, ids[:-1], steering, saes, readout)
+        per_hook = got if len(specs) > 1 else {specs[0].hook: got}
+        for r in specs:
+            _assert_read(per_hook[r.hook], r, prompt, ids, ref)
+    # reading never changes what the model writes: a read-only request writes what an unread one does
+    by_name = {name: list(out.outputs[0].token_ids) for (name, *_), out in zip(reads, outputs)}
+    assert by_name["read only"] == by_name["prompt only"] == hf_greedy(hf_model, prompts[1], None, saes, MAX_TOKENS)[0]
+    assert by_name["steered, read after"] == by_name["steered, no readout"]
+
+
+def test_a_prompt_readout_reads_every_position_of_a_cached_prompt(engine, hf_model, saes, layer_saes):
+    """A plain request fills the prefix cache with a long prompt's blocks; a request reading that
+    prompt computes it anyway (its own cache salt) and reads every position."""
+    from vllm import SamplingParams
+
+    from reason_plugins.readout import parse_readout
+    from tests.support.references import hf_features
+
+    block = engine.llm.llm_engine.vllm_config.cache_config.block_size
+    prompt = [(7 * i + 3) % 300 + 4 for i in range(min(2 * block + 5, 250))]
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    engine.generate([{"prompt_token_ids": prompt}], params)  # fills the cache
+    readout = {"sae": str(layer_saes[HOOKS[1]][1]), "hook": HOOKS[1], "features": [7, 1], "positions": "prompt"}
+    (out,) = engine.generate([{"prompt_token_ids": prompt}], params, readout=readout)
+    (got,) = engine.readout([out])
+    assert len(got["positions"]) == len(prompt)
+    _assert_read(got, parse_readout(readout)[0], prompt, prompt + list(out.outputs[0].token_ids),
+                 hf_features(hf_model, prompt, None, saes, readout))
+
+
+def test_each_choice_of_n_reads_its_own_tokens(engine, hf_model, saes, layer_saes, prompts):
+    from vllm import SamplingParams
+
+    from reason_plugins.readout import parse_readout
+    from tests.support.references import hf_features
+
+    readout = {"sae": str(layer_saes[HOOKS[1]][1]), "hook": HOOKS[1], "features": [7, 3], "positions": "output"}
+    (out,) = engine.generate([{"prompt_token_ids": prompts[2]}], SamplingParams(max_tokens=6, temperature=1.0, n=2),
+                             readout=readout)
+    choices = engine.readout([out])[0]
+    assert isinstance(choices, list) and len(choices) == 2
+    for choice, got in zip(out.outputs, choices):
+        ids = prompts[2] + list(choice.token_ids)
+        _assert_read(got, parse_readout(readout)[0], prompts[2], ids, hf_features(hf_model, ids[:-1], None, saes, readout))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"hook": "blocks.0.hook_resid_post", "features": [1]}, "is configured at 'blocks.0.hook_resid_post'"),
+    ({"features": [256]}, r"feature index 256 is out of range: SAE .* has d_sae=256"),
+    ({"top_k": 0}, "top_k must be an integer >= 1, got 0"),
+    ({"top_k": 257}, "top_k 257 is out of range"),
+    ({"features": [1], "positions": "middle"}, "positions 'middle'"),
+    ({"features": [1], "at": "during"}, "at 'during'"),
+])
+def test_bad_readouts_fail_the_request_before_it_is_queued(engine, layer_saes, prompts, bad, message):
+    from vllm import SamplingParams
+
+    from reason_plugins.spec import SpecError
+
+    readout = {"sae": str(layer_saes[HOOKS[1]][1]), "hook": HOOKS[1], **bad}
+    with pytest.raises(SpecError, match=message):
+        engine.llm.generate([{"prompt_token_ids": prompts[0]}], SamplingParams(max_tokens=2, extra_args={"readout": readout}))
+    assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves
+
+
 def test_openai_server_requests_carry_steering_as_a_json_string(layer_saes):
     """vllm serve: ``vllm_xargs`` (or ``extra_body``) values arrive as JSON strings in extra_args;
     the front-end check accepts them and normalises them."""
@@ -256,12 +373,27 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
     assert len(cores) >= 2, "the tensor-parallel check needs two CPU cores"
     # vLLM's CPU workers bind their threads per NUMA node by default; this machine has one node
     env = {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
+    readouts = [{"sae": str(layer_saes[hook][1]), "hook": hook, "features": [7, 3]},
+                {"sae": str(layer_saes[hook][1]), "hook": hook, "top_k": 4, "at": "before"}]
     out = run_job(tmp_path, {"model": str(llama_dir), "eager": True, "tensor_parallel_size": 2, "env": env,
                              "steering": {"saes": [{"sae": str(layer_saes[hook][1]), "hook": hook}]},
-                             "requests": [{"prompt_token_ids": prompts[0], "max_tokens": MAX_TOKENS, "steering": steer},
-                                          {"prompt_token_ids": prompts[1], "max_tokens": MAX_TOKENS, "steering": None}]})
+                             "requests": [{"prompt_token_ids": prompts[0], "max_tokens": MAX_TOKENS, "steering": steer,
+                                           "readout": readouts[0]},
+                                          {"prompt_token_ids": prompts[1], "max_tokens": MAX_TOKENS, "steering": None,
+                                           "readout": readouts[1]}]})
     assert out["token_ids"][0] == hf_greedy(hf_model, prompts[0], [steer], saes, MAX_TOKENS)[0]
     assert out["token_ids"][1] == hf_greedy(hf_model, prompts[1], None, saes, MAX_TOKENS)[0]
+    # readout on two ranks: the replicated residual stream reads as the HF reference does
+    import numpy as np
+
+    from reason_plugins.readout import parse_readout
+    from tests.support.references import hf_features
+
+    for i, (prompt, steering) in enumerate(((prompts[0], [steer]), (prompts[1], None))):
+        ids = prompt + out["token_ids"][i]
+        got = {k: ({kk: np.asarray(vv) for kk, vv in v.items()} if k == "top_k" else np.asarray(v)
+                   if k in ("positions", "token_ids", "activations") else v) for k, v in out["readouts"][i].items()}
+        _assert_read(got, parse_readout(readouts[i])[0], prompt, ids, hf_features(hf_model, ids[:-1], steering, saes, readouts[i]))
     reports = out["reports"]
     assert len(reports) == 2 and all(len(r) == 1 for r in reports)  # one steered request, seen by each rank
     (rank0,), (rank1,) = (list(r.values()) for r in reports)
@@ -277,7 +409,8 @@ def test_steer_cli_prints_baseline_and_steered_as_json(llama_dir, layer_saes):
     hook = "blocks.2.hook_resid_post"
     sae_dir = str(layer_saes[hook][1])
     cmd = [str(Path(sys.executable).parent / "reason-sae"), "steer", "--model", str(llama_dir), "--sae", sae_dir,
-           "--feature", "7", "--value", "40", "--prompt", "What is 17 + 5?", "--max-tokens", "8", "--eager", "--json"]
+           "--feature", "7", "--value", "40", "--prompt", "What is 17 + 5?", "--max-tokens", "8", "--eager", "--json",
+           "--readout", json.dumps({"sae": sae_dir, "hook": hook, "features": [7, 3], "positions": "output"})]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=engine_env())
     assert res.returncode == 0, res.stderr[-4000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -286,3 +419,7 @@ def test_steer_cli_prints_baseline_and_steered_as_json(llama_dir, layer_saes):
     assert out["steered_token_ids"] != out["baseline_token_ids"]
     expected = parse_steering({"sae": sae_dir, "hook": hook, "edits": [{"feature": 7, "mode": "set", "value": 40.0}]})
     assert out["applied"]["spec_hash"] == specs_hash(expected) and out["applied"]["layers"] == [2]
+    read = out["readout"]  # the same output rows for both requests: 7 fed-back tokens of 8 generated
+    assert [len(read[side]["positions"]) for side in ("baseline", "steered")] == [7, 7]
+    assert read["steered"]["token_ids"] == out["steered_token_ids"][:7] and read["steered"]["features"] == [7, 3]
+    assert all(row[0] > 0 for row in read["steered"]["activations"])  # feature 7 is set to 40 there: it reads its value

@@ -6,7 +6,7 @@ file). Without either, the plugin stays out of the way entirely.
 
     {"saes": [{"sae": "<release or path>", "sae_id": null, "hook": "blocks.2.hook_resid_post",
                "reconstruct": false}],
-     "max_edits": 16, "max_slots": 64}
+     "max_edits": 16, "max_slots": 64, "max_readout": 64, "max_top_k": 64, "readout_memory_mb": 256}
 
 ``reconstruct`` enables the full-SAE path at that layer (needed for TopK SAEs; default: on for
 SAEs whose architecture is not delta-exact). ``max_edits`` is the most edits one request may make
@@ -15,6 +15,10 @@ at one layer. ``max_slots`` is the size of each layer's catalogue: the number of
 together in one engine step may use; the scheduler admits steered requests so that they always
 fit (``engine/admission.py``). Its default, 64, keeps a sweep over dozens of features in one batch at a
 measured cost (``benchmarks/vllm_steering.py``, ``benchmarks/RESULTS.md``).
+``max_readout`` is the size of each layer's read catalogue (distinct features the requests of one
+step may list in ``features`` readouts; admitted like steering slots), ``max_top_k`` the largest
+``top_k`` a readout may ask (0 turns top-k off; both 0 turn readout off), ``readout_memory_mb`` the
+host memory the workers keep for finished requests' readouts (oldest evicted first).
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).
 """
@@ -26,27 +30,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reason_plugins.spec import SpecError, hook_layer
+from reason_plugins.spec import AtHook, SpecError, hook_layer
 
 ENV_VAR = "REASON_STEERING"
 CONFIG_KEY = "reason_steering"
 DEFAULT_MAX_SLOTS = 64
+DEFAULT_MAX_READOUT = 64
+DEFAULT_MAX_TOP_K = 64
+DEFAULT_READOUT_MEMORY_MB = 256
 
 
 @dataclass(frozen=True)
-class SaeSlot:
+class SaeSlot(AtHook):
     sae: str
     sae_id: str | None
     hook: str
     reconstruct: bool | None = None  # None: decided by the SAE's architecture
-
-    @property
-    def layer(self) -> int:
-        return hook_layer(self.hook)
-
-    @property
-    def key(self) -> tuple:
-        return (self.sae, self.sae_id, self.hook)
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,9 @@ class SteeringConfig:
     max_edits: int = 16
     capture: bool = False
     max_slots: int = DEFAULT_MAX_SLOTS
+    max_readout: int = DEFAULT_MAX_READOUT
+    max_top_k: int = DEFAULT_MAX_TOP_K
+    readout_memory_mb: int = DEFAULT_READOUT_MEMORY_MB
 
     def find(self, sae: str, sae_id: str | None, hook: str) -> SaeSlot:
         for slot in self.saes:
@@ -92,10 +94,17 @@ def parse_config(raw) -> SteeringConfig:
     max_slots = raw.get("max_slots", max(DEFAULT_MAX_SLOTS, max_edits))
     if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < max_edits:
         raise SpecError(f"steering config: max_slots must be an integer >= max_edits ({max_edits}), got {max_slots!r}")
-    unknown = set(raw) - {"saes", "max_edits", "max_slots", "capture"}
+    sizes = {}
+    for name, default, low in (("max_readout", DEFAULT_MAX_READOUT, 0), ("max_top_k", DEFAULT_MAX_TOP_K, 0),
+                               ("readout_memory_mb", DEFAULT_READOUT_MEMORY_MB, 1)):
+        value = sizes[name] = raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise SpecError(f"steering config: {name} must be an integer >= {low}, got {value!r}")
+    known = ("saes", "max_edits", "max_slots", "capture", *sizes)
+    unknown = set(raw) - set(known)
     if unknown:
-        raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected saes, max_edits, max_slots, capture")
-    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots)
+        raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected {', '.join(known)}")
+    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots, **sizes)
 
 
 def config_from(vllm_config) -> SteeringConfig | None:

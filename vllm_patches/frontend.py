@@ -8,21 +8,30 @@ input), ``reconstruct`` where no full SAE is loaded, more than ``max_edits`` edi
 checked with the same rules the worker applies (``reason_plugins.steering.per_feature_refusal``,
 ``needs_full_sae``). It is public and stable: other pre-engine checks call it.
 
+``check_readout`` does the same for a request's feature readout (``extra_args["readout"]``): the SAE
+and hook must be one the engine loads, every listed feature < d_sae and at most ``max_readout`` of
+them, ``top_k`` in 1..min(d_sae, ``max_top_k``), and no ``top_k`` on an engine that replays CUDA
+graphs (the top-k read runs eagerly on the rows that asked).
+
 ``prepare_request`` runs where requests enter vLLM (``InputProcessor.process_inputs``:
 ``LLM.generate`` and the OpenAI-compatible server alike). A refused spec raises
 ``SteeringRequestError``: a ``SpecError`` for Python callers and a ``VLLMValidationError`` for the
 server, which answers it with HTTP 400 and the spec error's text (not a 500 that clients retry).
 An accepted spec is normalised into ``extra_args["steering"]`` and salts the prefix cache with its
 hash, so steered and unsteered requests never share KV blocks computed under the other's steering.
+A readout that reads prompt positions salts the cache with the request's own id: its prompt is
+computed, never served from blocks another request computed (so every prompt position is read).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from functools import lru_cache
 
 from vllm.exceptions import VLLMValidationError
 
+from reason_plugins.readout import ReadoutSpec, check_against, parse_readout
 from reason_plugins.spec import METHODS, SpecError, SteeringSpec, check_feature_index, parse_steering, specs_hash
 from reason_plugins.steering import needs_full_sae, per_feature_refusal
 from vllm_patches.config import SteeringConfig
@@ -33,8 +42,8 @@ SALT_PREFIX = "reason-steering:"
 class SteeringRequestError(SpecError, VLLMValidationError):
     """A request's steering was refused before it reached the engine (HTTP 400 on the server)."""
 
-    def __init__(self, message: str):
-        VLLMValidationError.__init__(self, message, parameter="steering")
+    def __init__(self, message: str, parameter: str = "steering"):
+        VLLMValidationError.__init__(self, message, parameter=parameter)
 
 
 @lru_cache(maxsize=64)
@@ -70,16 +79,54 @@ def check_specs(raw, config: SteeringConfig | None) -> list[SteeringSpec]:
     return specs
 
 
-def prepare_request(params, config: SteeringConfig | None) -> str | None:
-    """Validate and normalise ``params.extra_args["steering"]`` in place; returns the cache salt."""
+def replays_graphs(vllm_config) -> bool:
+    """Whether the engine replays CUDA graphs (where a step's work is fixed at capture)."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() or getattr(vllm_config.model_config, "enforce_eager", False):
+        return False
+    mode = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
+    return mode is not None and str(getattr(mode, "name", mode)) != "NONE"
+
+
+def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -> list[ReadoutSpec]:
+    """Parse and validate a request's readout against the engine config; returns the specs.
+    ``graphs``: the engine replays CUDA graphs (no top-k there). Raises ``SpecError`` naming the value."""
+    specs = parse_readout(raw)
+    if specs and config is None:
+        raise SpecError("this request asks for a feature readout but the engine was started without a steering config "
+                        "(additional_config={'reason_steering': {...}} or REASON_STEERING)")
+    if specs and not (config.max_readout or config.max_top_k):
+        raise SpecError("this engine was started with readout off (max_readout=0 and max_top_k=0 in its steering config)")
+    for spec in specs:
+        slot = config.find(spec.sae, spec.sae_id, spec.hook)
+        check_against(spec, int(_shape(slot.sae, slot.sae_id)["d_sae"]), max_features=config.max_readout,
+                      max_top_k=config.max_top_k)
+        if spec.top_k and graphs:
+            raise SpecError(f"top_k readout at {spec.hook} runs eagerly on the rows that asked, and this engine replays "
+                            f"CUDA graphs: start it with enforce_eager=True, or read listed 'features'")
+    return specs
+
+
+def prepare_request(params, config: SteeringConfig | None, request_id: str | None = None, graphs: bool = False) -> str | None:
+    """Validate and normalise ``params.extra_args["steering"]`` and ``["readout"]`` in place; returns
+    the prefix-cache salt (None: the request may share cached blocks with any other)."""
     extra = getattr(params, "extra_args", None)
-    if not extra or extra.get("steering") is None:
+    if not extra:
         return None
-    try:
-        specs = check_specs(extra["steering"], config)
-    except SteeringRequestError:
-        raise
-    except SpecError as exc:
-        raise SteeringRequestError(str(exc)) from exc
-    extra["steering"] = json.dumps([s.to_dict() for s in specs], sort_keys=True)
-    return SALT_PREFIX + specs_hash(specs)
+    salts = []
+    for field, check in (("steering", check_specs), ("readout", lambda raw, cfg: check_readout(raw, cfg, graphs=graphs))):
+        if extra.get(field) is None:
+            continue
+        try:
+            specs = check(extra[field], config)
+        except SteeringRequestError:
+            raise
+        except SpecError as exc:
+            raise SteeringRequestError(str(exc), parameter=field) from exc
+        extra[field] = json.dumps([s.to_dict() for s in specs], sort_keys=True)
+        if field == "steering":
+            salts.append(SALT_PREFIX + specs_hash(specs))
+        elif any(s.positions != "output" for s in specs):  # reads the prompt: compute it, never borrow it
+            salts.append(f"{SALT_PREFIX}readout:{request_id or uuid.uuid4().hex}")
+    return "|".join(salts) or None

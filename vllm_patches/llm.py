@@ -6,6 +6,9 @@
     out = llm.generate(prompts, SamplingParams(max_tokens=256), steering=spec)   # spec: dict / list / None
     llm.applied(out)   # per request: spec hash, layers, steered tokens, mean |delta|
 
+    out = llm.generate(prompts, params, readout={"sae": ..., "hook": "blocks.19.hook_resid_post", "features": [46379]})
+    llm.readout(out)   # per output: token_ids, positions, activations [T, F] (or top_k), missing_positions
+
 Everything else is plain vLLM: ``llm.llm`` is the ``vllm.LLM``.
 """
 
@@ -13,13 +16,16 @@ from __future__ import annotations
 
 import copy
 
+from reason_plugins.readout import parse_readout
 from reason_plugins.spec import parse_steering
 from vllm_patches.config import CONFIG_KEY
+from vllm_patches.request_ids import belongs_to
 
 
 class SteeredLLM:
     def __init__(self, model: str, saes: list[dict], max_edits: int = 16, capture: bool = False,
-                 max_slots: int | None = None, **llm_kwargs):
+                 max_slots: int | None = None, max_readout: int | None = None, max_top_k: int | None = None,
+                 readout_memory_mb: int | None = None, **llm_kwargs):
         from vllm import LLM
 
         import vllm_patches
@@ -30,8 +36,11 @@ class SteeredLLM:
         vllm_patches.register()  # also when the entry point was not picked up (e.g. VLLM_PLUGINS set)
         extra = dict(llm_kwargs.pop("additional_config", None) or {})
         extra[CONFIG_KEY] = {"saes": saes, "max_edits": max_edits, "capture": capture}
-        if max_slots is not None:  # the per-layer catalogue (default: vllm_patches.config.DEFAULT_MAX_SLOTS)
-            extra[CONFIG_KEY]["max_slots"] = max_slots
+        # catalogue and readout sizes (defaults: vllm_patches.config)
+        for name, value in (("max_slots", max_slots), ("max_readout", max_readout), ("max_top_k", max_top_k),
+                            ("readout_memory_mb", readout_memory_mb)):
+            if value is not None:
+                extra[CONFIG_KEY][name] = value
         self.llm = LLM(model, additional_config=extra, **llm_kwargs)
 
     @property
@@ -40,28 +49,35 @@ class SteeredLLM:
         unless ``dtype="float32"`` is passed)."""
         return str(self.llm.llm_engine.vllm_config.model_config.dtype).replace("torch.", "")
 
-    def generate(self, prompts, sampling_params=None, steering=None, **kwargs):
+    def generate(self, prompts, sampling_params=None, steering=None, readout=None, **kwargs):
         """Like ``LLM.generate``. ``steering``: None, one spec (dict / list of dicts / JSON text)
-        applied to every prompt, or a tuple with one such entry per prompt."""
+        applied to every prompt, or a tuple with one such entry per prompt. ``readout``: the same for
+        readout specs (``reason_plugins.readout``); read the results with ``readout(outputs)``."""
         from vllm import SamplingParams
 
         prompt_list = prompts if isinstance(prompts, list) else [prompts]
         n = len(prompt_list)
-        if isinstance(steering, tuple):
-            if len(steering) != n:
-                raise ValueError(f"steering has {len(steering)} entries for {n} prompts")
-            per_prompt = list(steering)
-        else:
-            per_prompt = [steering] * n
+        fields = {"steering": (steering, parse_steering), "readout": (readout, parse_readout)}
+        per_prompt = {}
+        for name, (value, _) in fields.items():
+            if isinstance(value, tuple):
+                if len(value) != n:
+                    raise ValueError(f"{name} has {len(value)} entries for {n} prompts")
+                per_prompt[name] = list(value)
+            else:
+                per_prompt[name] = [value] * n
         base = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * n
         params, checked = [], set()
-        for sp, spec in zip(base, per_prompt):
+        for i, sp in enumerate(base):
             sp = copy.deepcopy(sp)
-            if spec is not None:
-                if id(spec) not in checked:  # fail fast, before anything is queued (once per distinct spec)
-                    parse_steering(spec)
-                    checked.add(id(spec))
-                sp.extra_args = {**(sp.extra_args or {}), "steering": spec}
+            for name, (_, parse) in fields.items():
+                value = per_prompt[name][i]
+                if value is None:
+                    continue
+                if id(value) not in checked:  # fail fast, before anything is queued (once per distinct spec)
+                    parse(value)
+                    checked.add(id(value))
+                sp.extra_args = {**(sp.extra_args or {}), name: value}
             params.append(sp)
         return self.llm.generate(prompt_list, params, **kwargs)
 
@@ -79,8 +95,58 @@ class SteeredLLM:
         by_request = {rid.rsplit("-", 1)[0]: rec for rid, rec in report.items()}
         return [by_request.get(o.request_id) for o in outputs]
 
+    def readout(self, outputs) -> list:
+        """What each output's readout read: per output, ``{"token_ids", "positions", "activations"}``
+        (float32 [T, F], columns in the order of the spec's ``features``) or ``{"token_ids",
+        "positions", "top_k": {"indices", "values"}}`` ([T, k]), plus ``missing_positions`` (asked but
+        never computed; empty unless the request was aborted or its prompt came from another
+        request's cache); ``{hook: that}`` when a request read several hooks; a list of those (one
+        per choice) for ``n > 1``; None for a request without readout. Raises when a readout was
+        evicted (finished readouts are kept up to ``readout_memory_mb``) or failed."""
+        import numpy as np
+
+        from vllm_patches.engine.readout import unpack
+
+        ids = [o.request_id for o in outputs]
+        found = unpack(self.llm.collective_rpc("reason_steering_readout", kwargs={"request_ids": ids})[0])
+        results = []
+        for request_id in ids:
+            mine = {internal: rec for internal, rec in found.items() if belongs_to(internal, request_id)}
+            if not mine:
+                results.append(None)
+                continue
+            per_choice = []
+            for internal in sorted(mine, key=_choice_index):
+                rec = mine[internal]
+                if rec.get("evicted"):
+                    raise LookupError(f"the readout of request {internal!r} was evicted (finished readouts are kept up to "
+                                      f"readout_memory_mb of the steering config; read them sooner or raise it)")
+                if "error" in rec:
+                    raise RuntimeError(f"request {internal!r} could not be read: {rec['error']}")
+                hooks = {hook: _arrays(r, np) for hook, r in rec.items()}
+                per_choice.append(next(iter(hooks.values())) if len(hooks) == 1 else hooks)
+            results.append(per_choice[0] if len(per_choice) == 1 else per_choice)
+        return results
+
     def captured(self, hook: str, num_tokens: int):
         """The residual stream the op at ``hook`` saw in the last engine step (needs ``capture=True``)."""
         import torch
 
         return torch.tensor(self.llm.collective_rpc("reason_steering_capture", args=(hook, num_tokens))[0])
+
+
+def _choice_index(internal: str) -> int:
+    head = internal.split("_", 1)[0]
+    return int(head) if "_" in internal and head.isdigit() else 0
+
+
+def _arrays(result: dict, np) -> dict:
+    """A readout as the worker sent it (arrays already shaped [T], [T, F] / [T, k]), typed."""
+    out = dict(result, token_ids=np.asarray(result["token_ids"], dtype=np.int64),
+               positions=np.asarray(result["positions"], dtype=np.int64))
+    if "activations" in result:
+        out["activations"] = np.asarray(result["activations"], dtype=np.float32)
+    else:
+        out["top_k"] = {"indices": np.asarray(result["top_k"]["indices"], dtype=np.int64),
+                        "values": np.asarray(result["top_k"]["values"], dtype=np.float32)}
+    return out

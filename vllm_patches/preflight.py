@@ -73,17 +73,19 @@ def _read_sae_info(sae: str, sae_id: str | None) -> dict:
     return shape
 
 
-def preflight(model: str, specs, *, force_hook: bool = False, max_edits: int = 16) -> list:
-    """Validate steering ``specs`` (dicts / SteeringSpecs / JSON) against ``model`` and their SAEs;
-    returns the parsed specs. Raises a one-line ``UserError`` / ``SpecError`` naming the bad value."""
+def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max_edits: int = 16) -> list:
+    """Validate steering ``specs`` (dicts / SteeringSpecs / JSON) and feature ``readouts`` against
+    ``model`` and their SAEs; returns the parsed steering specs. Raises a one-line ``UserError`` /
+    ``SpecError`` naming the bad value."""
+    from reason_plugins.readout import parse_readout
     from vllm_patches.config import parse_config
-    from vllm_patches.frontend import check_specs
+    from vllm_patches.frontend import check_readout, check_specs
 
-    parsed = parse_steering(specs)
+    parsed, reads = parse_steering(specs), parse_readout(readouts)
     shape = model_shape(model)
     slots: dict[tuple, dict] = {}
     infos: dict[tuple, dict] = {}
-    for spec in parsed:
+    for spec in [*parsed, *reads]:
         layer = hook_layer(spec.hook)
         if layer is None:
             raise UserError(f"hook {spec.hook!r} is not steerable in vLLM (expected 'blocks.<layer>.hook_resid_post')")
@@ -99,11 +101,25 @@ def preflight(model: str, specs, *, force_hook: bool = False, max_edits: int = 1
         if info["hook"] and info["hook"] != spec.hook and not force_hook:
             raise UserError(f"SAE {spec.sae!r} was trained on {info['hook']!r}, not {spec.hook!r} (use its own hook, "
                             f"or --force-hook to steer at another layer anyway)")
-        for edit in spec.edits:
+        for edit in getattr(spec, "edits", ()):
             check_feature_index(edit.feature, int(info["d_sae"]), f"SAE {spec.sae!r}", error=UserError)
         slot = slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
-        if spec.method == "reconstruct":
+        if getattr(spec, "method", None) == "reconstruct":
             slot["reconstruct"] = True
-    if parsed:
-        check_specs([s.to_dict() for s in parsed], parse_config({"saes": list(slots.values()), "max_edits": int(max_edits)}))
+    if parsed or reads:
+        config = parse_config({"saes": list(slots.values()), "max_edits": int(max_edits)})
+        if parsed:
+            check_specs([s.to_dict() for s in parsed], config)
+        if reads:
+            check_readout([r.to_dict() for r in reads], config)
     return parsed
+
+
+def engine_saes(specs, readouts=None) -> list[dict]:
+    """The steering config's ``saes`` an engine needs for these steering specs and readouts."""
+    from reason_plugins.readout import parse_readout
+
+    slots: dict[tuple, dict] = {}
+    for spec in [*parse_steering(specs), *parse_readout(readouts)]:
+        slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
+    return list(slots.values())

@@ -102,3 +102,34 @@ def hf_greedy(model, prompt_ids, specs, saes, max_tokens: int, decode_only=False
             logprobs.append(float(torch.log_softmax(logits.double(), -1)[token]))
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
     return out, logprobs
+
+
+def hf_features(model, token_ids, steering, saes, readouts):
+    """What a readout should read, from HF forward hooks over ``token_ids`` (prompt + output): per
+    readout spec (by hook), SAELens's ``encode`` of the residual stream at every position, captured
+    before or after the steering edit at that layer (``at``), with ``steering`` applied as the
+    engine applies it. Returns ``{hook: float32 tensor [T, d_sae]}``."""
+    from reason_plugins.hf_hooks import decoder_layers, steered
+    from reason_plugins.readout import parse_readout
+    from reason_plugins.spec import parse_steering
+
+    layers, captured, handles = decoder_layers(model), {}, []
+
+    def capture(hook):
+        def record(module, args, output):
+            captured[hook] = (output[0] if isinstance(output, tuple) else output)[0].detach()
+        return record
+
+    reads = parse_readout(readouts)
+    for r in reads:  # hooks fire in the order they were registered: these before the steering edit
+        if r.at == "before":
+            handles.append(layers[r.layer].register_forward_hook(capture(r.hook)))
+    with steered(model, parse_steering(steering) if steering else [], saes), torch.no_grad():
+        for r in reads:  # ... and these after it
+            if r.at == "after":
+                handles.append(layers[r.layer].register_forward_hook(capture(r.hook)))
+        model(torch.tensor([list(token_ids)]))
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        return {r.hook: saes[r.sae].encode(captured[r.hook]).float() for r in reads}

@@ -1,6 +1,7 @@
-"""A sparsify-format SAE folder written by hand (``cfg.json`` + ``sae.safetensors``, the layout of
-EleutherAI's released k-SAEs) with seeded random weights: what the sparsify loader, the release
-registry and the contexts tests load, without a hub download."""
+"""SAE folders written by the tests themselves: a sparsify-format folder (``cfg.json`` +
+``sae.safetensors``, the layout of EleutherAI's released k-SAEs) with seeded random weights, what the
+sparsify loader, the release registry and the contexts tests load without a hub download; and a
+copy of a SAELens SAE folder with another input normalisation."""
 
 from __future__ import annotations
 
@@ -26,3 +27,17 @@ def write_sparsify_folder(folder, seed: int = 0, **cfg_extra) -> dict:
     (folder / "cfg.json").write_text(json.dumps(cfg))
     save_file(weights, str(folder / "sae.safetensors"))
     return weights
+
+
+def normalised_copy(sae_dir, target, norm: str):
+    """A copy of the SAELens SAE folder ``sae_dir`` at ``target`` whose cfg asks for ``norm``
+    (``normalize_activations``); returns ``target``."""
+    import shutil
+    from pathlib import Path
+
+    target = Path(target)
+    shutil.copytree(sae_dir, target)
+    cfg = json.loads((target / "cfg.json").read_text())
+    cfg["normalize_activations"] = norm
+    (target / "cfg.json").write_text(json.dumps(cfg))
+    return target

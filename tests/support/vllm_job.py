@@ -3,10 +3,11 @@ session engine): ``python tests/support/vllm_job.py JOB.json OUT.json``.
 
 JOB: {"model": dir, "steering": config or null, "eager": bool, "env": {name: value} (optional),
       "tensor_parallel_size": n (optional),
-      "requests": [{"prompt_token_ids": [...], "max_tokens": n, "steering": spec or null}],
+      "requests": [{"prompt_token_ids": [...], "max_tokens": n, "steering": spec or null, "readout": spec or null}],
       "capture": [[hook, num_tokens, request_index], ...]}   (capture after that request ran alone)
 OUT: {"token_ids": [[...], ...], "captured": {hook: [[...]]},
-      "reports": [per worker rank: what it applied to each request]}   (steering jobs)
+      "reports": [per worker rank: what it applied to each request],   (steering jobs)
+      "readouts": [per request: what ``SteeredLLM.readout`` returned, arrays as lists]}
 """
 
 import json
@@ -36,16 +37,18 @@ def main(job_path: str, out_path: str) -> None:
     prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in job["requests"]]
     params = [SamplingParams(max_tokens=r["max_tokens"], temperature=0.0) for r in job["requests"]]
     steering = tuple(r.get("steering") for r in job["requests"])
+    readout = tuple(r.get("readout") for r in job["requests"])
     out = {"token_ids": [], "captured": {}}
     if job.get("capture"):
         for hook, num_tokens, index in job["capture"]:
             # one token: the only engine step is the prefill of the whole prompt
             generate([prompts[index]], [SamplingParams(max_tokens=1, temperature=0.0)], steering=(steering[index],))
             out["captured"][hook] = llm.captured(hook, num_tokens).tolist()
-    results = generate(prompts, params, steering=steering) if job.get("steering") else generate(prompts, params)
+    results = generate(prompts, params, steering=steering, readout=readout) if job.get("steering") else generate(prompts, params)
     out["token_ids"] = [list(r.outputs[0].token_ids) for r in results]
     if job.get("steering"):
         out["reports"] = llm.llm.collective_rpc("reason_steering_report")
+        out["readouts"] = json.loads(json.dumps(llm.readout(results), default=lambda a: a.tolist()))
     with open(out_path, "w") as f:
         json.dump(out, f)
 

@@ -2,10 +2,11 @@
 test process): ``python tests/support/vllm_load_job.py JOB.json OUT.json``.
 
 JOB: {"model": dir, "engine": {LLM kwargs}, "steering": {steering config},
-      "requests": [{"id", "prompt_token_ids", "max_tokens", "n", "steering", "abort_after"}]}
+      "requests": [{"id", "prompt_token_ids", "max_tokens", "n", "steering", "readout", "abort_after"}]}
       (``abort_after``: abort the request once it has generated that many tokens)
 OUT: {"outputs": {id: {"token_ids": [[...] per choice], "finish_reasons": [...]}},
-      "report": {engine request id: record}, "stats": {admission counters}, "aborted": [ids],
+      "report": {engine request id: record}, "readouts": {engine request id: {hook: readout}},
+      "stats": {admission counters}, "aborted": [ids],
       "after": [token ids of one request run after everything: the engine still serves]}
 
 Requests go through ``LLM``'s own engine loop (``llm_engine.add_request`` / ``step``, what
@@ -29,7 +30,7 @@ def main(job_path: str, out_path: str) -> None:
     engine = llm.llm.llm_engine
     abort_after = {}
     for r in job["requests"]:
-        extra = {"steering": r["steering"]} if r.get("steering") is not None else None
+        extra = {k: r[k] for k in ("steering", "readout") if r.get(k) is not None} or None
         n = r.get("n", 1)  # vLLM refuses n > 1 with greedy sampling: those sample (unseeded: a per-request
         # seed fails in vLLM's CPU runner bookkeeping, GPUModelRunner._bookkeeping_sync, with chunked prefill)
         params = SamplingParams(max_tokens=r["max_tokens"], n=n, temperature=0.0 if n == 1 else 0.8, extra_args=extra)
@@ -50,12 +51,15 @@ def main(job_path: str, out_path: str) -> None:
                 aborted.append(out.request_id)
                 del abort_after[out.request_id]
     report = llm.llm.collective_rpc("reason_steering_report")[0]
+    from vllm_patches.engine.readout import to_lists, unpack
+
+    readouts = to_lists(unpack(llm.llm.collective_rpc("reason_steering_readout")[0]))
     stats = llm.llm.collective_rpc("reason_steering_stats")[0]
     first = job["requests"][0]
     after = llm.generate([{"prompt_token_ids": first["prompt_token_ids"]}],
                          SamplingParams(max_tokens=4, temperature=0.0), steering=(first.get("steering"),))
     with open(out_path, "w") as f:
-        json.dump({"outputs": outputs, "report": report, "stats": stats, "aborted": aborted,
+        json.dump({"outputs": outputs, "report": report, "readouts": readouts, "stats": stats, "aborted": aborted,
                    "after": list(after[0].outputs[0].token_ids)}, f)
 
 

@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="engine dtype (default auto: vLLM's CPU backend then runs a float32 model in bfloat16); the one that ran is printed")
+    parser.add_argument("--readout", default=None, metavar="JSON",
+                        help="read SAE features of both requests too: a readout spec or a list of them, e.g. "
+                             "'{\"sae\": SAE, \"hook\": HOOK, \"features\": [5, 9]}' or '{..., \"top_k\": 8}'")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--force-hook", action="store_true", help="allow --hook to differ from the hook the SAE was trained on")
 
@@ -53,18 +56,25 @@ def run(args) -> int:
     method = args.method or default_method(info)
     spec = parse_spec({"sae": args.sae, "sae_id": args.sae_id, "hook": hook, "method": method, "decode_only": args.decode_only,
                        "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)]}).to_dict()
-    preflight(args.model, [spec], force_hook=args.force_hook)  # before the engine: a refusal costs seconds, not a start-up
+    from reason_plugins.readout import parse_readout
+
+    readout = [r.to_dict() for r in parse_readout(args.readout)] if args.readout else None
+    # before the engine: a refusal costs seconds, not a start-up
+    preflight(args.model, [spec], readouts=readout, force_hook=args.force_hook)
     from vllm import SamplingParams
 
     from vllm_patches.llm import SteeredLLM
+    from vllm_patches.preflight import engine_saes
 
-    llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "sae_id": args.sae_id, "hook": hook}], enforce_eager=args.eager, dtype=args.dtype)
+    llm = SteeredLLM(args.model, saes=engine_saes([spec], readout), enforce_eager=args.eager, dtype=args.dtype)
     prompt = args.prompt if args.raw else llm.chat_prompts([args.prompt])[0]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=0)
-    baseline, steered = llm.generate([prompt, prompt], params, steering=(None, spec))
+    baseline, steered = llm.generate([prompt, prompt], params, steering=(None, spec), readout=readout)
     result = {"baseline": baseline.outputs[0].text, "steered": steered.outputs[0].text,
               "baseline_token_ids": list(baseline.outputs[0].token_ids), "steered_token_ids": list(steered.outputs[0].token_ids),
               "applied": llm.applied([steered])[0], "spec": spec, "dtype": llm.dtype}
+    if readout is not None:
+        result["readout"] = dict(zip(("baseline", "steered"), _plain(llm.readout([baseline, steered]))))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -78,4 +88,23 @@ def run(args) -> int:
     applied = result["applied"] or {}
     print(f"\ndtype: {result['dtype']}; applied: spec {applied.get('spec_hash')}, layers {applied.get('layers')}, "
           f"{applied.get('tokens')} tokens, mean |delta| {applied.get('mean_abs_delta', 0):.4g}")
+    for side, read in result.get("readout", {}).items():
+        for hook, r in (read.items() if "positions" not in read else [(None, read)]):
+            if "activations" in r:
+                means = [sum(col) / max(1, len(col)) for col in zip(*r["activations"])]
+                text = ", ".join(f"#{f} {m:.3g}" for f, m in zip(r["features"], means))
+            else:
+                text = f"top-{len(r['top_k']['indices'][0]) if r['top_k']['indices'] else 0} read at {len(r['positions'])} positions"
+            print(f"readout ({side}{', ' + hook if hook else ''}): mean over {len(r['positions'])} tokens: {text}")
     return 0
+
+
+def _plain(value):
+    """numpy arrays -> lists, for JSON."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,8 +1,9 @@
 """Steering slots as a scheduler resource, admitted the way vLLM admits LoRA adapters.
 
 Each steering op holds a fixed catalogue of ``max_slots`` slots per path ("rows": one per distinct
-(method, feature) of delta/direction edits; "rec": one per distinct reconstruct edit). The
-requests scheduled together in one step must fit it. vLLM's scheduler keeps a waiting LoRA request
+(method, feature) of delta/direction edits; "rec": one per distinct reconstruct edit) and one of
+``max_readout`` slots for the features that ``features`` readouts list ("read"). The requests
+scheduled together in one step must fit them. vLLM's scheduler keeps a waiting LoRA request
 waiting while ``max_loras`` other adapters are in the batch; this module does the same for slots:
 
 - ``request_slots`` says which slots a request needs (the runtime assigns slots with the same
@@ -26,6 +27,7 @@ import json
 import logging
 from functools import lru_cache
 
+from reason_plugins.readout import parse_readout
 from reason_plugins.spec import SpecError, parse_steering
 
 logger = logging.getLogger("reason_plugins.vllm")
@@ -37,8 +39,8 @@ FAILED_ATTR = "reason_steering_failed"
 # so ``collective_rpc("reason_steering_stats")`` can read them where the workers run.
 STATS_ATTR = "reason_steering_stats"
 # counters for tests and operators: steps, preemptions, waiting requests held back for slots,
-# requests finished with an error, most slots in use at one layer
-STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0}
+# requests finished with an error, most steering slots and most read slots in use at one layer
+STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0, "peak_read_slots": 0}
 
 
 def attach_failed(model_runner_output, pending: set) -> None:
@@ -59,32 +61,44 @@ def slot_ident(spec, edit) -> tuple[str, tuple]:
     return "rows", (spec.method, edit.feature)
 
 
-def request_slots(specs) -> dict[tuple, frozenset]:
-    """``{(sae, sae_id, hook, path): slot identities}`` a request's specs need."""
+def request_slots(specs, readouts=()) -> dict[tuple, frozenset]:
+    """``{(sae, sae_id, hook, path): slot identities}`` a request's steering specs and readouts need."""
     needed: dict[tuple, set] = {}
     for spec in specs:
         for edit in spec.edits:
             path, ident = slot_ident(spec, edit)
             needed.setdefault((spec.sae, spec.sae_id, spec.hook, path), set()).add(ident)
+    for spec in readouts:
+        for feature in spec.features or ():  # top_k reads encode the whole SAE: no catalogue slot
+            needed.setdefault((*spec.key, "read"), set()).add((feature,))
     return {k: frozenset(v) for k, v in needed.items()}
 
 
+def _json(raw) -> str | None:
+    return None if raw is None else raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)
+
+
 @lru_cache(maxsize=4096)
-def _slots_of_json(steering: str) -> tuple:
-    return tuple(request_slots(parse_steering(steering)).items())
+def _slots_of_json(steering: str | None, readout: str | None) -> tuple:
+    return tuple(request_slots(parse_steering(steering), parse_readout(readout)).items())
 
 
 def slots_of(sampling_params) -> dict[tuple, frozenset]:
-    """The slots a request needs, from its (front-end normalised) ``extra_args["steering"]``."""
+    """The slots a request needs, from its (front-end normalised) ``extra_args["steering"]`` and ``["readout"]``."""
     extra = getattr(sampling_params, "extra_args", None) or {}
-    raw = extra.get("steering")
-    if raw is None:
+    steering, readout = _json(extra.get("steering")), _json(extra.get("readout"))
+    if steering is None and readout is None:
         return {}
-    return dict(_slots_of_json(raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)))
+    return dict(_slots_of_json(steering, readout))
 
 
-def fits(used: dict[tuple, set], needed: dict[tuple, frozenset], max_slots: int) -> bool:
-    return all(len(used.get(k, set()) | v) <= max_slots for k, v in needed.items())
+def capacity(config, key: tuple) -> int:
+    """The catalogue size of a slot key's path at its layer."""
+    return config.max_readout if key[3] == "read" else config.max_slots
+
+
+def fits(used: dict[tuple, set], needed: dict[tuple, frozenset], config) -> bool:
+    return all(len(used.get(k, set()) | v) <= capacity(config, k) for k, v in needed.items())
 
 
 def merge(used: dict[tuple, set], needed: dict[tuple, frozenset]) -> None:
@@ -121,7 +135,8 @@ def install(module) -> None:
                 output = original(self, *args, **kwargs)
                 STATS["steps"] += 1
                 STATS["preemptions"] += len(getattr(output, "preempted_req_ids", None) or ())
-                STATS["peak_slots"] = max([STATS["peak_slots"], *map(len, used.values())])
+                STATS["peak_slots"] = max([STATS["peak_slots"], *(len(v) for k, v in used.items() if k[3] != "read")])
+                STATS["peak_read_slots"] = max([STATS["peak_read_slots"], *(len(v) for k, v in used.items() if k[3] == "read")])
                 setattr(output, STATS_ATTR, dict(STATS))
                 return output
             return original(self, *args, **kwargs)
@@ -143,10 +158,11 @@ def install(module) -> None:
             used = getattr(self, "_reason_slots_used", None)
             if used is None:
                 used = self._reason_slots_used = {}
-            if not fits({}, needed, config.max_slots):
-                _fail(self, request, f"needs more than max_slots={config.max_slots} steering slots at one layer")
+            if not fits({}, needed, config):
+                _fail(self, request, f"needs more than max_slots={config.max_slots} steering slots or "
+                                     f"max_readout={config.max_readout} read slots at one layer")
                 return False
-            if not fits(used, needed, config.max_slots):
+            if not fits(used, needed, config):
                 STATS["held_for_slots"] += 1
                 return False  # stays waiting until running requests free their slots
             merge(used, needed)  # counted from here on, even if the token budget then stops it

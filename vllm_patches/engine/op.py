@@ -9,7 +9,21 @@ the graph cannot depend on which requests are in the batch. The buffers:
 - per-token edit tables ``edit_a``, ``edit_b`` ``[max_tokens, S]``: the edit ``f' - f = A f + B``
   of each slot on each token of the flattened batch (zero where a slot does not apply);
 - a per-token request number and a per-request sum of |delta|, for the "applied" report
-  (summed on the device, read only when a request finishes or a report is asked for).
+  (summed on the device, read only when a request finishes or a report is asked for);
+- for feature readout (engines with ``max_readout`` / ``max_top_k`` > 0): a catalogue of ``R`` read
+  slots (encoder column, bias and gate of one feature, or its column of the SAE's full encode), the
+  values read ``r_vals`` [max_tokens, R] and the top-k ``k_vals`` / ``k_idx`` [max_tokens, K].
+
+Readout is a second registered op, ``reason_steering::read_``, handed the layer's output before and
+after the edit (one call on the fused path, where the edit makes a new tensor; on the opaque path,
+which edits in place, one call before the edit and one after). Its body runs eagerly each step
+(opaque to the compiler, so the compiled graph never changes) and returns at once unless the
+runtime planned rows for that phase (``read_plan``): rows of requests that asked for nothing are
+never read. Features of SAEs whose features are independent (ReLU / JumpReLU on the raw stream)
+come from their catalogued rows (``readout.row_values``); every other SAE (TopK, gated, input
+normalisations) and every ``top_k`` read runs SAELens's own ``encode`` on the rows that asked.
+Inside CUDA-graph capture the feature read is recorded for every row (``r_after`` chooses the phase
+per row); ``top_k`` needs eager execution there (the front-end refuses it on graph-replaying engines).
 
 The op sees the true residual stream, ``hidden + residual`` (vLLM's decoder layers return the MLP
 output and the residual separately), and changes ``hidden``. It runs one of two ways:
@@ -36,7 +50,24 @@ import weakref
 import torch
 from torch import nn
 
+from reason_plugins.readout import row_values
 from reason_plugins.steering import decode_edited, gated_rows_delta
+
+
+def _graph_code_digest() -> str:
+    """What the compiled graph holds of ours: this module (forward, the ops' schemas) and the math it
+    traces (``reason_plugins.steering``, ``readout``). Folded into vLLM's compile-cache hash."""
+    import hashlib
+    import sys
+
+    h = hashlib.sha256()
+    for name in (__name__, "reason_plugins.steering", "reason_plugins.readout"):
+        with open(sys.modules[name].__file__, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+GRAPH_CODE_DIGEST = _graph_code_digest()
 
 # by name: the registered torch op finds its buffers here (the model owns the ops, not this table)
 _OPS: weakref.WeakValueDictionary[str, SteeringOp] = weakref.WeakValueDictionary()
@@ -53,11 +84,24 @@ def register_torch_op() -> None:
     library.define("steer_(Tensor(a!) hidden, Tensor residual, str name) -> ()")
     library.impl("steer_", _steer, "CompositeExplicitAutograd")
     torch.library.register_fake("reason_steering::steer_", lambda hidden, residual, name: None, lib=library)
+    # the read buffers are declared mutated (what keeps the call in the compiled graph); the body
+    # writes into the tensors it is handed, which are the op's buffers or their functional copies
+    library.define("read_(Tensor(a!) vals, Tensor(b!) top_vals, Tensor(c!) top_idx, Tensor before, Tensor after, "
+                   "Tensor residual, str name, int phases) -> ()")
+    library.impl("read_", _read, "CompositeExplicitAutograd")
+    torch.library.register_fake("reason_steering::read_", lambda *args: None, lib=library)
     _library = library
 
 
 def _steer(hidden: torch.Tensor, residual: torch.Tensor, name: str) -> None:
     _OPS[name].apply_(hidden, residual)
+
+
+def _read(vals, top_vals, top_idx, before, after, residual, name: str, phases: int) -> None:
+    op = _OPS[name]
+    for phase, hidden in ((0, before), (1, after)):
+        if phases >> phase & 1:
+            op.read_(vals, top_vals, top_idx, hidden, residual, phase)
 
 
 def _capturing_cuda_graph(t: torch.Tensor) -> bool:
@@ -77,7 +121,8 @@ def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
 
 class SteeringOp(nn.Module):
     def __init__(self, d_model: int, max_slots: int, max_tokens: int, max_requests: int, dtype: torch.dtype, device,
-                 sae=None, capture: bool = False, prefer_fused: bool | None = None):
+                 sae=None, capture: bool = False, prefer_fused: bool | None = None, max_readout: int = 0, max_top_k: int = 0,
+                 read_sae=None, read_full: bool = False):
         super().__init__()
         register_torch_op()
         self.name = f"op{next(_names)}"
@@ -113,6 +158,20 @@ class SteeringOp(nn.Module):
                              persistent=False)
         if capture:
             self.register_buffer("captured", torch.zeros(max_tokens, d_model, **z), persistent=False)
+        # readout: read_sae encodes (full-SAE layers, top_k); read_full: features come from that encode
+        self.reads = max_readout > 0 or max_top_k > 0
+        self.read_sae, self.read_full = read_sae, read_full
+        self.read_plan: tuple = (None, None)  # per phase (before, after): ReadPlan or None, set per step
+        if self.reads:
+            r, k = max(max_readout, 1), max(max_top_k, 1)
+            self.register_buffer("r_enc_t", torch.zeros(d_model, r, **z), persistent=False)
+            self.register_buffer("r_bias", torch.zeros(r, **z), persistent=False)
+            self.register_buffer("r_gate", torch.full((r,), float("inf"), **z), persistent=False)  # empty slots read 0
+            self.register_buffer("r_feature", torch.zeros(r, dtype=torch.long, device=device), persistent=False)
+            self.register_buffer("r_after", torch.zeros(max_tokens, dtype=torch.bool, device=device), persistent=False)
+            self.register_buffer("r_vals", torch.zeros(max_tokens, r, dtype=torch.float32, device=device), persistent=False)
+            self.register_buffer("k_vals", torch.zeros(max_tokens, k, dtype=torch.float32, device=device), persistent=False)
+            self.register_buffer("k_idx", torch.zeros(max_tokens, k, dtype=torch.long, device=device), persistent=False)
 
     def set_active(self, rows: bool, rec: bool = False) -> None:
         """Whether any token of the next step has a rows (delta/direction) or reconstruct edit here."""
@@ -122,6 +181,19 @@ class SteeringOp(nn.Module):
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """The edited ``hidden`` (the opaque path edits it in place and returns it)."""
+        if not self.reads:
+            return self._steered(hidden, residual)
+        read = torch.ops.reason_steering.read_
+        if self.fused:  # the edit makes a new tensor: one read call sees both sides of it
+            out = self._steered(hidden, residual)
+            read(self.r_vals, self.k_vals, self.k_idx, hidden, out, residual, self.name, 3)
+            return out
+        read(self.r_vals, self.k_vals, self.k_idx, hidden, hidden, residual, self.name, 1)  # `at: before` the edit
+        out = self._steered(hidden, residual)
+        read(self.r_vals, self.k_vals, self.k_idx, out, out, residual, self.name, 2)  # `at: after` it
+        return out
+
+    def _steered(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if not self.fused:
             torch.ops.reason_steering.steer_(hidden, residual, self.name)
             return hidden
@@ -132,6 +204,47 @@ class SteeringOp(nn.Module):
                                 (hidden, residual, self.enc_t, self.bias, self.gate, self.dec, self.edit_a, self.edit_b))
         self.delta_abs_sum.index_add_(0, self.row_request[:n], norms)
         return out
+
+    def read_(self, vals, top_vals, top_idx, hidden: torch.Tensor, residual: torch.Tensor, phase: int) -> None:
+        """Write this phase's readout rows: feature values into ``vals``, the top-k into ``top_vals`` /
+        ``top_idx``. A step with nothing to read at this phase returns at once."""
+        if _capturing_cuda_graph(hidden):  # a replayed graph reads every row; r_after picks the phase per row
+            n = hidden.shape[0]
+            read = self._features(hidden + residual, None)
+            if phase == 0:
+                vals[:n].copy_(read)
+            else:
+                vals[:n].copy_(torch.where(self.r_after[:n, None], read, vals[:n]))
+            return
+        plan = self.read_plan[phase]
+        if plan is None:
+            return
+        if plan.span is not None:  # the usual case (every request in the batch reads): views, no gathers
+            a, b = plan.span
+            x, target = hidden[a:b] + residual[a:b], vals[a:b]
+        else:
+            x, target = hidden.index_select(0, plan.rows) + residual.index_select(0, plan.rows), None
+        full = self.read_sae.encode(x.to(self.read_sae.W_enc.dtype)) if (self.read_full or plan.top_k) else None
+        if target is not None and full is None and x.dtype == target.dtype:
+            row_values(x, self.r_enc_t, self.r_bias, self.r_gate, out=target)  # written in place
+        elif target is not None:
+            target.copy_(self._features(x, full))
+        else:
+            vals.index_copy_(0, plan.rows, self._features(x, full))
+        if plan.top_k:
+            picked = full if plan.top_rows is None else full.index_select(0, plan.top_rows)
+            rows = plan.rows if plan.top_rows is None else plan.rows.index_select(0, plan.top_rows)
+            top = picked.topk(plan.top_k, dim=-1)
+            top_vals[:, :plan.top_k].index_copy_(0, rows, top.values.float())
+            top_idx[:, :plan.top_k].index_copy_(0, rows, top.indices)
+
+    def _features(self, x: torch.Tensor, full: torch.Tensor | None) -> torch.Tensor:
+        """The catalogued features of rows ``x`` [m, d] as float32 [m, R]."""
+        if self.read_full:
+            if full is None:
+                full = self.read_sae.encode(x.to(self.read_sae.W_enc.dtype))
+            return full.index_select(1, self.r_feature).float()
+        return row_values(x, self.r_enc_t, self.r_bias, self.r_gate).float()
 
     def apply_(self, hidden: torch.Tensor, residual: torch.Tensor) -> None:
         every_path = self.capture or _capturing_cuda_graph(hidden)

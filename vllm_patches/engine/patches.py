@@ -3,11 +3,12 @@ them through ``reason_plugins.import_hooks``; ``wrapping.wrap_method`` applies e
 refuses loudly when a target moved; every patched name is declared in ``patching/targets.py``).
 
 - model runners (``patch_runner``): install the steering ops at ``load_model``; per step, admit and
-  finish requests (``_update_states``), write the token -> edit layout (``_prepare_inputs``), report
-  requests the worker could not steer (``sample_tokens``);
+  finish requests (``_update_states``), write the token -> edit and readout layout (``_prepare_inputs``),
+  file what the forward pass read and report requests the worker could not steer (``sample_tokens``);
 - the input processor (``patch_input_processor``): the one validator and the prefix-cache salt;
-- ``VllmConfig`` (``patch_config``): engines with steering use the V1 model runner;
-- workers (``patch_worker``): the ``collective_rpc`` report / capture / stats methods;
+- ``VllmConfig`` (``patch_config``): engines with steering use the V1 model runner, and their
+  compile-cache hash names the version of the code the plugin puts in the compiled graph;
+- workers (``patch_worker``): the ``collective_rpc`` report / readout / capture / stats methods;
 - the scheduler (``patch_scheduler``): steering slots admitted like LoRA adapters (``admission.py``, beside this file).
 """
 
@@ -66,8 +67,10 @@ def patch_runner(module) -> None:
 
     def sample_tokens(original):
         def wrapper(self, *args, **kwargs):
-            output = original(self, *args, **kwargs)
             runtime = getattr(self, "reason_steering", None)
+            if runtime is not None:  # the forward pass ran: file what its readout rows read
+                runtime.harvest(self.positions, self.input_ids.gpu)
+            output = original(self, *args, **kwargs)
             if runtime is not None and runtime.failed_pending:
                 from vllm_patches.engine.admission import attach_failed
 
@@ -91,12 +94,15 @@ def patch_input_processor(module) -> None:
             from vllm_patches.frontend import prepare_request
 
             if not hasattr(self, "_reason_steering_config"):  # parsed once per processor, not per request
+                from vllm_patches.frontend import replays_graphs
+
                 self._reason_steering_config = config_from(self.vllm_config)
+                self._reason_graphs = replays_graphs(self.vllm_config)
                 if self._reason_steering_config:
                     from vllm_patches.patching.wrapping import current_platform, require_targets
 
                     require_targets(current_platform())
-            salt = prepare_request(params, self._reason_steering_config)  # raises SteeringRequestError
+            salt = prepare_request(params, self._reason_steering_config, request_id, self._reason_graphs)  # raises SteeringRequestError
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if salt is not None:
                 request.cache_salt = f"{request.cache_salt}|{salt}" if request.cache_salt else salt
@@ -134,6 +140,26 @@ def patch_config(module) -> None:
     use_v2_model_runner.__reason_steering__ = True
     cls.use_v2_model_runner = property(use_v2_model_runner)
 
+    from vllm_patches.patching.wrapping import wrap_method
+
+    def compute_hash(original):
+        def wrapper(self, *args, **kwargs):
+            digest = original(self, *args, **kwargs)
+            from vllm_patches.config import config_from
+
+            if config_from(self) is None:
+                return digest
+            # vLLM keys its torch.compile cache by this hash; our op is part of the compiled graph, so an
+            # engine built with another version of it must not load this one's artifacts
+            import hashlib
+
+            from vllm_patches.engine.op import GRAPH_CODE_DIGEST
+
+            return hashlib.sha256(f"{digest}|{GRAPH_CODE_DIGEST}".encode()).hexdigest()[:len(digest)]
+        return wrapper
+
+    wrap_method(cls, "compute_hash", compute_hash)
+
 
 def patch_worker(module) -> None:
     def reason_steering_report(self, req_ids=None):
@@ -143,16 +169,27 @@ def patch_worker(module) -> None:
     def reason_steering_capture(self, hook, num_tokens):
         return self.model_runner.reason_steering.captured(hook, num_tokens)
 
+    def reason_steering_readout(self, req_ids=None, request_ids=None):
+        """Requests' readouts (``readout.pack``ed): the engine requests named (``req_ids``), those behind
+        client-facing ids (``request_ids``), or all."""
+        from vllm_patches.engine.readout import pack
+
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        if runtime is None:
+            return {}
+        return pack(runtime.book.find(request_ids) if request_ids is not None else runtime.book.results(req_ids))
+
     def reason_steering_stats(self):
         runtime = getattr(self.model_runner, "reason_steering", None)
         return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
 
     reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
-    reason_steering_stats.__reason_steering__ = True
+    reason_steering_stats.__reason_steering__ = reason_steering_readout.__reason_steering__ = True
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report
         module.WorkerBase.reason_steering_capture = reason_steering_capture
         module.WorkerBase.reason_steering_stats = reason_steering_stats
+        module.WorkerBase.reason_steering_readout = reason_steering_readout
 
 
 # module -> patch, in the order ``register`` arms them

@@ -4,7 +4,9 @@ engine step rewrite their buffers from the batch the runner is about to run.
 The runner lays the scheduled tokens of its requests out back to back, in ``input_batch.req_ids``
 order with ``num_scheduled_tokens`` each; that is the map from requests to token rows. Each
 request's specs were validated and normalised by the front-end (``frontend.py``) and travel in
-``SamplingParams.extra_args["steering"]``.
+``SamplingParams.extra_args["steering"]``; readout specs in ``extra_args["readout"]``, whose rows the
+runtime plans each step and whose readings ``readout.ReadoutBook`` keeps (``harvest`` after each
+forward pass).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from reason_plugins.steering import edit_constants, feature_rows, needs_full_sae
 from vllm_patches.config import SteeringConfig
 from vllm_patches.engine.admission import slot_ident
 from vllm_patches.engine.op import SteeringOp
+from vllm_patches.engine.readout import ReadoutBook, ReadPlan, plan_rows, request_readouts
 
 logger = logging.getLogger("reason_plugins.vllm")
 _FINISHED_KEPT = 10_000
@@ -81,13 +84,26 @@ class SteeringRuntime:
             sae = load_sae(slot.sae, slot.sae_id, device=str(device))
             if sae.cfg.d_in != d_model:
                 raise SpecError(f"SAE {slot.sae!r} has d_in {sae.cfg.d_in} but the model's width is {d_model}")
-            reconstruct = slot.reconstruct if slot.reconstruct is not None else needs_full_sae(sae_architecture(sae), sae_normalisation(sae))
+            full = needs_full_sae(sae_architecture(sae), sae_normalisation(sae))  # features not independent
+            reconstruct = slot.reconstruct if slot.reconstruct is not None else full
+            reads = config.max_readout > 0 or config.max_top_k > 0
             op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
-                            sae=sae if reconstruct else None, capture=config.capture)
+                            sae=sae if reconstruct else None, capture=config.capture, max_readout=config.max_readout,
+                            max_top_k=config.max_top_k, read_sae=sae if reads and (full or config.max_top_k) else None,
+                            read_full=full)
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
             self.ops[slot.key], self.saes[slot.key] = op, sae
         self._specs: dict[str, tuple] = {}  # steered requests the runner holds: req_id -> (specs, digest)
+        self._reads: dict[str, tuple] = {}  # requests reading features: req_id -> readout specs
+        # this layout's readout rows: (req_id, start, end, num_prompt, [(key, spec, lo, hi, slots)]), the op keys read
+        # (and those reading a top-k), the rows of the step it was written for, the runner's requests
+        self._read_entries: list[tuple] = []
+        self._read_keys: set = set()
+        self._read_tops: set = set()
+        self._num_tokens = 0
+        self._runner_requests: dict = {}
+        self.book = ReadoutBook(int(config.readout_memory_mb) << 20)
         self._numbers: dict[str, int] = {}  # req_id -> its row in the ops' delta_abs_sum
         self._free_numbers = list(range(max_requests, 0, -1))
         self._rows: dict[tuple, dict] = {}
@@ -106,19 +122,24 @@ class SteeringRuntime:
 
     # -- per step -----------------------------------------------------------------------------
     def admit(self, new_requests) -> None:
-        """Note the steered ones among requests new to the runner (specs were checked by the front-end)."""
+        """Note the steered and the reading ones among requests new to the runner (specs were checked
+        by the front-end)."""
         for request in new_requests:
             specs, digest = request_specs(request.sampling_params)
             if specs:
                 self._specs[request.req_id] = (specs, digest)
+            reads, _ = request_readouts(request.sampling_params)
+            if reads:
+                self._reads[request.req_id] = reads
+                self.book.admit(request.req_id, reads)
 
     def update(self, req_ids, num_scheduled, requests) -> None:
         """Point the op buffers at the batch about to run (called after the runner's input prep).
 
         The runner lays its requests' scheduled tokens out back to back in ``req_ids`` order; the
         steered ones' rows are this step's layout. A steady decode batch repeats the last layout,
-        and then nothing is written at all; with no steered request nothing is even looked at."""
-        if not self._specs:
+        and then nothing is written at all; with no steered or reading request nothing is even looked at."""
+        if not self._specs and not self._reads:
             if self._layout:
                 self._write((), 0)
             self._steady = False
@@ -129,8 +150,9 @@ class SteeringRuntime:
             return
         layout = []
         start = 0
+        self._runner_requests = requests
         for req_id, n in zip(req_ids, num_scheduled.tolist()):
-            if req_id in self._specs:
+            if req_id in self._specs or req_id in self._reads:
                 state = requests[req_id]
                 prompt_left = max(0, min(n, state.num_prompt_tokens - state.num_computed_tokens))
                 layout.append((req_id, start, start + n, prompt_left))
@@ -156,14 +178,18 @@ class SteeringRuntime:
 
         used: dict[tuple, dict] = {}
         self._layout_tokens = []
-        kept = []
+        kept, read_entries = [], []
         for entry in layout:
             try:
-                self._write_request(entry, table, used)
+                if entry[0] in self._specs:
+                    self._write_request(entry, table, used)
+                if entry[0] in self._reads:
+                    read_entries.append(self._read_request(entry, used))
                 kept.append(entry)
-            except Exception as exc:  # one request's steering must never take the engine down
+            except Exception as exc:  # one request's steering or readout must never take the engine down
                 self._fail(entry, exc, host)
         layout = tuple(kept)
+        self._plan_reads(read_entries, num_tokens)
         for key, op in self.ops.items():
             buffers = ("edit_a", "edit_b", "row_request") + (("rec_mask",) if op.sae is not None else ())
             for buffer in buffers:
@@ -203,19 +229,84 @@ class SteeringRuntime:
                                    "tokens": 0, "steps": 0, "number": number}
         self._layout_tokens.append((req_id, end - first_steered))
 
+    def _read_request(self, entry, used) -> tuple:
+        """A reading request's rows this step, and the read slots its listed features occupy."""
+        req_id, start, end, prompt_left = entry
+        num_prompt = self._runner_requests[req_id].num_prompt_tokens
+        items = []
+        for spec in self._reads[req_id]:
+            lo, hi = plan_rows(spec, start, end, prompt_left)
+            slots = [self._slot(used, spec.key, "read", (f,), None) for f in spec.features] if spec.features else None
+            if slots and slots == list(range(slots[0], slots[0] + len(slots))):
+                slots = slice(slots[0], slots[0] + len(slots))  # the usual case: a view, not a gather, per step
+            items.append((spec.key, spec, lo, hi, slots))
+        return req_id, start, end, num_prompt, items
+
+    def _plan_reads(self, read_entries: list, num_tokens: int) -> None:
+        """Each reading op's rows per phase (before / after the edit) and its top-k rows, for the step."""
+        self._read_entries, self._num_tokens = read_entries, num_tokens
+        self._read_keys = {item[0] for entry in read_entries for item in entry[4]}
+        self._read_tops = {item[0] for entry in read_entries for item in entry[4] if item[1].top_k}
+        phases: dict[tuple, tuple] = {}  # key -> ([rows before], [rows after]), ([top idx before], [top idx after]), [k, k]
+        for *_, items in read_entries:
+            for key, spec, lo, hi, _ in items:
+                rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
+                phase = 1 if spec.at == "after" else 0
+                if spec.top_k:
+                    tops[phase].extend(range(len(rows[phase]), len(rows[phase]) + hi - lo))
+                    ks[phase] = max(ks[phase], spec.top_k)
+                rows[phase].extend(range(lo, hi))
+        for key, op in self.ops.items():
+            if not op.reads:
+                continue
+            rows, tops, ks = phases.get(key, (([], []), ([], []), [0, 0]))
+            device = op.r_vals.device
+            plans = []
+            for phase in (0, 1):
+                if not rows[phase]:
+                    plans.append(None)
+                    continue
+                every = len(tops[phase]) == len(rows[phase])
+                top_rows = None if every or not tops[phase] else torch.tensor(tops[phase], device=device)
+                ordered = sorted(rows[phase])
+                span = (ordered[0], ordered[-1] + 1) if ordered == rows[phase] and ordered[-1] - ordered[0] + 1 == len(ordered) else None
+                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span))
+            op.read_plan = tuple(plans)
+            op.r_after[:max(num_tokens, 1)].zero_()
+            if rows[1]:
+                op.r_after[torch.tensor(rows[1], device=device)] = True
+
+    def harvest(self, positions, token_ids) -> None:
+        """After a forward pass: hand the book this step's read rows (one host copy per buffer)."""
+        if not self._read_entries:
+            return
+        n = self._num_tokens
+
+        def host(buffer):  # a copy that outlives the step (on CPU, .cpu() would be the buffer itself)
+            return buffer[:n].detach().to("cpu", copy=True).numpy()
+
+        read = {key: (host(self.ops[key].r_vals), host(self.ops[key].k_vals) if key in self._read_tops else None,
+                      host(self.ops[key].k_idx) if key in self._read_tops else None) for key in self._read_keys}
+        self.book.harvest(self._read_entries, host(positions), host(token_ids), read)
+
     def _fail(self, entry, exc: Exception, host: dict) -> None:
-        """Defence in depth: a request the worker cannot steer is finished with an error by the
+        """Defence in depth: a request the worker cannot steer or read is finished with an error by the
         scheduler (``admission.attach_failed``); its rows are cleared, everyone else runs on."""
         req_id, start, end, _ = entry
-        logger.error("reason-steering: request %s cannot be steered, finishing it with an error: %s", req_id, exc)
+        logger.error("reason-steering: request %s cannot be steered or read, finishing it with an error: %s", req_id, exc)
         for rows in host.values():
             rows[start:end] = 0
         self.failed_pending.add(req_id)  # handed to the scheduler with this step's output
+        error = f"{type(exc).__name__}: {exc}"
+        if self._reads.pop(req_id, None) is not None:
+            self.book.fail(req_id, error)
+        if req_id not in self._specs:
+            return
         specs, digest = self._specs.pop(req_id)
         rec = self.active.pop(req_id, None) or {}
         self.finished[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
                                  "tokens": rec.get("tokens", 0), "steps": rec.get("steps", 0),
-                                 "error": f"{type(exc).__name__}: {exc}", "mean_abs_delta": float("nan")}
+                                 "error": error, "mean_abs_delta": float("nan")}
 
     def _number(self, req_id: str) -> int:
         number = self._numbers.get(req_id)
@@ -227,19 +318,33 @@ class SteeringRuntime:
         return number
 
     def _slot(self, used: dict, key: tuple, path: str, ident: tuple, constants) -> int:
-        """The slot of ``path`` ("rows": catalogued encoder/decoder rows, "rec": reconstruct edits)
-        holding ``ident`` this step; its buffers are rewritten only when it held something else."""
+        """The slot of ``path`` ("rows": catalogued encoder/decoder rows, "rec": reconstruct edits,
+        "read": features read) holding ``ident`` this step; its buffers are rewritten only when it held
+        something else."""
         taken = used.setdefault((key, path), {})
         if ident in taken:
             return taken[ident]
         slot = len(taken)
-        if slot >= self.config.max_slots:  # the scheduler's admission (admission.py) keeps this from happening
-            raise SpecError(f"more than max_slots={self.config.max_slots} distinct steering slots at {key[2]} in one step")
+        capacity, name = (self.config.max_readout, "max_readout") if path == "read" else (self.config.max_slots, "max_slots")
+        if slot >= capacity:  # the scheduler's admission (admission.py) keeps this from happening
+            raise SpecError(f"more than {name}={capacity} distinct {'read' if path == 'read' else 'steering'} slots at "
+                            f"{key[2]} in one step")
         taken[ident] = slot
         if self._slot_content.get((key, path, slot)) == ident:
             return slot
         op = self.ops[key]
-        if path == "rec":
+        if path == "read":
+            (feature,) = ident
+            if op.read_full:  # a column of the SAE's own encode
+                op.r_feature[slot] = feature
+            else:
+                rows = self._rows.get((key, "delta", feature))
+                if rows is None:
+                    rows = self._rows[(key, "delta", feature)] = feature_rows(self.saes[key], [feature], "delta")
+                op.r_enc_t[:, slot].copy_(rows["enc"][0])
+                op.r_bias[slot] = rows["bias"][0]
+                op.r_gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
+        elif path == "rec":
             op.rec_feature[slot] = ident[1]
             op.rec_a[slot], op.rec_b[slot] = constants
         else:
@@ -275,6 +380,9 @@ class SteeringRuntime:
 
     def finish(self, req_ids) -> None:
         self._count_layout_steps()
+        for req_id in req_ids:
+            if self._reads.pop(req_id, None) is not None:
+                self.book.finish(req_id)
         done = [r for r in req_ids if r in self.active]
         sums = self._delta_abs_sums(done)
         freed = []

@@ -59,7 +59,7 @@ TARGETS: tuple[Target, ...] = (
     Target(_RUNNER, "GPUModelRunner", "_update_states", ("self", "scheduler_output"), uses=("requests",)),
     Target(_RUNNER, "GPUModelRunner", "_prepare_inputs", ("self", "scheduler_output", "num_scheduled_tokens"),
            uses=("input_batch", "requests")),
-    Target(_RUNNER, "GPUModelRunner", "sample_tokens"),
+    Target(_RUNNER, "GPUModelRunner", "sample_tokens", uses=("positions", "input_ids")),
     Target("vllm.v1.worker.cpu_model_runner", "CPUModelRunner", "load_model", platform="cpu"),
     Target(_SCHEDULER, "Scheduler", "schedule", uses=("running",)),
     Target(_SCHEDULER, "Scheduler", "_handle_blocked_waiting_request", ("self", "request")),
@@ -68,8 +68,10 @@ TARGETS: tuple[Target, ...] = (
     Target("vllm.v1.engine.input_processor", "InputProcessor", "process_inputs",
            ("self", "request_id", "prompt", "params"), uses=("vllm_config",)),
     Target("vllm.config.vllm", "VllmConfig", "use_v2_model_runner", kind="property"),
+    Target("vllm.config.vllm", "VllmConfig", "compute_hash"),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_report", kind="added", uses=("model_runner",)),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_stats", kind="added", uses=("model_runner",)),
+    Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_readout", kind="added", uses=("model_runner",)),
 )
 
 

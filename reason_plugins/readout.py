@@ -1,0 +1,126 @@
+"""ReadoutSpec: what a request asks to *see* of an SAE's features inside the engine, the twin of
+SteeringSpec (``spec.py``) for reading instead of editing.
+
+    {"sae": "<release or path>", "sae_id": null, "hook": "blocks.19.hook_resid_post",
+     "features": [46379, 1203],          # these features, in this order ...
+     "top_k": 20,                        # ... or the k most active features of each token (not both)
+     "positions": "all",                 # "prompt" | "output" | "all" (default)
+     "at": "after"}                      # "before" | "after" (default) this request's own edit there
+
+A request may carry one readout spec or a list of them, at most one per hook. Parsing checks
+everything that can be checked without the SAE; ``check_against`` checks the rest with the SAE's
+width, the same way for the engine's front-end and for anything that validates before an engine
+starts. The values read are exactly what SAELens's ``encode`` gives at that hook (no decoder-norm
+folding): ``row_values`` is the per-feature form the engine uses for SAEs whose features are
+independent of each other (ReLU / JumpReLU on the raw residual stream, ``steering.needs_full_sae``
+false), the SAE's own ``encode`` serves the rest. Host-free: torch only, imported when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from reason_plugins.spec import AtHook, SpecError, check_feature_index, hook_layer, parse_many
+
+POSITIONS = ("prompt", "output", "all")
+AT = ("before", "after")
+_FIELDS = ("sae", "sae_id", "hook", "features", "top_k", "positions", "at")
+
+
+@dataclass(frozen=True)
+class ReadoutSpec(AtHook):
+    sae: str
+    hook: str
+    features: tuple[int, ...] | None = None
+    top_k: int | None = None
+    sae_id: str | None = None
+    positions: str = "all"
+    at: str = "after"
+
+    def reads(self, position: int, num_prompt: int) -> bool:
+        """Whether this spec reads the token at ``position`` of a request with ``num_prompt`` prompt tokens."""
+        return self.positions == "all" or (position < num_prompt) == (self.positions == "prompt")
+
+    def to_dict(self) -> dict:
+        return {"sae": self.sae, "sae_id": self.sae_id, "hook": self.hook, "positions": self.positions, "at": self.at,
+                **({"features": list(self.features)} if self.features is not None else {"top_k": self.top_k})}
+
+
+def _int(value, where: str, what: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(f"{where}: {what} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
+    if not isinstance(obj, dict):
+        raise SpecError(f"{where} must be a JSON object, got {type(obj).__name__}: {obj!r}")
+    unknown = set(obj) - set(_FIELDS)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}; expected {list(_FIELDS)}")
+    sae, hook, sae_id = obj.get("sae"), obj.get("hook"), obj.get("sae_id")
+    if not isinstance(sae, str) or not sae:
+        raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")
+    if hook_layer(hook) is None:
+        raise SpecError(f"{where}: hook {hook!r} is not of the form 'blocks.<layer>.hook_resid_post'")
+    if sae_id is not None and not isinstance(sae_id, str):
+        raise SpecError(f"{where}: 'sae_id' must be a string or null, got {sae_id!r}")
+    features, top_k = obj.get("features"), obj.get("top_k")
+    if (features is None) == (top_k is None):
+        raise SpecError(f"{where}: give either 'features' (a list of feature ids) or 'top_k' (an integer), not "
+                        f"{'both' if features is not None else 'neither'}")
+    if features is not None:
+        if not isinstance(features, list) or not features:
+            raise SpecError(f"{where}: 'features' must be a non-empty list of feature ids, got {features!r}")
+        features = tuple(_int(f, where, "each feature", 0) for f in features)
+        if len(set(features)) != len(features):
+            raise SpecError(f"{where}: a feature is listed twice: {list(features)}")
+    else:
+        top_k = _int(top_k, where, "top_k", 1)
+    positions, at = obj.get("positions", "all"), obj.get("at", "after")
+    if positions not in POSITIONS:
+        raise SpecError(f"{where}: positions {positions!r} is not one of {POSITIONS}")
+    if at not in AT:
+        raise SpecError(f"{where}: at {at!r} is not one of {AT}")
+    return ReadoutSpec(sae=sae, hook=hook, features=features, top_k=top_k, sae_id=sae_id, positions=positions, at=at)
+
+
+def parse_readout(value) -> list[ReadoutSpec]:
+    """A readout spec, a list of them, or their JSON text -> list of ReadoutSpec (empty for None)."""
+    return parse_many(value, ReadoutSpec, parse_readout_spec, "readout", lambda s: s.hook,
+                      "two readout specs read the same hook: {keys}; one spec per hook")
+
+
+def check_against(spec: ReadoutSpec, d_sae: int, *, max_features: int | None = None, max_top_k: int | None = None) -> None:
+    """The checks that need the SAE's width (and, in an engine, its buffer sizes)."""
+    owner = f"SAE {spec.sae!r}"
+    if spec.features is not None:
+        for f in spec.features:
+            check_feature_index(f, d_sae, owner=owner, error=SpecError)
+        if max_features is not None and len(spec.features) > max_features:
+            raise SpecError(f"readout at {spec.hook} lists {len(spec.features)} features; this engine reads at most "
+                            f"max_readout={max_features} per layer and step")
+    else:
+        if spec.top_k > d_sae:
+            raise SpecError(f"top_k {spec.top_k} is out of range: {owner} has d_sae={d_sae} (valid: 1..{d_sae})")
+        if max_top_k is not None and spec.top_k > max_top_k:
+            raise SpecError(f"top_k {spec.top_k} exceeds this engine's max_top_k={max_top_k}" if max_top_k else
+                            "this engine was started without top_k readout (max_top_k=0 in its steering config)")
+
+
+def readout_hash(specs: list[ReadoutSpec]) -> str:
+    """Stable short hash of what is read (the order of specs does not matter)."""
+    canon = sorted(json.dumps(s.to_dict(), sort_keys=True) for s in specs)
+    return hashlib.sha256("\n".join(canon).encode()).hexdigest()[:16]
+
+
+def row_values(x, enc_t, bias, gate, out=None):
+    """Per-feature SAE activations for catalogued rows (``enc_t`` [d, F] encoder columns, ``bias``
+    [F] with any b_dec folded in, ``gate`` [F] = max(threshold, 0)): ``pre if pre > gate else 0``,
+    which is SAELens's ReLU and JumpReLU ``encode`` for one feature. ``out``: where to write them."""
+    import torch
+
+    pre = torch.addmm(bias, x, enc_t, out=out) if out is not None else torch.addmm(bias, x, enc_t)
+    return pre.masked_fill_(pre <= gate, 0)
