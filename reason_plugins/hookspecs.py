@@ -37,6 +37,16 @@ def reason_steering_methods() -> dict:
 
 
 @hookspec
+def reason_activation_engines() -> dict:
+    """Engines that run a model over token rows and report what an SAE reads there, for scores computed
+    from what an inference engine saw: ``name -> factory(model, sae, sae_id, hook, **options) -> session``.
+    A session has ``feature_sums(rows, masks, bits) -> (sums float64 [bits, d_sae], counts [bits])`` (every
+    feature of SAELens's ``encode`` at ``hook``, summed over the positions of ``rows`` whose bit b is set in
+    ``masks``), ``generate(prompts, n=, max_tokens=, temperature=, seed=) -> [[{"prompt_token_ids",
+    "token_ids", "text"}] per prompt]`` and ``close()``. The vLLM adapter registers ``"vllm"``."""
+
+
+@hookspec
 def reason_sae_loaders() -> dict:
     """SAE loaders: ``name -> callable(path_or_release, sae_id, device) -> SAELens SAE``."""
 

@@ -30,6 +30,7 @@ KINDS = {
     "feature_scorer": "reason_feature_scorers",
     "steering_method": "reason_steering_methods",
     "sae_loader": "reason_sae_loaders",
+    "activation_engine": "reason_activation_engines",
     "model_config": "reason_model_configs",
     "training_config": "reason_training_configs",
 }

@@ -3,9 +3,15 @@ SteeringSpec (``spec.py``) for reading instead of editing.
 
     {"sae": "<release or path>", "sae_id": null, "hook": "blocks.19.hook_resid_post",
      "features": [46379, 1203],          # these features, in this order ...
-     "top_k": 20,                        # ... or the k most active features of each token (not both)
+     "top_k": 20,                        # ... or the k most active features of each token
+     "sums": {"job": "j1", "bits": 3,    # ... or float64 sums of every feature over the prompt positions
+              "masks": [5, 0, 2, ...]},  #     whose bit b is set in masks[position], per bit, into job "j1"
      "positions": "all",                 # "prompt" | "output" | "all" (default)
      "at": "after"}                      # "before" | "after" (default) this request's own edit there
+
+(exactly one of ``features``, ``top_k``, ``sums``). ``sums`` is what a ReasonScore pass needs from an
+engine: the sufficient statistics of all d_sae features over token sets the caller marks, summed in
+the engine across every request of a job and fetched once, instead of per-token values.
 
 A request may carry one readout spec or a list of them, at most one per hook. Parsing checks
 everything that can be checked without the SAE; ``check_against`` checks the rest with the SAE's
@@ -26,7 +32,8 @@ from reason_plugins.spec import AtHook, SpecError, check_feature_index, hook_lay
 
 POSITIONS = ("prompt", "output", "all")
 AT = ("before", "after")
-_FIELDS = ("sae", "sae_id", "hook", "features", "top_k", "positions", "at")
+_FIELDS = ("sae", "sae_id", "hook", "features", "top_k", "sums", "positions", "at")
+MAX_BITS = 62
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class ReadoutSpec(AtHook):
     hook: str
     features: tuple[int, ...] | None = None
     top_k: int | None = None
+    sums: tuple | None = None  # (job, bits, masks)
     sae_id: str | None = None
     positions: str = "all"
     at: str = "after"
@@ -44,8 +52,14 @@ class ReadoutSpec(AtHook):
         return self.positions == "all" or (position < num_prompt) == (self.positions == "prompt")
 
     def to_dict(self) -> dict:
-        return {"sae": self.sae, "sae_id": self.sae_id, "hook": self.hook, "positions": self.positions, "at": self.at,
-                **({"features": list(self.features)} if self.features is not None else {"top_k": self.top_k})}
+        if self.features is not None:
+            mode = {"features": list(self.features)}
+        elif self.sums is not None:
+            job, bits, masks = self.sums
+            mode = {"sums": {"job": job, "bits": bits, "masks": list(masks)}}
+        else:
+            mode = {"top_k": self.top_k}
+        return {"sae": self.sae, "sae_id": self.sae_id, "hook": self.hook, "positions": self.positions, "at": self.at, **mode}
 
 
 def _int(value, where: str, what: str, low: int) -> int:
@@ -67,24 +81,45 @@ def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
         raise SpecError(f"{where}: hook {hook!r} is not of the form 'blocks.<layer>.hook_resid_post'")
     if sae_id is not None and not isinstance(sae_id, str):
         raise SpecError(f"{where}: 'sae_id' must be a string or null, got {sae_id!r}")
-    features, top_k = obj.get("features"), obj.get("top_k")
-    if (features is None) == (top_k is None):
-        raise SpecError(f"{where}: give either 'features' (a list of feature ids) or 'top_k' (an integer), not "
-                        f"{'both' if features is not None else 'neither'}")
+    features, top_k, sums = obj.get("features"), obj.get("top_k"), obj.get("sums")
+    given = [name for name, value in (("features", features), ("top_k", top_k), ("sums", sums)) if value is not None]
+    if len(given) != 1:
+        raise SpecError(f"{where}: give one of 'features' (a list of feature ids), 'top_k' (an integer) or 'sums', "
+                        f"not {' and '.join(given) if given else 'none of them'}")
     if features is not None:
         if not isinstance(features, list) or not features:
             raise SpecError(f"{where}: 'features' must be a non-empty list of feature ids, got {features!r}")
         features = tuple(_int(f, where, "each feature", 0) for f in features)
         if len(set(features)) != len(features):
             raise SpecError(f"{where}: a feature is listed twice: {list(features)}")
-    else:
+    elif top_k is not None:
         top_k = _int(top_k, where, "top_k", 1)
+    else:
+        sums = _sums(sums, where)
     positions, at = obj.get("positions", "all"), obj.get("at", "after")
     if positions not in POSITIONS:
         raise SpecError(f"{where}: positions {positions!r} is not one of {POSITIONS}")
     if at not in AT:
         raise SpecError(f"{where}: at {at!r} is not one of {AT}")
-    return ReadoutSpec(sae=sae, hook=hook, features=features, top_k=top_k, sae_id=sae_id, positions=positions, at=at)
+    return ReadoutSpec(sae=sae, hook=hook, features=features, top_k=top_k, sums=sums, sae_id=sae_id, positions=positions, at=at)
+
+
+def _sums(obj, where: str) -> tuple:
+    if not isinstance(obj, dict) or set(obj) - {"job", "bits", "masks"}:
+        raise SpecError(f"{where}: 'sums' must be {{\"job\": str, \"bits\": int, \"masks\": [int per position]}}, got {obj!r}")
+    job, bits, masks = obj.get("job"), obj.get("bits"), obj.get("masks")
+    if not isinstance(job, str) or not job:
+        raise SpecError(f"{where}: sums 'job' must be a non-empty string, got {job!r}")
+    bits = _int(bits, where, "sums 'bits'", 1)
+    if bits > MAX_BITS:
+        raise SpecError(f"{where}: sums 'bits' must be at most {MAX_BITS}, got {bits}")
+    if not isinstance(masks, list) or not masks:
+        raise SpecError(f"{where}: sums 'masks' must be a non-empty list of integers (one per position), got {masks!r}")
+    limit = 1 << bits
+    for m in masks:
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < limit:
+            raise SpecError(f"{where}: sums mask {m!r} is not an integer in 0..{limit - 1} ({bits} bits)")
+    return job, bits, tuple(masks)
 
 
 def parse_readout(value) -> list[ReadoutSpec]:
@@ -96,6 +131,8 @@ def parse_readout(value) -> list[ReadoutSpec]:
 def check_against(spec: ReadoutSpec, d_sae: int, *, max_features: int | None = None, max_top_k: int | None = None) -> None:
     """The checks that need the SAE's width (and, in an engine, its buffer sizes)."""
     owner = f"SAE {spec.sae!r}"
+    if spec.sums is not None:
+        return
     if spec.features is not None:
         for f in spec.features:
             check_feature_index(f, d_sae, owner=owner, error=SpecError)

@@ -34,8 +34,11 @@ def test_readout_specs_parse_in_every_form():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"sae": "S", "hook": FIXTURE_HOOK}, "give either 'features'.*not neither"),
-    ({"sae": "S", "hook": FIXTURE_HOOK, "features": [1], "top_k": 2}, "not both"),
+    ({"sae": "S", "hook": FIXTURE_HOOK}, "give one of 'features'.*not none of them"),
+    ({"sae": "S", "hook": FIXTURE_HOOK, "features": [1], "top_k": 2}, "not features and top_k"),
+    ({"sae": "S", "hook": FIXTURE_HOOK, "sums": {"job": "j", "bits": 2, "masks": [1, 4]}}, r"sums mask 4 is not an integer in 0..3"),
+    ({"sae": "S", "hook": FIXTURE_HOOK, "sums": {"job": "", "bits": 2, "masks": [1]}}, "sums 'job' must be a non-empty string"),
+    ({"sae": "S", "hook": FIXTURE_HOOK, "sums": {"job": "j", "bits": 63, "masks": [1]}}, "sums 'bits' must be at most 62"),
     ({"sae": "S", "hook": FIXTURE_HOOK, "features": []}, "non-empty list"),
     ({"sae": "S", "hook": FIXTURE_HOOK, "features": [3, 3]}, "listed twice"),
     ({"sae": "S", "hook": FIXTURE_HOOK, "features": [-1]}, "each feature must be an integer >= 0, got -1"),

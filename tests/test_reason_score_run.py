@@ -214,3 +214,23 @@ def test_cli_end_to_end_and_merge(llama_dir, sae_dirs, text_dataset_dir, tmp_pat
     assert "feature index 999 is out of range" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_engine_path_refuses_bad_input_before_anything_loads(hf_model, sae_dirs):
+    from reason_plugins.manager import UnknownNameError
+
+    sae = str(sae_dirs["standard"])
+    with pytest.raises(UnknownNameError, match="unknown activation_engine 'tgi'; registered: \\['vllm'\\]"):
+        compute_reason_score("/any/model", sae, [[1, 2, 3]], engine="tgi")
+    with pytest.raises(ValueError, match="engine='vllm' runs the model itself: pass its name or local directory"):
+        compute_reason_score(hf_model, sae, [[1, 2, 3]], engine="vllm")
+    with pytest.raises(ValueError, match="generate= needs an activation engine"):
+        compute_reason_score("/any/model", sae, None, generate={"prompts": ["hi"]})
+    with pytest.raises(ValueError, match="generate= writes the rows itself"):
+        compute_reason_score("/any/model", sae, [[1, 2, 3]], engine="vllm", generate={"prompts": ["hi"]})
+    with pytest.raises(ValueError, match="non-empty list of non-empty texts"):
+        compute_reason_score("/any/model", sae, None, engine="vllm", generate={"prompts": ["", "x"]})
+    with pytest.raises(ValueError, match=r"generate\['n'\]=0 is invalid"):
+        compute_reason_score("/any/model", sae, None, engine="vllm", generate={"prompts": ["x"], "n": 0})
+    with pytest.raises(ValueError, match="no data to score"):
+        compute_reason_score("/any/model", sae, None)

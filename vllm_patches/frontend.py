@@ -102,9 +102,9 @@ def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -
         slot = config.find(spec.sae, spec.sae_id, spec.hook)
         check_against(spec, int(_shape(slot.sae, slot.sae_id)["d_sae"]), max_features=config.max_readout,
                       max_top_k=config.max_top_k)
-        if spec.top_k and graphs:
-            raise SpecError(f"top_k readout at {spec.hook} runs eagerly on the rows that asked, and this engine replays "
-                            f"CUDA graphs: start it with enforce_eager=True, or read listed 'features'")
+        if (spec.top_k or spec.sums) and graphs:
+            raise SpecError(f"{'top_k' if spec.top_k else 'sums'} readout at {spec.hook} runs eagerly on the rows that asked, "
+                            f"and this engine replays CUDA graphs: start it with enforce_eager=True, or read listed 'features'")
     return specs
 
 

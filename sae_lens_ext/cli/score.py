@@ -2,11 +2,15 @@
 
     reason-sae score --model DIR_OR_NAME --sae DIR_OR_RELEASE [--sae-id ID] --dataset PATH_OR_NAME --out DIR
     reason-sae score --merge SHARD_DIR SHARD_DIR ... --out DIR
+    reason-sae score ... --engine vllm [--tensor-parallel-size N]      # what the vLLM engine computes
+    reason-sae score ... --engine vllm --generate N --prompts FILE      # over the model's own continuations
 
 Rerunning the same command after an interruption resumes from ``DIR/checkpoint.safetensors`` when
 the run's identity (SAE weights, model, data fingerprint, vocabulary, options) matches, and says so;
 a different run into the same ``--out`` is refused with the difference named (``--overwrite``
-starts over). Every option is checked before the model, SAE or data is loaded.
+starts over). Every option is checked before the model, SAE or data is loaded. With ``--generate`` the
+continuations are written to ``DIR/transcripts.jsonl`` and the scored rows to ``DIR/data``, so
+``contexts``, ``dashboard`` and ``control`` reopen the run as any other.
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--chunk-index", type=int_at_least(0), default=0, help="which shard this process scores")
     parser.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DIR", help="merge shard outputs into --out instead of scoring")
     parser.add_argument("--overwrite", action="store_true", help="start over when --out holds a checkpoint or run of a different job")
+    parser.add_argument("--engine", default="hf", help="hf (the model runs here, default) or vllm: the engine runs the model and "
+                        "sums the features where it computes them (any registered activation engine)")
+    parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1, help="--engine vllm: ranks (default 1)")
+    parser.add_argument("--max-model-len", type=int_at_least(2), default=None, help="--engine vllm: the engine's max_model_len")
+    parser.add_argument("--generate", type=int_at_least(1), default=None, metavar="N",
+                        help="--engine vllm: score the model's own N continuations of each --prompts prompt instead of --dataset")
+    parser.add_argument("--prompts", default=None, help="--generate: a .txt file (one prompt a line) or .jsonl (a 'prompt' field)")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=256, help="--generate: tokens per continuation (default 256)")
+    parser.add_argument("--temperature", type=finite_float(0), default=0.6, help="--generate: sampling temperature (default 0.6)")
+    parser.add_argument("--gen-seed", type=int_at_least(0), default=0, help="--generate: sampling seed (default 0)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -83,6 +97,44 @@ def check_args(args) -> None:
         check_file(args.dataset, "--dataset", "data file")
     if args.vocabulary.endswith(".json"):
         check_file(args.vocabulary, "--vocabulary", "JSON file of strings")
+    from reason_plugins.manager import get
+
+    if args.engine != "hf":
+        get("activation_engine", args.engine)  # an unknown engine: one line naming the registered ones
+    elif args.tensor_parallel_size != 1 or args.max_model_len is not None:
+        raise UserError("--tensor-parallel-size / --max-model-len configure an engine: give --engine vllm")
+    if args.generate is not None:
+        if args.engine == "hf":
+            raise UserError("--generate needs --engine vllm: the model writes its own rows in the engine")
+        if not args.prompts:
+            raise UserError("--generate needs --prompts FILE (a .txt file, one prompt a line, or .jsonl with a 'prompt' field)")
+        args.prompt_list = read_prompts(args.prompts)
+    elif args.prompts:
+        raise UserError("--prompts is for --generate N (the model's own continuations)")
+
+
+def read_prompts(path) -> list[str]:
+    """Prompts from a .txt file (one a line) or a .jsonl file (a ``prompt``, ``problem`` or ``text`` field)."""
+    check_file(path, "--prompts", "prompt file (.txt or .jsonl)")
+    text = Path(path).read_text()
+    if str(path).endswith(".jsonl"):
+        prompts = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"--prompts {str(path)!r} line {i} is not valid JSON ({exc.msg})") from None
+            value = next((row.get(k) for k in ("prompt", "problem", "text") if isinstance(row, dict) and row.get(k)), None)
+            if not isinstance(value, str):
+                raise UserError(f"--prompts {str(path)!r} line {i} has no 'prompt', 'problem' or 'text' field")
+            prompts.append(value)
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts {str(path)!r} holds no prompt (expected one a line, or one JSON object a line)")
+    return prompts
 
 
 def run(args) -> int:
@@ -100,8 +152,16 @@ def run(args) -> int:
         sae = load_sae(args.sae, args.sae_id, args.device, args.sae_loader)
         _check_explain(args.explain, int(sae.cfg.d_sae))  # before any work: nothing is written on bad input
         ignore = [t.strip() for t in args.ignore_tokens.split(",") if t.strip()]
+        engine = {}
+        if args.engine != "hf":
+            engine = dict(engine=args.engine, engine_options={"tensor_parallel_size": args.tensor_parallel_size,
+                                                              **({"max_model_len": args.max_model_len} if args.max_model_len else {})})
+        if args.generate is not None:
+            engine["generate"] = {"prompts": args.prompt_list, "n": args.generate, "max_tokens": args.max_tokens,
+                                  "temperature": args.temperature, "seed": args.gen_seed}
         result = score_to_dir(
-            args.model, sae, args.dataset, args.out, top_k=args.top_k, vocabulary=args.vocabulary, overwrite=args.overwrite,
+            args.model, sae, None if args.generate else args.dataset, args.out, top_k=args.top_k, vocabulary=args.vocabulary,
+            overwrite=args.overwrite, **engine,
             expand_range=args.expand_range, ignore_tokens=ignore, alpha=args.alpha, sae_id=args.sae_id, sae_loader=args.sae_loader,
             hook=args.hook, batch_size=args.batch_size, feature_chunk_size=args.feature_chunk_size,
             n_samples=args.n_samples, seed=args.seed, text_column=args.text_column, context_size=args.context_size,

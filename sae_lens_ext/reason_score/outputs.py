@@ -110,10 +110,10 @@ def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, overwrite: bool 
         previous = json.loads((out / "run_config.json").read_text())
         prepared.check_against(previous, f"the finished run in {str(out)!r}", "choose another --out or pass --overwrite")
     result = prepared.run(checkpoint, progress, require_matches, _interrupt_after)
-    save_inputs(prepared, out)
+    save_inputs(prepared, out)  # generated rows too: contexts, dashboards and control reopen them from out/data
     result.config = dict(prepared.config)
     write_outputs(result, out, top_k)
-    checkpoint.unlink(missing_ok=True)  # finished: a rerun starts afresh
+    checkpoint.unlink(missing_ok=True)  # finished: a rerun starts afresh (transcripts.jsonl stays: the run's data)
     return result
 
 

@@ -58,7 +58,8 @@ class PreparedRun:
     def __init__(self, model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
                  eps=1e-12, sae_id=None, hook=None, tokenizer=None, batch_size=8, feature_chunk_size=None,
                  n_samples=None, seed=None, text_column="text", context_size=None, prepend_bos=None,
-                 num_chunks=1, chunk_index=0, checkpoint_every=50, backend="auto", sae_loader=None, device="cpu"):
+                 num_chunks=1, chunk_index=0, checkpoint_every=50, backend="auto", sae_loader=None, device="cpu",
+                 engine="hf", engine_options=None, generate=None):
         import torch
 
         from reason_plugins.vocabulary import resolve_vocabulary
@@ -67,6 +68,8 @@ class PreparedRun:
 
         _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
                        feature_chunk_size, context_size)
+        engine_factory = _engine_factory(engine, model)  # unknown engine, or a loaded model for an engine: refused now
+        generate = _check_generate(generate, engine, tokens)
         model_ref = str(model) if isinstance(model, (str, Path)) else None
         if isinstance(tokens, (str, Path)):  # a path or name: opened (not read) now, so bad data fails before the model loads
             if len(load_data(tokens)) == 0:
@@ -76,13 +79,22 @@ class PreparedRun:
         hook = hook or meta.hook_name
         if not hook:
             raise ValueError("the SAE's config names no hook; pass hook=")
-        model = load_model(model, hook, backend, device)
-        if model_ref is None:  # an instance: its own name, when that is a local dir or a hub name
-            name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
-            model_ref = str(name) if name else None
-        source = ActivationSource(model, hook)
-        if int(sae.cfg.d_in) != source.d_model:
-            raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={source.d_model} at {hook!r}")
+        if engine_factory is None:
+            model = load_model(model, hook, backend, device)
+            if model_ref is None:  # an instance: its own name, when that is a local dir or a hub name
+                name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
+                model_ref = str(name) if name else None
+            source = ActivationSource(model, hook)
+            d_model = source.d_model
+        else:  # the engine loads the model when the run starts; here only its config and tokenizer
+            from reason_plugins.models import resolve_model
+
+            model, source = str(resolve_model(model_ref)), None
+            d_model = _hidden_size(model)
+            if tokenizer is None:
+                tokenizer = model
+        if int(sae.cfg.d_in) != d_model:
+            raise ValueError(f"SAE d_in={sae.cfg.d_in} does not match the model width d_model={d_model} at {hook!r}")
         tok = model_tokenizer(model, tokenizer)
         groups = resolve_vocabulary(vocabulary)
         seqs = rsm.vocabulary_sequences(groups, lambda s: tok.encode(s, add_special_tokens=False), tok.unk_token_id)
@@ -90,9 +102,11 @@ class PreparedRun:
         context_size = int(context_size or meta.context_size or 1024)
         prepend_bos = bool(meta.get("prepend_bos", True) if prepend_bos is None else prepend_bos)
         encoder = FeatureEncoder(sae, feature_chunk_size)
-        in_memory_rows = isinstance(tokens, (torch.Tensor, list))
+        in_memory_rows = isinstance(tokens, (torch.Tensor, list)) or generate is not None
         sae_src = source_of(sae) or {}
-        data_id = ri.data_identity(tokens)
+        if engine_factory is not None and not sae_src.get("sae"):
+            raise ValueError(f"engine={engine!r} loads the SAE itself: pass its directory or release (with sae_id), not an SAE object")
+        data_id = ri.data_identity(tokens if generate is None else list(generate["prompts"]))
         self.config = {
             # how to reopen the run (paths or names; None when the caller passed an object we cannot name)
             "model": model_ref, "model_class": type(model).__name__, "backend": backend,
@@ -103,16 +117,23 @@ class PreparedRun:
             "context_size": context_size, "prepend_bos": prepend_bos, "batch_size": batch_size,
             "vocabulary": {g: [list(s) for s in v] for g, v in seqs.items()},
             "expand_range": [int(v) for v in expand_range], "ignore_tokens": ignore, "alpha": alpha, "eps": eps,
-            "num_chunks": num_chunks, "chunk_index": chunk_index}
+            "num_chunks": num_chunks, "chunk_index": chunk_index, "engine": engine}
         # what the run computes: any difference here means different numbers
         self.identity = {"sae": ri.sae_identity(sae), "model": ri.model_identity(model, model_ref), "data": data_id,
                          **{k: self.config[k] for k in ("hook", "n_samples", "seed", "text_column", "context_size",
                                                         "prepend_bos", "batch_size", "vocabulary", "expand_range",
                                                         "ignore_tokens", "alpha", "eps", "num_chunks")}}
+        if engine_factory is not None:  # other arithmetic, other numbers (the HF path's identity stays as it was)
+            self.identity["engine"] = {"name": engine, "dtype": (engine_options or {}).get("dtype", "float32")}
+        if generate is not None:  # the rows are the model's own continuations of these prompts, sampled so
+            self.identity["generate"] = {k: v for k, v in generate.items() if k != "prompts"}
         job = hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.config.update(job=job, fingerprint=f"{job}-{chunk_index}of{num_chunks}", identity=self.identity)
         self.model, self.sae, self.tokens, self.tokenizer, self.source, self.encoder = model, sae, tokens, tok, source, encoder
         self.groups, self.seqs, self.ignore = groups, seqs, ignore
+        self.engine_factory, self.engine_options, self.generate = engine_factory, dict(engine_options or {}), generate
+        self.transcripts: list[dict] | None = None
+        self.engine_scale = _fold_scale(sae, encoder.arch) if engine_factory is not None else None
         self.opts = dict(expand_range=expand_range, alpha=alpha, eps=eps, batch_size=batch_size, n_samples=n_samples,
                          seed=seed, text_column=text_column, context_size=context_size, prepend_bos=prepend_bos,
                          num_chunks=num_chunks, chunk_index=chunk_index, checkpoint_every=checkpoint_every)
@@ -143,6 +164,9 @@ class PreparedRun:
         o, config = self.opts, self.config
         stats = rsm.ReasonStats(list(self.groups), self.encoder.d_sae,
                                 extra={k: config[k] for k in ("job", "fingerprint", "num_chunks", "chunk_index", "identity")})
+        session = None
+        if self.generate is not None:  # the model writes the rows first (kept beside the checkpoint for a resume)
+            session = self._transcribe(checkpoint)
         rows = o["n_samples"] if o["n_samples"] is not None else len(self.tokens) if isinstance(self.tokens, (torch.Tensor, list)) else None
         total = None if rows is None else -(-len(range(o["chunk_index"], rows, o["num_chunks"])) // o["batch_size"])
         if checkpoint is not None and Path(checkpoint).is_file():
@@ -157,19 +181,30 @@ class PreparedRun:
                                 prepend_bos=o["prepend_bos"], n_samples=o["n_samples"], seed=o["seed"],
                                 text_column=o["text_column"], num_chunks=o["num_chunks"], chunk_index=o["chunk_index"])
         sae_device = next(self.encoder.sae.parameters()).device
-        for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
-            if i < done:
-                continue  # resumed: these batches are already in the checkpoint
-            acts = self.source(batch).to(sae_device)
-            masks = rsm.token_masks(batch.to(sae_device), group_seqs, o["expand_range"], self.ignore)
-            stats.add_counts(*masks)
-            flat = acts.reshape(-1, acts.shape[-1])
-            for start, chunk_acts in self.encoder.chunks(flat):
-                stats.add_acts(chunk_acts, *masks, start=start)
-            if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
-                stats.save(checkpoint)
-            if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
-                raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
+        try:
+            for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
+                if i < done:
+                    continue  # resumed: these batches are already in the checkpoint
+                if self.engine_factory is None:
+                    acts = self.source(batch).to(sae_device)
+                    masks = rsm.token_masks(batch.to(sae_device), group_seqs, o["expand_range"], self.ignore)
+                    stats.add_counts(*masks)
+                    flat = acts.reshape(-1, acts.shape[-1])
+                    for start, chunk_acts in self.encoder.chunks(flat):
+                        stats.add_acts(chunk_acts, *masks, start=start)
+                else:
+                    if session is None:  # started once there is work for it (a finished resume starts none)
+                        session = self._session()
+                    masks = rsm.token_masks(batch, group_seqs, o["expand_range"], self.ignore)
+                    stats.add_counts(*masks)
+                    self._add_engine_sums(stats, session, batch, masks)
+                if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
+                    stats.save(checkpoint)
+                if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
+                    raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
+        finally:
+            if session is not None:
+                session.close()
         if stats.n_tokens == 0:
             what = config["data"] or type(self.tokens).__name__
             raise ValueError(f"the data {what!r} gave no token rows (empty dataset, or too short for context_size {o['context_size']})")
@@ -177,6 +212,116 @@ class PreparedRun:
             raise ValueError(f"no vocabulary string occurs in the {stats.n_tokens} scored tokens (groups: {list(self.groups)}); "
                              f"check the vocabulary and the tokenizer")
         return rsm.ReasonScoreResult.from_stats(stats, o["alpha"], o["eps"], config)
+
+
+    def _session(self):
+        return self.engine_factory(self.model, self.config["sae"], self.config["sae_id"], self.config["hook"], **self.engine_options)
+
+    def _transcribe(self, checkpoint):
+        """The model's own continuations of the prompts, as this run's text rows (``self.tokens``); read back
+        from ``transcripts.jsonl`` beside the checkpoint when an identical run wrote them. Returns the
+        engine session it started, if it had to."""
+        import datasets
+
+        from reason_plugins.files import write_text_atomic
+
+        path = Path(checkpoint).with_name("transcripts.jsonl") if checkpoint is not None else None
+        saved = [json.loads(line) for line in path.read_text().splitlines()] if path is not None and path.is_file() else None
+        session = None
+        if not saved or saved[0].get("job") != self.config["job"]:
+            session = self._session()
+            g = self.generate
+            out = session.generate(g["prompts"], n=g["n"], max_tokens=g["max_tokens"], temperature=g["temperature"],
+                                   seed=g["seed"], chat_template=g["chat_template"])
+            saved = [{"job": self.config["job"], "prompt_index": i, "choice": c, "prompt": g["prompts"][i], "text": row["text"],
+                      "prompt_token_ids": row["prompt_token_ids"], "token_ids": row["token_ids"]}
+                     for i, choices in enumerate(out) for c, row in enumerate(choices)]
+            if path is not None:
+                write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in saved))
+        self.transcripts = saved
+        self.tokens = datasets.Dataset.from_dict({self.opts["text_column"]: [row["text"] for row in saved]})
+        return session
+
+    def _add_engine_sums(self, stats, session, batch, masks) -> None:
+        """One batch through the activation engine: per position a bitmask (positive, negative, then one
+        bit per group), summed in the engine over every feature; folded like the HF path's activations."""
+        import torch
+
+        groups, positive, negative = masks
+        bits = positive.long() | negative.long() << 1
+        for g in range(groups.shape[0]):
+            bits |= groups[g].long() << (2 + g)
+        sums, counts = session.feature_sums(batch.tolist(), bits.tolist(), 2 + groups.shape[0])
+        expected = [int(positive.sum()), int(negative.sum()), *(int(c) for c in groups.flatten(1).sum(1))]
+        if [int(round(c)) for c in counts] != expected:
+            raise RuntimeError(f"the activation engine summed {[int(round(c)) for c in counts]} tokens per set, expected "
+                               f"{expected}: some positions were not computed")
+        sums = torch.from_numpy(sums).to(torch.float64) * self.engine_scale
+        stats.sum_pos += sums[0]
+        stats.sum_neg += sums[1]
+        stats.sum_groups += sums[2:]
+
+
+def _engine_factory(engine: str, model):
+    """The registered activation engine (None for the built-in HF path), refused before any loading."""
+    if engine in (None, "hf"):
+        return None
+    from reason_plugins.manager import get
+
+    factory = get("activation_engine", engine)
+    if not isinstance(model, (str, Path)):
+        raise ValueError(f"engine={engine!r} runs the model itself: pass its name or local directory, not a loaded model")
+    return factory
+
+
+def _check_generate(generate, engine, tokens):
+    """``generate={"prompts", "n", "max_tokens", "temperature", "seed", "chat_template"}``, checked before any
+    loading; the rows are then the model's own continuations, so there are no ``tokens`` to give."""
+    import math
+
+    if generate is None:
+        if tokens is None:
+            raise ValueError("no data to score: give token rows or a dataset, or generate= prompts (with an engine)")
+        return None
+    if engine in (None, "hf"):
+        raise ValueError("generate= needs an activation engine (engine='vllm'): the HF path scores given rows only")
+    if tokens is not None:
+        raise ValueError("generate= writes the rows itself: give prompts, not tokens/data too")
+    if not isinstance(generate, dict):
+        raise ValueError(f"generate must be a dict of prompts, n, max_tokens, temperature, seed; got {generate!r}")
+    prompts = generate.get("prompts")
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"generate['prompts'] must be a non-empty list of non-empty texts, got {prompts!r}")
+    unknown = set(generate) - {"prompts", "n", "max_tokens", "temperature", "seed", "chat_template"}
+    if unknown:
+        raise ValueError(f"generate: unknown option(s) {sorted(unknown)}")
+    g = {"prompts": list(prompts), "n": generate.get("n", 1), "max_tokens": generate.get("max_tokens", 256),
+         "temperature": generate.get("temperature", 0.6), "seed": generate.get("seed", 0),
+         "chat_template": bool(generate.get("chat_template", True))}
+    for name, low in (("n", 1), ("max_tokens", 1), ("seed", 0)):
+        check_int(f"generate['{name}']", g[name], low)
+    t = g["temperature"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"generate['temperature']={t!r} is invalid (expected a finite number >= 0)")
+    return g
+
+
+def _hidden_size(model_dir: str) -> int:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
+
+
+def _fold_scale(sae, arch: str):
+    """Per feature, what the HF path's activations (``FeatureEncoder``: decoder norms folded in) are
+    SAELens's own ``encode`` times: the decoder norms, or 1 for a TopK SAE that already rescales by them."""
+    import torch
+
+    norms = sae.W_dec.detach().norm(dim=-1).double().cpu()
+    if arch == "topk" and getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        return torch.ones_like(norms)
+    return norms
 
 
 def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1, 2), ignore_tokens=None, alpha=0.7, *,
@@ -191,7 +336,10 @@ def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1
     ``eps, sae_id, hook, tokenizer, batch_size, feature_chunk_size`` (encode that many features at a
     time: bounds memory, same result), ``n_samples, seed, text_column, context_size, prepend_bos,
     num_chunks, chunk_index`` (score one shard of the rows; merge with ``merge_shards``),
-    ``checkpoint_every, backend, sae_loader, device``. ``checkpoint``: a file the accumulators are
+    ``checkpoint_every, backend, sae_loader, device``, ``engine`` ("hf": the model runs here with a
+    forward hook; "vllm" or any registered ``activation_engine``: the engine runs the model and sums the
+    features where it computes them, ``engine_options`` passed to it, e.g. ``tensor_parallel_size``).
+    ``checkpoint``: a file the accumulators are
     saved to every ``checkpoint_every`` batches and resumed from — only by the same run (identity:
     SAE weights, model, data fingerprint, vocabulary, options); another run's checkpoint is refused.
     Returns a ``ReasonScoreResult`` (``.scores``, ``.mu_pos``, ``.mu_neg``, ``.mu_groups``, ``.top(k)``).

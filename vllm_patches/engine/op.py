@@ -52,6 +52,7 @@ from torch import nn
 
 from reason_plugins.readout import row_values
 from reason_plugins.steering import decode_edited, gated_rows_delta
+from vllm_patches.engine.readout import SUM_JOBS_KEPT
 
 
 def _graph_code_digest() -> str:
@@ -162,6 +163,7 @@ class SteeringOp(nn.Module):
         self.reads = max_readout > 0 or max_top_k > 0
         self.read_sae, self.read_full = read_sae, read_full
         self.read_plan: tuple = (None, None)  # per phase (before, after): ReadPlan or None, set per step
+        self.sums_acc: dict = {}  # job -> [float64 sums [bits, d_sae], float64 counts [bits]] of ``sums`` readouts
         if self.reads:
             r, k = max(max_readout, 1), max(max_top_k, 1)
             self.register_buffer("r_enc_t", torch.zeros(d_model, r, **z), persistent=False)
@@ -224,13 +226,22 @@ class SteeringOp(nn.Module):
             x, target = hidden[a:b] + residual[a:b], vals[a:b]
         else:
             x, target = hidden.index_select(0, plan.rows) + residual.index_select(0, plan.rows), None
-        full = self.read_sae.encode(x.to(self.read_sae.W_enc.dtype)) if (self.read_full or plan.top_k) else None
+        full = self.read_sae.encode(x.to(self.read_sae.W_enc.dtype)) if (self.read_full or plan.top_k or plan.sums) else None
         if target is not None and full is None and x.dtype == target.dtype:
             row_values(x, self.r_enc_t, self.r_bias, self.r_gate, out=target)  # written in place
         elif target is not None:
             target.copy_(self._features(x, full))
         else:
             vals.index_copy_(0, plan.rows, self._features(x, full))
+        for job, bits, idx, masks in plan.sums:  # float64 sums of every feature over the rows each bit marks
+            acc = self.sums_acc.get(job)
+            if acc is None:
+                acc = self.sums_acc[job] = [torch.zeros(bits, full.shape[1], dtype=torch.float64, device=full.device),
+                                            torch.zeros(bits, dtype=torch.float64, device=full.device)]
+                while len(self.sums_acc) > SUM_JOBS_KEPT:
+                    self.sums_acc.pop(next(iter(self.sums_acc)))
+            acc[0].add_(masks.T @ full.index_select(0, idx).double())
+            acc[1].add_(masks.sum(0))
         if plan.top_k:
             picked = full if plan.top_rows is None else full.index_select(0, plan.top_rows)
             rows = plan.rows if plan.top_rows is None else plan.rows.index_select(0, plan.top_rows)

@@ -179,17 +179,26 @@ def patch_worker(module) -> None:
             return {}
         return pack(runtime.book.find(request_ids) if request_ids is not None else runtime.book.results(req_ids))
 
+    def reason_steering_sums(self, job):
+        """A ``sums`` readout job's float64 sums at each op (``readout.pack``ed; removed once fetched)."""
+        from vllm_patches.engine.readout import pack
+
+        runtime = getattr(self.model_runner, "reason_steering", None)
+        return {} if runtime is None else pack(runtime.sums(job))
+
     def reason_steering_stats(self):
         runtime = getattr(self.model_runner, "reason_steering", None)
         return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
 
     reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
     reason_steering_stats.__reason_steering__ = reason_steering_readout.__reason_steering__ = True
+    reason_steering_sums.__reason_steering__ = True
     if not hasattr(module.WorkerBase, "reason_steering_report"):
         module.WorkerBase.reason_steering_report = reason_steering_report
         module.WorkerBase.reason_steering_capture = reason_steering_capture
         module.WorkerBase.reason_steering_stats = reason_steering_stats
         module.WorkerBase.reason_steering_readout = reason_steering_readout
+        module.WorkerBase.reason_steering_sums = reason_steering_sums
 
 
 # module -> patch, in the order ``register`` arms them

@@ -35,6 +35,10 @@ class ReadPlan(NamedTuple):
     top_rows: object | None  # LongTensor: positions within ``rows`` that also read a top-k (None: all of them)
     top_k: int  # the largest k asked among them (0: no top-k read)
     span: tuple[int, int] | None = None  # (a, b) when ``rows`` is exactly a..b-1: views instead of gathers
+    sums: tuple = ()  # (job, bits, index within ``rows`` LongTensor, masks float64 [m, bits]) per summing request
+
+
+SUM_JOBS_KEPT = 64  # per op: the most recent jobs' sums, until fetched (a caller that never fetches cannot fill memory)
 
 
 @lru_cache(maxsize=4096)
@@ -194,7 +198,10 @@ class ReadoutBook:
         self.held_bytes = 0
 
     def admit(self, req_id: str, specs) -> None:
-        self.running.setdefault(req_id, {s.hook: _Readings(s) for s in specs})
+        """Start a request's readings (``sums`` readouts are summed in the op, not kept per token)."""
+        kept = [s for s in specs if s.sums is None]
+        if kept:
+            self.running.setdefault(req_id, {s.hook: _Readings(s) for s in kept})
 
     def harvest(self, entries, positions: np.ndarray, token_ids: np.ndarray, read: dict) -> None:
         """Take one step's readings. ``entries``: (req_id, start, end, num_prompt, [(key, spec, lo, hi, slots)]),
@@ -225,7 +232,7 @@ class ReadoutBook:
             last, _ = self.extent.get(req_id, (-1, num_prompt))
             self.extent[req_id] = (max(last, int(pos[:, end - 1].max())), num_prompt)
             for key, spec, lo, hi, slots in reads:
-                if hi <= lo:
+                if hi <= lo or spec.sums is not None:
                     continue
                 vals, top_vals, top_idx = read[key]
                 p, i = pos[:, lo:hi].reshape(-1), ids[:, lo:hi].reshape(-1)

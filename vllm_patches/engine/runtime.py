@@ -43,6 +43,12 @@ def _constants(mode: str, value: float) -> tuple[float, float]:
     return float(a[0]), float(b[0])
 
 
+def _bit_matrix(masks: list[int], bits: int, device) -> torch.Tensor:
+    """[m, bits] float64: row i has a 1 in column b where bit b of ``masks[i]`` is set."""
+    m = torch.tensor(masks, dtype=torch.int64)
+    return ((m[:, None] >> torch.arange(bits)) & 1).to(device, torch.float64)
+
+
 def request_specs(sampling_params):
     extra = getattr(sampling_params, "extra_args", None) or {}
     raw = extra.get("steering")
@@ -89,7 +95,7 @@ class SteeringRuntime:
             reads = config.max_readout > 0 or config.max_top_k > 0
             op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
                             sae=sae if reconstruct else None, capture=config.capture, max_readout=config.max_readout,
-                            max_top_k=config.max_top_k, read_sae=sae if reads and (full or config.max_top_k) else None,
+                            max_top_k=config.max_top_k, read_sae=sae if reads else None,
                             read_full=full)
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
@@ -103,6 +109,7 @@ class SteeringRuntime:
         self._read_tops: set = set()
         self._num_tokens = 0
         self._runner_requests: dict = {}
+        self._summed: dict[tuple, int] = {}  # (req_id, hook) -> the last prompt position summed
         self.book = ReadoutBook(int(config.readout_memory_mb) << 20)
         self._numbers: dict[str, int] = {}  # req_id -> its row in the ops' delta_abs_sum
         self._free_numbers = list(range(max_requests, 0, -1))
@@ -155,7 +162,8 @@ class SteeringRuntime:
             if req_id in self._specs or req_id in self._reads:
                 state = requests[req_id]
                 prompt_left = max(0, min(n, state.num_prompt_tokens - state.num_computed_tokens))
-                layout.append((req_id, start, start + n, prompt_left))
+                # the position of the first row too: two prefill chunks of one request can share the rest
+                layout.append((req_id, start, start + n, prompt_left, state.num_computed_tokens))
             start += n
         layout = tuple(layout)
         self._last_ids, self._last_counts = list(req_ids), counts
@@ -206,7 +214,7 @@ class SteeringRuntime:
         self._layout_steps = 1  # the step about to run
 
     def _write_request(self, entry, table, used) -> None:
-        req_id, start, end, prompt_left = entry
+        req_id, start, end, prompt_left, _ = entry
         specs, digest = self._specs[req_id]
         number = self._number(req_id)
         first_steered = end
@@ -231,10 +239,21 @@ class SteeringRuntime:
 
     def _read_request(self, entry, used) -> tuple:
         """A reading request's rows this step, and the read slots its listed features occupy."""
-        req_id, start, end, prompt_left = entry
-        num_prompt = self._runner_requests[req_id].num_prompt_tokens
+        req_id, start, end, prompt_left, _ = entry
+        state = self._runner_requests[req_id]
+        num_prompt = state.num_prompt_tokens
         items = []
         for spec in self._reads[req_id]:
+            if spec.sums is not None:  # prompt rows not summed before (a recomputed prompt is summed once)
+                _, _, masks = spec.sums
+                done = self._summed.get((req_id, spec.hook), -1)
+                rows = [row for row in range(start, start + prompt_left)
+                        if done < state.num_computed_tokens + row - start < len(masks)]
+                if rows:
+                    self._summed[(req_id, spec.hook)] = state.num_computed_tokens + rows[-1] - start
+                items.append((spec.key, spec, start, start + prompt_left,
+                              (rows, [masks[state.num_computed_tokens + row - start] for row in rows])))
+                continue
             lo, hi = plan_rows(spec, start, end, prompt_left)
             slots = [self._slot(used, spec.key, "read", (f,), None) for f in spec.features] if spec.features else None
             if slots and slots == list(range(slots[0], slots[0] + len(slots))):
@@ -248,10 +267,19 @@ class SteeringRuntime:
         self._read_keys = {item[0] for entry in read_entries for item in entry[4]}
         self._read_tops = {item[0] for entry in read_entries for item in entry[4] if item[1].top_k}
         phases: dict[tuple, tuple] = {}  # key -> ([rows before], [rows after]), ([top idx before], [top idx after]), [k, k]
+        sums: dict[tuple, tuple] = {}  # key -> ([(job, bits, idx, masks)] before, [...] after)
         for *_, items in read_entries:
-            for key, spec, lo, hi, _ in items:
+            for key, spec, lo, hi, info in items:
                 rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
                 phase = 1 if spec.at == "after" else 0
+                if spec.sums is not None:
+                    sum_rows, masks = info
+                    if sum_rows:
+                        job, bits, _ = spec.sums
+                        first = len(rows[phase])
+                        sums.setdefault(key, ([], []))[phase].append((job, bits, list(range(first, first + len(sum_rows))), masks))
+                        rows[phase].extend(sum_rows)
+                    continue
                 if spec.top_k:
                     tops[phase].extend(range(len(rows[phase]), len(rows[phase]) + hi - lo))
                     ks[phase] = max(ks[phase], spec.top_k)
@@ -270,7 +298,9 @@ class SteeringRuntime:
                 top_rows = None if every or not tops[phase] else torch.tensor(tops[phase], device=device)
                 ordered = sorted(rows[phase])
                 span = (ordered[0], ordered[-1] + 1) if ordered == rows[phase] and ordered[-1] - ordered[0] + 1 == len(ordered) else None
-                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span))
+                summed = tuple((job, bits, torch.tensor(idx, device=device), _bit_matrix(masks, bits, device))
+                               for job, bits, idx, masks in sums.get(key, ([], []))[phase])
+                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span, summed))
             op.read_plan = tuple(plans)
             op.r_after[:max(num_tokens, 1)].zero_()
             if rows[1]:
@@ -292,7 +322,7 @@ class SteeringRuntime:
     def _fail(self, entry, exc: Exception, host: dict) -> None:
         """Defence in depth: a request the worker cannot steer or read is finished with an error by the
         scheduler (``admission.attach_failed``); its rows are cleared, everyone else runs on."""
-        req_id, start, end, _ = entry
+        req_id, start, end = entry[:3]
         logger.error("reason-steering: request %s cannot be steered or read, finishing it with an error: %s", req_id, exc)
         for rows in host.values():
             rows[start:end] = 0
@@ -381,8 +411,11 @@ class SteeringRuntime:
     def finish(self, req_ids) -> None:
         self._count_layout_steps()
         for req_id in req_ids:
-            if self._reads.pop(req_id, None) is not None:
+            reads = self._reads.pop(req_id, None)
+            if reads is not None:
                 self.book.finish(req_id)
+                for spec in reads:
+                    self._summed.pop((req_id, spec.hook), None)
         done = [r for r in req_ids if r in self.active]
         sums = self._delta_abs_sums(done)
         freed = []
@@ -405,6 +438,16 @@ class SteeringRuntime:
             self.finished[req_id] = rec
             while len(self.finished) > _FINISHED_KEPT:
                 self.finished.popitem(last=False)
+
+    def sums(self, job: str) -> dict:
+        """``{hook: {"sums": float64 [bits, d_sae], "counts": float64 [bits]}}`` a job's requests summed
+        at each op (removed from the ops: a job is fetched once)."""
+        out = {}
+        for key, op in self.ops.items():
+            acc = op.sums_acc.pop(job, None) if op.reads else None
+            if acc is not None:
+                out[key[2]] = {"sums": acc[0].cpu().numpy(), "counts": acc[1].cpu().numpy()}
+        return out
 
     def captured(self, hook: str, num_tokens: int):
         """The residual stream the op at ``hook`` saw for the first ``num_tokens`` rows of the last step."""

@@ -72,6 +72,7 @@ TARGETS: tuple[Target, ...] = (
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_report", kind="added", uses=("model_runner",)),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_stats", kind="added", uses=("model_runner",)),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_readout", kind="added", uses=("model_runner",)),
+    Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_sums", kind="added", uses=("model_runner",)),
 )
 
 
