@@ -28,12 +28,15 @@ TASK = "tiny_arith"
 
 def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | None = None, n_problems: int | None = 24,
                   limit: int | None = None, max_gen_toks: int = 192, enforce_eager: bool = True, single_arms: bool = False,
-                  gen_kwargs: str | None = None, max_model_len: int = 1024, timeout: float = 1800, n_boot: int = 10_000) -> dict:
+                  gen_kwargs: str | None = None, max_model_len: int = 1024, timeout: float = 1800, n_boot: int = 10_000,
+                  readout=None) -> dict:
     """Every arm of ``arms`` (anything ``arms.formats.parse_arms`` takes) on ``task``, in one engine and one run.
 
     Writes under ``out_dir``: ``arms.json`` (the resolved arms), ``run/`` (lm-eval results + samples,
     ``<task>@<arm>``), ``single/<arm>/`` with ``single_arms``, ``compare.png`` (forest plot), ``compare.json``,
-    ``compare.md``, ``compare_dose.png`` for sweeps, ``arms_eval.json`` (the summary returned)."""
+    ``compare.md``, ``compare_dose.png`` for sweeps, ``arms_eval.json`` (the summary returned). ``readout``: a
+    readout spec (listed features) read at every generated token of every arm; the samples then carry
+    their feature summaries and ``compare_features.png`` / ``.json`` / ``.md`` set them beside outcomes."""
     from lm_eval_tasks.arms.formats import arms_file_dict, parse_arms
     from lm_eval_tasks.comparison.compare import compare_arms, load_arms, write_outputs
     from reason_plugins.files import write_json_atomic
@@ -44,7 +47,7 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
     arms_path = write_json_atomic(out / "arms.json", arms_file_dict(resolved))
     job = {"model": str(model_dir), "arms": str(arms_path), "task": task, "out": str(out), "n": n_problems, "limit": limit,
            "include_path": include_path, "gen_kwargs": gen_kwargs or f"max_gen_toks={int(max_gen_toks)}", "eager": bool(enforce_eager),
-           "single": bool(single_arms), "max_model_len": int(max_model_len)}
+           "single": bool(single_arms), "max_model_len": int(max_model_len), "readout": readout}
     started = time.time()
     # the child exists for this one engine: its core runs in the child itself unless the caller says otherwise
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false",
@@ -59,6 +62,12 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
     summary = {"task": task, "n_problems": n_problems, "arms": [a.to_dict() for a in resolved], "metrics": child["metrics"],
                "applied": child["applied"], "seconds": child["seconds"], "compare": report, "plot": paths["forest"],
                "plots": paths, "out_dir": str(out), "wall_seconds": round(time.time() - started, 1)}
+    if readout is not None:
+        from lm_eval_tasks.comparison.features import feature_report, write_feature_outputs
+
+        summary["features"] = feature_report(load_arms([out / "run"]), resolved[0].name, [task], n_boot=n_boot)
+        summary["plots"].update(write_feature_outputs(summary["features"], out / "compare.png"))
+        summary["feature_means"] = child.get("features")
     write_json_atomic(out / "arms_eval.json", summary)
     return summary
 
@@ -120,7 +129,7 @@ def _child(job: dict) -> None:
     out = Path(job["out"])
     started = time.time()
     lm = SteeredVLLM(pretrained=job["model"], arms=job["arms"], dtype="float32", max_model_len=job["max_model_len"],
-                     enforce_eager=job["eager"], seed=0, batch_size="auto")
+                     enforce_eager=job["eager"], seed=0, batch_size="auto", readout=job.get("readout"))
     seconds = {"engine_start": time.time() - started}
     include = [p for p in (TASKS_DIR, job.get("include_path")) if p]
     metadata = {"pretrained": job["model"], **({"n": job["n"]} if job.get("n") else {})}
@@ -139,6 +148,7 @@ def _child(job: dict) -> None:
     results = evaluate()
     seconds["multi_arm"] = time.time() - t0
     metrics = {split_task_name(k)[1]: v for k, v in _metrics(results).items()}
+    features = {split_task_name(k)[1]: v for k, v in (results.get("reason_features") or {}).items()}
     _save(results, out / "run")
     applied = dict(lm.arm_summary)
     if job["single"]:  # every arm on its own, one after the other, on the same engine (single-arm steered_vllm path)
@@ -151,7 +161,7 @@ def _child(job: dict) -> None:
             seconds["single_arms"][arm.name] = time.time() - t0
             _save(single, out / "single" / arm.name)
         lm.arms = arms
-    write_json_atomic(out / "runs.json", {"metrics": metrics, "applied": applied, "seconds": seconds})
+    write_json_atomic(out / "runs.json", {"metrics": metrics, "applied": applied, "seconds": seconds, "features": features})
 
 
 if __name__ == "__main__":

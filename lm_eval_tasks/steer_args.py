@@ -153,13 +153,3 @@ def steering_from_args(args: dict) -> list[SteeringSpec]:
     if path.suffix.lower() == ".json":
         return parse_steering(read_json(path, "steer_path", SpecError))
     raise SpecError(f"steered_vllm: steer_path {str(steer_path)!r} must be a SteeringSpec .json or an lm-eval steering .csv")
-
-
-def engine_saes(specs: list[SteeringSpec]) -> list[dict]:
-    """The SAE slots the engine must load for these specs (``additional_config`` ``saes`` entries)."""
-    slots: dict[tuple, dict] = {}
-    for spec in specs:
-        slot = slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
-        if spec.method == "reconstruct":
-            slot["reconstruct"] = True
-    return list(slots.values())

@@ -17,6 +17,12 @@ engine in one ``generate`` call.
 ``--gen_kwargs cutoff_token=ID`` (the reference's end-of-reasoning token) is taken out before
 vLLM's ``SamplingParams``; the tasks count ``reasoning_tokens`` up to that token.
 
+``readout=FILE`` (a readout spec or a list of them, JSON text or a file; listed ``features``) reads
+those features at every generated token of every request, every arm alike: each sample of the
+samples files gets ``reason_features`` (per repeat: per-feature mean, max and share of tokens
+active over the output and its think section, ``features.py``) and the results get each arm's
+means (``reason_features``). ``reason-sae compare --features`` sets them beside correctness.
+
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
 sampling params). After each batch the plugin's per-request report is checked: a request that was
 asked to be steered and ran unsteered is an error, never silent. ``steering_summary`` keeps what
@@ -34,9 +40,9 @@ from types import SimpleNamespace
 from lm_eval.models.vllm_causallms import VLLM
 
 from lm_eval_tasks.arms.formats import Arm, parse_arms
-from lm_eval_tasks.steer_args import REFERENCE_ARGS, engine_saes, steering_from_args
+from lm_eval_tasks.steer_args import REFERENCE_ARGS, steering_from_args
 from reason_plugins.spec import SpecError
-from vllm_patches.preflight import preflight
+from vllm_patches.preflight import engine_saes, preflight
 
 logger = logging.getLogger("reason_plugins.lm_eval")
 STEERING_ARGS = ("steer_path", *REFERENCE_ARGS, "sae_hook", "sae_method", "sae_mode")
@@ -46,11 +52,15 @@ GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to Sampli
 
 
 class SteeredVLLM(VLLM):
-    def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, **kwargs):
+    def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, readout=None, **kwargs):
         from reason_plugins.models import resolve_model
 
         pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
         args = {k: kwargs.pop(k) for k in STEERING_ARGS if k in kwargs}
+        self.readout = _readout_arg(readout)
+        self.sample_features: dict[tuple, list] = {}  # (task name, doc_id) -> per repeat: the feature summary
+        self._read_queue: list = []  # summaries of one _model_generate call, in output order
+        self._read_by_output: dict[tuple, list] = {}  # (context, gen_kwargs, text) -> summaries
         self.arms: list[Arm] | None = None
         self.task_arms: dict[str, str] = {}  # "<task>@<arm>" -> arm, filled by arm_eval's evaluate wrapper
         self.arm_summary: dict[str, dict] = {}
@@ -72,15 +82,21 @@ class SteeredVLLM(VLLM):
             specs = steering_from_args(args)
         self.steering = None if self.arms else ([s.to_dict() for s in specs] or None)
         self.steering_summary = _empty_summary()
-        if specs:
+        if self.readout and not self.arms:
+            from lm_eval_tasks.arms import evaluate as arm_eval
+
+            arm_eval.install()  # the evaluate wrapper files the summaries into the samples and results
+        if specs or self.readout:
             import vllm_patches
             from vllm_patches.config import CONFIG_KEY
 
             vllm_patches.register()  # also when vLLM's entry-point plugin loading is restricted (VLLM_PLUGINS)
             for arm_specs in ([a.specs for a in self.arms if a.specs] if self.arms else [specs]):  # each arm is one request's steering
-                preflight(pretrained, [s.to_dict() for s in arm_specs], max_edits=int(steer_max_edits))  # checked before the engine
+                preflight(pretrained, [s.to_dict() for s in arm_specs], readouts=self.readout, max_edits=int(steer_max_edits))
+            if not specs:  # a readout alone: checked the same way before the engine
+                preflight(pretrained, [], readouts=self.readout)
             extra = dict(kwargs.pop("additional_config", None) or {})
-            extra[CONFIG_KEY] = {"saes": engine_saes(specs), "max_edits": int(steer_max_edits)}
+            extra[CONFIG_KEY] = {"saes": engine_saes(specs, self.readout), "max_edits": int(steer_max_edits)}
             kwargs["additional_config"] = extra
             if self.steering:
                 logger.info("steered_vllm: steering %s", json.dumps(self.steering))
@@ -95,11 +111,21 @@ class SteeredVLLM(VLLM):
         return next(a for a in self.arms if a.name == name)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        if not self.arms:
+        if self.arms:
+            requests = [SimpleNamespace(args=(r.args[0], {**r.args[1], ARM_KEY: self._arm_of(r).name}), task_name=r.task_name,
+                                        doc_id=getattr(r, "doc_id", None)) for r in requests]
+        if not self.readout:
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        tagged = [SimpleNamespace(args=(r.args[0], {**r.args[1], ARM_KEY: self._arm_of(r).name}), task_name=r.task_name)
-                  for r in requests]
-        return super().generate_until(tagged, disable_tqdm=disable_tqdm)
+        hook, self.cache_hook = self.cache_hook, _Recorder(self.cache_hook, self._read_queue, self._read_by_output)
+        try:
+            results = super().generate_until(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self.cache_hook = hook
+        for r, text in zip(requests, results):  # each sample's summary, found by what the engine wrote for it
+            arm = next((a for a in self.arms or () if a.name == r.args[1].get(ARM_KEY)), None)
+            found = self._read_by_output.get(_output_key(r.args[0], arm.name if arm and arm.steering else None, text)) or [None]
+            self.sample_features.setdefault((r.task_name, r.doc_id), []).append(found.pop(0))
+        return results
 
     def _per_arm(self, method, requests, **kwargs):
         """Log-likelihood requests: one engine call per arm (each call steered as its arm)."""
@@ -128,6 +154,30 @@ class SteeredVLLM(VLLM):
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
         return self._per_arm(super().loglikelihood_rolling, requests, disable_tqdm=disable_tqdm)
 
+    def _with_readout(self, sampling_params, n: int):
+        """Every generation request reads the features (a list of params, one per request)."""
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * n
+        read = []
+        for sp in params:
+            sp = sp.clone()
+            sp.extra_args = {**(sp.extra_args or {}), "readout": self.readout}
+            read.append(sp)
+        return read
+
+    def _summarise(self, outputs) -> None:
+        """The feature summary of each output, queued in output order for the cache-hook recorder."""
+        from lm_eval_tasks.features import summarise
+        from vllm_patches.engine.readout import unpack
+
+        found = unpack(self.model.collective_rpc("reason_steering_readout", kwargs={"request_ids": [o.request_id for o in outputs]})[0])
+        think_end = self.tokenizer.convert_tokens_to_ids("</think>") if "</think>" in self.tokenizer.get_vocab() else None
+        for out in outputs:
+            rec = next((r for rid, r in found.items() if rid.rsplit("-", 1)[0] == out.request_id or rid == out.request_id), None)
+            if rec is None or "error" in rec or rec.get("evicted"):
+                raise RuntimeError(f"steered_vllm readout: request {out.request_id} has no readout ({rec})")
+            first = next(iter(rec.values()))  # one readout spec per request here
+            self._read_queue.append(summarise(first, out.prompt_token_ids, out.outputs[0].token_ids, think_end))
+
     def modify_gen_kwargs(self, gen_kwargs, eos=None, default_max_gen_toks: int = 256):
         gen_kwargs = dict(gen_kwargs)
         for key in GEN_ONLY_KWARGS:
@@ -142,6 +192,13 @@ class SteeredVLLM(VLLM):
 
     # -- the engine call ------------------------------------------------------------------------------
     def _model_generate(self, requests, generate: bool = False, sampling_params=None):
+        if self.readout and generate and sampling_params is not None:
+            outputs = self._generate_steered(requests, self._with_readout(sampling_params, len(requests)))
+            self._summarise(outputs)
+            return outputs
+        return self._generate_steered(requests, sampling_params, generate)
+
+    def _generate_steered(self, requests, sampling_params, generate: bool = True):
         if self.arms:
             if generate and sampling_params is not None:  # generate_until: each params carries its arm's steering
                 outputs = super()._model_generate(requests, generate=True, sampling_params=sampling_params)
@@ -240,3 +297,49 @@ def _write_json(path: str, obj) -> None:
     from reason_plugins.files import write_json_atomic
 
     write_json_atomic(path, obj)
+
+
+def _readout_arg(readout):
+    """``readout=`` as readout specs (JSON text, a JSON file, or the decoded object), listed features only."""
+    if readout in (None, ""):
+        return None
+    from pathlib import Path
+
+    from reason_plugins.readout import parse_readout
+
+    if isinstance(readout, str) and not readout.lstrip().startswith(("{", "[")):
+        from reason_plugins.files import read_json
+
+        path = Path(readout)
+        if not path.is_file():
+            raise SpecError(f"steered_vllm readout={readout!r}: no such file (expected a readout spec as JSON text or a JSON file)")
+        readout = read_json(path, "readout spec", SpecError)
+    specs = parse_readout(readout)
+    if any(s.features is None for s in specs) or len(specs) != 1:
+        raise SpecError("steered_vllm readout= takes one readout spec with listed 'features' (the per-sample summaries are "
+                        f"per feature), got {[s.to_dict() for s in specs]}")
+    return [s.to_dict() for s in specs]
+
+
+def _output_key(context, steered_arm, text) -> tuple:
+    return context, steered_arm, text
+
+
+class _Recorder:
+    """Stands in for lm-eval's cache hook during ``generate_until``: lm-eval calls ``add_partial`` once per
+    output, in output order, with the request's context, its sampling kwargs (which name a steered arm)
+    and the final text: the key a sample's summary is found by afterwards (equal keys mean equal tokens
+    under equal steering, hence equal summaries)."""
+
+    def __init__(self, inner, queue: list, by_output: dict):
+        self.inner, self.queue, self.by_output = inner, queue, by_output
+
+    def add_partial(self, attr, req, res) -> None:
+        self.inner.add_partial(attr, req, res)
+        if attr == "generate_until" and self.queue:
+            context, gen_kwargs = req
+            arm = (gen_kwargs.get("extra_args") or {}).get("reason_arm")
+            self.by_output.setdefault(_output_key(context, arm, res), []).append(self.queue.pop(0))
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

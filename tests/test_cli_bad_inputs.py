@@ -299,3 +299,37 @@ def test_steered_vllm_refuses_before_the_engine(env, tmp_path, monkeypatch):
                                 "edits": [{"feature": 1, "mode": "set", "value": 1.0}]}))
     with pytest.raises(ValueError, match="blocks.9.hook_resid_post' is past the model's last layer"):
         SteeredVLLM(pretrained=env["model"], steer_path=str(spec))
+
+
+@pytest.mark.parametrize("readout, message", [
+    ({"hook": "blocks.9.hook_resid_post", "features": [1]}, "blocks.9.hook_resid_post' is past the model's last layer"),
+    ({"hook": FIXTURE_HOOK, "features": [999]}, "feature index 999 is out of range"),
+    ({"hook": FIXTURE_HOOK, "top_k": 4}, "takes one readout spec with listed 'features'"),
+    ("/no/readout.json", "readout='/no/readout.json': no such file"),
+    ("{nope", "readout is not valid JSON"),
+])
+def test_steered_vllm_refuses_a_bad_readout_before_the_engine(env, monkeypatch, readout, message):
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from lm_eval_tasks.steered_vllm import SteeredVLLM
+
+    monkeypatch.setattr(VLLM, "__init__", lambda *a, **k: (_ for _ in ()).throw(StartedWork("engine started")))
+    if isinstance(readout, dict):
+        readout = {"sae": env["sae"], **readout}
+    with pytest.raises(ValueError, match=message):
+        SteeredVLLM(pretrained=env["model"], readout=readout)
+
+
+def test_compare_features_refuses_runs_without_summaries_or_correctness(tmp_path):
+    from lm_eval_tasks.comparison.features import feature_report
+
+    summary = {"features": [3], "hook": FIXTURE_HOOK, "output": {"n_tokens": 2, "mean": [1.0], "max": [1.0], "frac_active": [1.0]}}
+    with_metric = {"baseline": {"t": {0: {"exact_match": 1.0, "reason_features": [summary]}}},
+                   "steered": {"t": {0: {"exact_match": 0.0, "reason_features": [summary]}}}}
+    assert feature_report(with_metric, "baseline", n_boot=100)["rows"]
+    no_metric = {arm: {"t": {0: {"reasoning_tokens": 3, "reason_features": [summary]}}} for arm in ("baseline", "steered")}
+    with pytest.raises(ValueError, match="task 't' has no correctness metric"):
+        feature_report(no_metric, "baseline")
+    no_summaries = {arm: {"t": {0: {"exact_match": 1.0}}} for arm in ("baseline", "steered")}
+    with pytest.raises(ValueError, match="arm 'baseline' task 't' has no reason_features"):
+        feature_report(no_summaries, "baseline")

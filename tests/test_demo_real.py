@@ -20,8 +20,12 @@ def _summary():
             "steering": {"dtype": "float32", "strength": 4.0, "rows": rows}, "sweep": {"feature": 7, "png": "sweep/sweep.png"},
             "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "arms": ["baseline", "f7_s2", "f7_s4"],
                         "metrics": {}, "compare": {}, "dose_plot": "lm_eval/compare_dose.png",
+                        "features_table": "| arm | task | feature | activity | comparison |\n| f7_s4 | champ | 7 | mean (output) | f7_s4 vs baseline |\n",
+                        "features_plot": "lm_eval/compare_features.png",
                         "table": "| arm | metric | baseline | arm | diff [95% CI] | p | p adjusted | n | verdict |\n"
                                  "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |\n"},
+            "on_policy": {"dir": "reason_score_vllm", "top_offline": [7, 3, 11], "top_engine": [7, 11, 3], "overlap_top10": 3,
+                          "max_rel_diff": 2.5e-07},
             "seconds": 321.0, "step_seconds": {"model": 1.0, "sae": 100.0}}
 
 
@@ -38,6 +42,9 @@ def test_report_names_model_data_and_shows_tables():
     assert "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |" in text
     assert "![forest plot](lm_eval/compare.png)" in text and "![dose-response](lm_eval/compare_dose.png)" in text
     assert "| **total** | **321.0** |" in text
+    # the on-policy ReasonScore beside the offline one, and the features beside the outcomes
+    assert "## ReasonScore from the vLLM engine" in text and "top-10 overlap: **3/10**" in text and "| 2 | 3 | 11 |" in text
+    assert "| f7_s4 | champ | 7 | mean (output) | f7_s4 vs baseline |" in text and "![feature activity](lm_eval/compare_features.png)" in text
 
 
 def test_the_tiny_demo_prints_the_same_table_without_the_max_act_column():

@@ -3,8 +3,10 @@ a sweep at block 2, a two-feature arm and a clamp at block 3 (``reconstruct`` an
 configured together), then every arm on its own on the same engine through the single-arm path.
 Each arm's greedy generations in the multi-arm run equal its single-arm run's, text for text; the
 results come out as lm-eval's ``<task>@<arm>`` entries with the arms file beside them, and the
-comparison has adjusted p-values and a forest + dose-response plot. (Parity with ``--model vllm`` and
-with a separate single-arm CLI run: ``test_lm_eval_cli.py``.)"""
+comparison has adjusted p-values and a forest + dose-response plot. Every arm also reads three SAE
+features at every generated token (``readout=``): each sample carries its feature summaries, equal to
+HF hooks + SAELens ``encode`` over the same token ids, and the comparison sets them beside the
+baseline. (Parity with ``--model vllm`` and with a separate single-arm CLI run: ``test_lm_eval_cli.py``.)"""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def arms_eval(tmp_path_factory, llama_dir, sae_dirs, layer_saes):
             "sweep": {"sae": std, "hook": "blocks.2.hook_resid_post", "features": [5, 11], "strengths": [2, 4], "max_activation": 3.0}}
     out = tmp_path_factory.mktemp("arms_eval")
     return run_arms_eval(llama_dir, TASK, arms, out, include_path=str(tasks), n_problems=None, limit=3, max_gen_toks=16,
-                         single_arms=True, n_boot=500)
+                         single_arms=True, n_boot=500, readout={"sae": std, "hook": "blocks.2.hook_resid_post", "features": [5, 9, 11]})
 
 
 def _resps(folder: Path, task_file: str) -> dict:
@@ -82,3 +84,35 @@ def test_results_are_lm_eval_entries_per_task_and_arm(arms_eval):
     plots = arms_eval["plots"]
     assert Path(plots["forest"]).stat().st_size > 10_000 and Path(plots["dose"]).stat().st_size > 10_000
     assert "| f11_s4 |" in Path(plots["markdown"]).read_text()
+
+
+def test_every_sample_carries_feature_summaries_equal_to_hf_hooks(arms_eval, hf_model, layer_saes):
+    import numpy as np
+    from sae_lens import SAE
+
+    from tests.support.references import hf_features
+
+    out = Path(arms_eval["out_dir"])
+    readout = {"sae": arms_eval["arms"][1]["steering"][0]["sae"], "hook": "blocks.2.hook_resid_post", "features": [5, 9, 11]}
+    saes = {str(p): SAE.load_from_disk(str(p)).eval() for _, p in layer_saes.values()}
+    checked = 0
+    for arm in arms_eval["arms"][:3]:  # baseline, a steered arm at the readout's hook, one at another layer
+        path = sorted(glob.glob(str(out / "run" / "**" / f"samples_{TASK}@{arm['name']}_*.jsonl"), recursive=True))[-1]
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        assert len(rows) == 3 and all(len(r["reason_features"]) == 1 for r in rows)
+        for row in rows[:2]:
+            summary = row["reason_features"][0]
+            ids = summary["prompt_token_ids"] + summary["output_token_ids"]
+            ref = hf_features(hf_model, ids[:-1], arm["steering"], saes, readout)["blocks.2.hook_resid_post"]
+            acts = ref[len(summary["prompt_token_ids"]):][:, [5, 9, 11]].numpy()  # the generated tokens fed back
+            assert summary["output"]["n_tokens"] == len(summary["output_token_ids"]) - 1
+            for stat, expected in (("mean", acts.mean(0)), ("max", acts.max(0)), ("frac_active", (acts > 0).mean(0))):
+                np.testing.assert_allclose(summary["output"][stat], expected, rtol=1e-4, atol=1e-4, err_msg=f"{arm['name']} {stat}")
+            checked += 1
+    assert checked == 6
+    means = arms_eval["feature_means"]
+    assert set(means) == {a["name"] for a in arms_eval["arms"]} and all(m["n_samples"] == 3 for m in means.values())
+    report = arms_eval["features"]
+    assert report["rows"] and all(r["p_adjusted"] >= r["p_value"] for r in report["rows"])
+    assert {r["comparison"] for r in report["rows"]} >= {"two_features vs baseline"}
+    assert Path(arms_eval["plots"]["features_plot"]).stat().st_size > 5_000

@@ -97,8 +97,10 @@ def arms_run(tmp_path_factory, llama_dir, task_dir, steer_csv, tokenizer_dir):
     arms = out / "arms.json"
     arms.write_text(json.dumps({"arms": [{"name": "baseline", "steering": None},
                                          {"name": "csv_both", "steering": [s.to_dict() for s in csv_specs(steer_csv)]}]}))
+    readout = out / "readout.json"  # feature activity of every sample, every arm (readout=FILE)
+    readout.write_text(json.dumps({"sae": str(csv_specs(steer_csv)[0].sae), "hook": "blocks.2.hook_resid_post", "features": [5, 7]}))
     model_args = json.dumps({"pretrained": str(llama_dir), "arms": str(arms), "dtype": "float32", "max_model_len": 512,
-                             "enforce_eager": True})
+                             "enforce_eager": True, "readout": str(readout)})
     think_end = AutoTokenizer.from_pretrained(tokenizer_dir).convert_tokens_to_ids("</think>")
     report = out / "steering_report.json"
     run = lm_eval_cli(out, "steered_vllm", model_args, task_dir, env_extra={"REASON_STEERING_REPORT": str(report)},
@@ -121,6 +123,27 @@ def test_multi_arm_cli_run_equals_vllm_and_single_arm_steered_vllm(arms_run, vll
     report = arms_run["report"]["arms"]
     assert report["csv_both"]["layers"] == [2, 3] and report["csv_both"]["requests"] == LIMIT * len(TASKS)
     assert report["csv_both"]["tokens"] > 0 and "requests" not in report["baseline"]
+
+
+def test_the_cli_run_files_feature_activity_per_sample_and_per_arm(arms_run, tmp_path, capsys):
+    """``readout=FILE`` through the stock CLI: every sample of every arm carries its summary over the tokens it
+    generated, the results each <task>@<arm>'s means, and ``reason-sae compare --features`` reads them."""
+    from reason_plugins.app.cli import main
+
+    results = arms_run["baseline"]["results"]
+    assert sorted(results["reason_features"]) == sorted(f"{t}@{a}" for t in TASKS for a in ("baseline", "csv_both"))
+    assert all(v["n_samples"] == LIMIT and v["features"] == [5, 7] for v in results["reason_features"].values())
+    for task in TASKS:
+        path = sorted(glob.glob(str(arms_run["out"] / "*" / f"samples_{task}@csv_both_*.jsonl")))[-1]
+        for row in map(json.loads, Path(path).read_text().splitlines()):
+            (summary,) = row["reason_features"]
+            assert summary["output"]["n_tokens"] == len(summary["output_token_ids"]) - 1 > 0
+            assert len(summary["output"]["mean"]) == 2 and "think" in summary  # the fixture tokenizer has </think>
+    out = tmp_path / "cmp.png"
+    assert main(["compare", str(arms_run["out"]), "--features", "--n-boot", "200", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Feature activity beside outcomes" in printed and "csv_both vs baseline" in printed
+    assert (tmp_path / "cmp_features.png").stat().st_size > 5_000 and (tmp_path / "cmp_features.json").is_file()
 
 
 @pytest.fixture()

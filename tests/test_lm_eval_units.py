@@ -118,8 +118,9 @@ def test_csv_errors_name_the_bad_value(tmp_path, sae_dirs):
 
 
 def test_reference_args_json_and_conflicts(tmp_path, sae_dirs):
-    from lm_eval_tasks.steer_args import engine_saes, steering_from_args
+    from lm_eval_tasks.steer_args import steering_from_args
     from reason_plugins.spec import SpecError
+    from vllm_patches.preflight import engine_saes
 
     std, topk = str(sae_dirs["standard"]), str(sae_dirs["topk"])
     specs = steering_from_args({"sae_release": std, "sae_feature_idx": 12, "sae_strength": 2.0, "sae_max_activation": 5.84})

@@ -81,9 +81,8 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
     from vllm_patches.config import parse_config
     from vllm_patches.frontend import check_readout, check_specs
 
-    parsed, reads = parse_steering(specs), parse_readout(readouts)
+    parsed, reads = parse_steering(specs or None), parse_readout(readouts)
     shape = model_shape(model)
-    slots: dict[tuple, dict] = {}
     infos: dict[tuple, dict] = {}
     for spec in [*parsed, *reads]:
         layer = hook_layer(spec.hook)
@@ -103,11 +102,8 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
                             f"or --force-hook to steer at another layer anyway)")
         for edit in getattr(spec, "edits", ()):
             check_feature_index(edit.feature, int(info["d_sae"]), f"SAE {spec.sae!r}", error=UserError)
-        slot = slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
-        if getattr(spec, "method", None) == "reconstruct":
-            slot["reconstruct"] = True
     if parsed or reads:
-        config = parse_config({"saes": list(slots.values()), "max_edits": int(max_edits)})
+        config = parse_config({"saes": engine_saes(parsed, reads), "max_edits": int(max_edits)})
         if parsed:
             check_specs([s.to_dict() for s in parsed], config)
         if reads:
@@ -116,10 +112,15 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
 
 
 def engine_saes(specs, readouts=None) -> list[dict]:
-    """The steering config's ``saes`` an engine needs for these steering specs and readouts."""
+    """The steering config's ``saes`` an engine needs for these steering specs and readouts (the
+    full-SAE ``reconstruct`` path where a spec asks for it)."""
     from reason_plugins.readout import parse_readout
+    from reason_plugins.spec import SteeringSpec, parse_spec
 
+    steering = [s if isinstance(s, SteeringSpec) else parse_spec(s) for s in specs or ()]  # several arms: one SAE twice is fine
     slots: dict[tuple, dict] = {}
-    for spec in [*parse_steering(specs), *parse_readout(readouts)]:
-        slots.setdefault((spec.sae, spec.sae_id, spec.hook), {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
+    for spec in [*steering, *parse_readout(readouts or None)]:
+        slot = slots.setdefault(spec.key, {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})
+        if getattr(spec, "method", None) == "reconstruct":
+            slot["reconstruct"] = True
     return list(slots.values())

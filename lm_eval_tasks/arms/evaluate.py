@@ -60,26 +60,47 @@ def expand_tasks(task_dict: dict, arm_names: list[str]) -> tuple[dict, dict[str,
     return {**task_dict, "tasks": tasks}, arm_of
 
 
-def _arms_model(lm):
+def _our_model(lm):
     inner = getattr(lm, "lm", lm)  # CachingLM wraps the model
-    return inner if getattr(inner, "arms", None) else None
+    return inner if getattr(inner, "arms", None) or getattr(inner, "readout", None) else None
 
 
 def _wrap_evaluate(evaluate):
     @functools.wraps(evaluate)
     def evaluate_with_arms(lm, task_dict, *args, **kwargs):
-        model = _arms_model(lm)
+        model = _our_model(lm)
         if model is None or not isinstance(task_dict, dict) or "tasks" not in task_dict:
             return evaluate(lm, task_dict, *args, **kwargs)
-        expanded, arm_of = expand_tasks(task_dict, [a.name for a in model.arms])
-        model.task_arms = arm_of
-        results = evaluate(lm, expanded, *args, **kwargs)
-        if results is not None:
+        if model.arms:
+            task_dict, model.task_arms = expand_tasks(task_dict, [a.name for a in model.arms])
+        if model.readout:
+            model.sample_features.clear()  # this evaluation's samples only
+        results = evaluate(lm, task_dict, *args, **kwargs)
+        if results is not None and model.arms:
             results[RESULTS_KEY] = {"arms": [a.to_dict() for a in model.arms], "applied": model.arm_summary}
+        if results is not None and model.readout:
+            file_features(results, model.sample_features)
         return results
 
     evaluate_with_arms._reason_arms = True
     return evaluate_with_arms
+
+
+FEATURES_KEY = "reason_features"
+
+
+def file_features(results: dict, sample_features: dict) -> None:
+    """Each logged sample gets its feature summaries (one per repeat) and the results each task's (each
+    ``<task>@<arm>``'s) means over its samples."""
+    from lm_eval_tasks.features import aggregate
+
+    by_task: dict[str, list] = {}
+    for (task, _doc), summaries in sample_features.items():
+        by_task.setdefault(task, []).extend(summaries)
+    for task, rows in (results.get("samples") or {}).items():
+        for row in rows:
+            row[FEATURES_KEY] = sample_features.get((task, row.get("doc_id")))
+    results[FEATURES_KEY] = {task: aggregate(summaries) for task, summaries in sorted(by_task.items())}
 
 
 def _wrap_save(save):

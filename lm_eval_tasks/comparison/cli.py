@@ -20,6 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-boot", type=int_at_least(100), default=10_000, help="bootstrap resamples (>= 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON instead of a table")
+    parser.add_argument("--features", action="store_true", help="also set the samples' SAE feature activity (steered_vllm "
+                        "readout=) beside correctness and beside the baseline arm (<out stem>_features.png / .json / .md)")
+    parser.add_argument("--feature-stats", default="mean", help="with --features: comma list of mean, max, frac_active (default: mean)")
+    parser.add_argument("--think", action="store_true", help="with --features: over the think section instead of the whole output")
 
 
 def run(args) -> int:
@@ -27,6 +31,12 @@ def run(args) -> int:
     from reason_plugins.cli_args import check_out_file
 
     check_out_file(args.out)  # before any run is read
+    from lm_eval_tasks.features import STATS
+
+    stats = tuple(s.strip() for s in args.feature_stats.split(",") if s.strip())
+    bad = [s for s in stats if s not in STATS]
+    if bad or not stats:
+        raise SystemExit(f"--feature-stats {args.feature_stats!r} names {bad or 'nothing'} (expected a comma list of {', '.join(STATS)})")
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     arms = load_arms(args.runs, names)
@@ -34,7 +44,18 @@ def run(args) -> int:
     baseline = pick_baseline(arms, args.baseline, first)
     report = compare_arms(arms, baseline, tasks, args.n_boot, args.seed, "fdr" if args.fdr else "holm", args.alpha)
     paths = write_outputs(report, args.out)
+    if args.features:
+        from lm_eval_tasks.comparison.features import feature_report, write_feature_outputs
+
+        features = feature_report(arms, baseline, tasks, stats, ("think",) if args.think else ("output",), args.n_boot, args.seed,
+                                  "fdr" if args.fdr else "holm", args.alpha)
+        paths.update(write_feature_outputs(features, args.out))
+        report = {**report, "features": features}
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.features and not args.json:
+        from lm_eval_tasks.comparison.features import format_features
+
+        print("\n" + format_features(report["features"]))
     if not args.json:
         print("\n" + "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0

@@ -65,6 +65,25 @@ def paired_test(baseline, steered, n_boot: int = 10_000, seed: int = 0, alpha: f
             "n_better": int((diff > 0).sum()), "n_worse": int((diff < 0).sum()), "n_tied": int((diff == 0).sum())}
 
 
+def two_group_test(a, b, n_boot: int = 10_000, seed: int = 0, alpha: float = ALPHA, n_perm: int = 20_000) -> dict:
+    """Two independent groups (e.g. a feature's activity in correctly and incorrectly answered
+    problems): mean(a) - mean(b), a bootstrap interval resampling each group on its own, and a two-sided
+    permutation p-value (the group labels shuffled ``n_perm`` times)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        raise ValueError(f"two_group_test: need two non-empty groups, got {x.size} and {y.size}")
+    rng = np.random.default_rng(seed)
+    boot = x[rng.integers(0, x.size, (n_boot, x.size))].mean(1) - y[rng.integers(0, y.size, (n_boot, y.size))].mean(1)
+    observed = x.mean() - y.mean()
+    pooled = np.concatenate([x, y])
+    perm = np.array([rng.permutation(pooled) for _ in range(n_perm)])
+    stats = perm[:, :x.size].mean(1) - perm[:, x.size:].mean(1)
+    p = float(((np.abs(stats) >= abs(observed) - 1e-12).sum() + 1) / (n_perm + 1))
+    low, high = float(np.quantile(boot, alpha / 2)), float(np.quantile(boot, 1 - alpha / 2))
+    return {"n_a": int(x.size), "n_b": int(y.size), "mean_a": float(x.mean()), "mean_b": float(y.mean()), "diff": float(observed),
+            "diff_low": low, "diff_high": high, "p_value": p, "significant": bool(p < alpha and (low > 0 or high < 0))}
+
+
 CORRECTIONS = {"holm": "holm", "fdr": "fdr_bh", "bh": "fdr_bh", "none": None}
 
 

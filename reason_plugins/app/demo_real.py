@@ -4,10 +4,12 @@ Steps (each timed in the report): the packaged GGUF becomes a cached HF folder; 
 paper's architecture, layer 18 of 30) is trained with SAELens's runner on CHAMP transcripts
 (cached by its settings); every feature is ranked by ReasonScore over held-out CHAMP transcripts
 and statements; the top features are shown (SAEDashboard pages with real text, top contexts,
-token-driven control); the top features are steered inside vLLM at strength x their max
+token-driven control); ReasonScore is computed again from what the vLLM engine computes over the
+same rows and set beside the offline ranking; the top features are steered inside vLLM at strength x their max
 activation (the paper's clamp), baseline and steered in one batch, then the top one is swept over
 strengths; the benchmark step runs lm-eval (``steered_vllm``) on a CHAMP subset, baseline vs
-steered, through ``lm_eval_tasks.run_arms``. ``report.md`` gathers tables and figures.
+steered, through ``lm_eval_tasks.run_arms``, reading the top features at every generated token so
+their activity is set beside the outcomes. ``report.md`` gathers tables and figures.
 
 The model has no ``<think>`` section: "reasoning words" are counted over the whole answer, and the
 benchmark's ``reasoning_tokens`` is the whole generation's length.
@@ -101,7 +103,7 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else Path(os.environ.get("REASON_PLUGINS_CACHE", Path.home() / ".cache" / "reason-plugins"))
     hook = get_config(RECIPE)["hook_name"]
-    steps = 6 if vllm else 4
+    steps = 7 if vllm else 4
 
     print(f"[1/{steps}] {MODEL}: packaged GGUF -> cached HF folder (converted once, logits checked)")
     model_dir = timer.step("model", resolve_model, MODEL, cache=cache)
@@ -130,22 +132,31 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                "top_features": top, "contexts": {f: {k: contexts[f][k] for k in ("max_act", "frequency")} for f in features if f in contexts},
                "views": {k: str(Path(v).relative_to(out)) for k, v in views.items() if k != "pages"}}
     if vllm:
+        print(f"[5/{steps}] ReasonScore from the vLLM engine (on-policy scoring path) over the same rows, beside the offline one")
+        summary["on_policy"] = timer.step("reason_score_vllm", on_policy_scores, model_dir, out, result, score_rows)
         chosen = [f for f in features if contexts.get(f, {}).get("max_act", 0) > 0][:n_steer]
-        print(f"[5/{steps}] vLLM ({dtype}): steer features {chosen} to {steer_strength} x their max activation, then sweep the first")
+        print(f"[6/{steps}] vLLM ({dtype}): steer features {chosen} to {steer_strength} x their max activation, then sweep the first")
         summary["steering"], summary["sweep"] = timer.step("vllm", steer_in_vllm, model_dir, out, hook, chosen,
                                                            {f: contexts[f]["max_act"] for f in chosen}, steer_strength,
                                                            max_tokens, dtype)
-        print(f"[6/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + top features at two strengths "
-              "in one engine (--model steered_vllm arms=)")
+        print(f"[7/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + top features at two strengths "
+              "in one engine (--model steered_vllm arms=, readout= the top features)")
         from lm_eval_tasks.run_arms import run_demo_arms
 
         arm_features = {f: contexts[f]["max_act"] for f in chosen[:2]}
+        readout = {"sae": str(out / "sae"), "hook": hook, "features": features[:3]}
         ev = timer.step("lm_eval", run_demo_arms, model_dir, out / "sae", hook, arm_features, out / "lm_eval", task="champ",
-                        strengths=(steer_strength / 2, steer_strength), n_problems=eval_problems, max_gen_toks=2 * max_tokens)
+                        strengths=(steer_strength / 2, steer_strength), n_problems=eval_problems, max_gen_toks=2 * max_tokens,
+                        readout=readout)
         summary["lm_eval"] = {"task": "champ", "plot": str(Path(ev["plot"]).relative_to(out)), "n_problems": ev["n_problems"],
                               "arms": [a["name"] for a in ev["arms"]], "metrics": ev["metrics"],
                               "table": Path(ev["plots"]["markdown"]).read_text(), "compare": ev["compare"],
                               "dose_plot": str(Path(ev["plots"]["dose"]).relative_to(out)) if "dose" in ev["plots"] else None}
+        if ev.get("features"):
+            from lm_eval_tasks.comparison.features import format_features
+
+            summary["lm_eval"]["features_table"] = format_features(ev["features"])
+            summary["lm_eval"]["features_plot"] = str(Path(ev["plots"]["features_plot"]).relative_to(out))
     summary["seconds"] = round(time.time() - started, 1)
     summary["step_seconds"] = timer.seconds
     summary["step_cpu_seconds"] = timer.cpu_seconds
@@ -153,6 +164,31 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     write_json_atomic(out / "report.json", summary)
     write_text_atomic(out / "report.md", report_markdown(summary))
     return out / "report.md"
+
+
+def on_policy_scores(model_dir: str, out: Path, offline, rows: int) -> dict:
+    """ReasonScore of the same rows from the vLLM engine (``reason-sae score --engine vllm``, in a child
+    process: this one holds an engine later), set beside the offline ranking."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    target = out / "reason_score_vllm"
+    cmd = [sys.executable, "-m", "reason_plugins.app.cli", "score", "--model", model_dir, "--sae", str(out / "sae"),
+           "--dataset", offline.config["data"], "--out", str(target), "--engine", "vllm", "--context-size", "128",
+           "--n-samples", str(rows), "--ignore-tokens", "bos,eos,pad", "--top-k", "10", "--max-model-len", "256",
+           "--overwrite", "--no-progress"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if res.returncode != 0:
+        raise RuntimeError(f"on-policy ReasonScore failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    ours = load_file(target / "scores.safetensors")["scores"]
+    top_off = [r["feature"] for r in offline.top(10)]
+    top_on = [r["feature"] for r in json.loads((target / "top_features.json").read_text())]
+    return {"dir": str(target.relative_to(out)), "top_offline": top_off, "top_engine": top_on,
+            "overlap_top10": len(set(top_off) & set(top_on)),
+            "max_rel_diff": float((ours - offline.scores).abs().max() / offline.scores.abs().max().clamp_min(1e-30))}
 
 
 def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max_acts: dict, strength: float,
@@ -218,6 +254,14 @@ def report_markdown(s: dict) -> str:
               f"- [top-activating contexts]({v['contexts_html']}) ([markdown]({v['contexts_md']}))",
               f"- token-driven control: does the feature fire on the reasoning word alone? [data]({v['control_json']})", "",
               f"![per-group activation profile]({v['group_profile_png']})", "", f"![token-driven control]({v['control_png']})", ""]
+    if "on_policy" in s:
+        op = s["on_policy"]
+        lines += ["## ReasonScore from the vLLM engine", "",
+                  "The same rows scored again where the engine computes them (`reason-sae score --engine vllm`: every feature "
+                  "summed inside vLLM's compiled op over the marked tokens, one prefill pass) beside the offline HF pass:", "",
+                  f"- top-10 overlap: **{op['overlap_top10']}/10**; largest score difference: {op['max_rel_diff']:.1e} of the largest |score|",
+                  "", "| rank | offline (HF hooks) | engine (vLLM) |", "|---|---|---|",
+                  *[f"| {i + 1} | {a} | {b} |" for i, (a, b) in enumerate(zip(op["top_offline"], op["top_engine"]))], ""]
     if "steering" in s:
         st = s["steering"]
         lines += [f"## Steering in vLLM ({st['dtype']}, method delta, set to {st['strength']} x max activation)", "",
@@ -241,4 +285,10 @@ def report_markdown(s: dict) -> str:
                   ev["table"], "", "Full comparison: `lm_eval/compare.json`.", "", f"![forest plot]({ev['plot']})", ""]
         if ev.get("dose_plot"):
             lines += [f"![dose-response]({ev['dose_plot']})", ""]
+        if ev.get("features_table"):
+            lines += ["### The top features' activity beside the outcomes", "",
+                      "Each arm read the top features at every generated token (`readout=`); per problem the mean activation "
+                      "over the answer, in correctly vs incorrectly answered problems and each steered arm vs the baseline on "
+                      "the same problem, Holm-adjusted together:", "", ev["features_table"], "",
+                      f"![feature activity]({ev['features_plot']})", ""]
     return "\n".join(lines)

@@ -78,18 +78,21 @@ def _json(raw) -> str | None:
     return None if raw is None else raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)
 
 
-@lru_cache(maxsize=4096)
-def _slots_of_json(steering: str | None, readout: str | None) -> tuple:
+def _slots(steering: str | None, readout: str | None) -> tuple:
     return tuple(request_slots(parse_steering(steering), parse_readout(readout)).items())
 
 
+_slots_of_json = lru_cache(maxsize=4096)(_slots)
+
+
 def slots_of(sampling_params) -> dict[tuple, frozenset]:
-    """The slots a request needs, from its (front-end normalised) ``extra_args["steering"]`` and ``["readout"]``."""
+    """The slots a request needs, from its (front-end normalised) ``extra_args["steering"]`` and ``["readout"]``
+    (parsed once per distinct pair; a ``sums`` readout's per-request masks are never cached)."""
     extra = getattr(sampling_params, "extra_args", None) or {}
     steering, readout = _json(extra.get("steering")), _json(extra.get("readout"))
     if steering is None and readout is None:
         return {}
-    return dict(_slots_of_json(steering, readout))
+    return dict((_slots if readout and '"sums"' in readout else _slots_of_json)(steering, readout))
 
 
 def capacity(config, key: tuple) -> int:

@@ -41,19 +41,24 @@ class ReadPlan(NamedTuple):
 SUM_JOBS_KEPT = 64  # per op: the most recent jobs' sums, until fetched (a caller that never fetches cannot fill memory)
 
 
-@lru_cache(maxsize=4096)
-def _readouts_of(readout_json: str):
+def _parsed(readout_json: str):
     specs = parse_readout(readout_json)
     return tuple(specs), readout_hash(specs)
 
 
+_readouts_of = lru_cache(maxsize=4096)(_parsed)
+
+
 def request_readouts(sampling_params):
-    """The (front-end normalised) readout specs of a request, and their hash; ``((), None)`` for none."""
+    """The (front-end normalised) readout specs of a request, and their hash; ``((), None)`` for none.
+    Specs repeat across requests and are parsed once; ``sums`` specs carry per-request masks, never
+    repeat, and are not cached (so a scoring job's memory stays flat in its tokens)."""
     extra = getattr(sampling_params, "extra_args", None) or {}
     raw = extra.get("readout")
     if raw is None:
         return (), None
-    return _readouts_of(raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True))
+    text = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)
+    return _parsed(text) if '"sums"' in text else _readouts_of(text)
 
 
 def plan_rows(spec, start: int, end: int, prompt_left: int) -> tuple[int, int]:

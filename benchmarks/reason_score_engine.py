@@ -1,0 +1,160 @@
+"""ReasonScore from the vLLM engine (``engine="vllm"``) against today's HF path, measured in one run:
+
+    python benchmarks/reason_score_engine.py [--rows 512] [--d-sae 4096] [--batch-size 128] [--generate 32]
+
+1. **given rows**: the same token rows scored by the HF path (forward hook, one pass) and by the engine
+   (one prefill pass, every feature summed inside the op): wall time with and without start-up, tokens/s,
+   and the scores' agreement;
+2. **the model's own generations**: ``--generate`` prompts x 1 continuation of 128 tokens, sampled,
+   then scored in the same engine: the scoring's cost on top of the generation alone;
+3. **memory**: the engine run's peak RSS above its start for two data sizes (one child process each):
+   flat in tokens, since nothing per token leaves the engine.
+
+Tiny fixture Llama (4 layers, d 128) and a random-weight SAELens StandardSAE at block 2, built under a temp
+dir; CPU, float32, eager engine, its core in-process. Results go to stdout as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+HOOK = "blocks.2.hook_resid_post"
+OPTIONS = dict(ignore_tokens=["bos", "eos"], context_size=128, batch_size=128)  # rows per model pass / engine call
+ENGINE = {"max_model_len": 256, "enforce_eager": True, "max_num_seqs": 128, "max_num_batched_tokens": 4096}
+
+
+def build(root: Path, d_sae: int):
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from reason_plugins import tiny_models
+
+    tok = tiny_models.build_tokenizer(root / "tok")
+    model = tiny_models.build_model(root / "llama", tok)
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=d_sae))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.1)
+    sae.cfg.metadata.hook_name = HOOK
+    sae.save_model(str(root / "sae"))
+    return str(model), str(root / "sae")
+
+
+def rows_of(model: str, n: int):
+    import torch
+    from transformers import AutoTokenizer
+
+    from reason_plugins.tiny_models import training_texts
+    from sae_lens_ext.inputs.token_data import tokens_dataset
+
+    tok = AutoTokenizer.from_pretrained(model)
+    ds = tokens_dataset(tok, training_texts(tok, n=max(64, n * 2), seed=5), context_size=128)
+    return torch.tensor(ds["tokens"][:n])
+
+
+def given_rows(model, sae, rows) -> dict:
+    from sae_lens_ext.reason_score.run import PreparedRun
+
+    tokens = rows.numel()
+    out = {}
+    for name, extra in (("HF path (forward hook)", {}), ("vLLM engine", {"engine": "vllm", "engine_options": ENGINE})):
+        started = time.perf_counter()
+        prepared = PreparedRun(model, sae, rows, **OPTIONS, **extra)
+        if extra:  # the engine's start-up, timed apart from the scoring
+            session_started = time.perf_counter()
+            session = prepared._session()
+            factory, prepared.engine_factory = prepared.engine_factory, lambda *a, _s=session, **k: _s
+            start_s = time.perf_counter() - session_started
+        else:
+            start_s = time.perf_counter() - started
+        scored = time.perf_counter()
+        result = prepared.run(progress=False)
+        score_s = time.perf_counter() - scored
+        out[name] = {"result": result, "start_s": start_s, "score_s": score_s, "wall_s": time.perf_counter() - started,
+                     "tokens_per_s": tokens / score_s}
+        if extra:
+            prepared.engine_factory = factory
+    return out
+
+
+def generated(model, sae, n_prompts: int) -> dict:
+    from vllm_patches.onpolicy import VllmSession
+
+    prompts = [f"What is {7 * i + 3} + {i}? Think step by step." for i in range(n_prompts)]
+    session = VllmSession(model, sae, hook=HOOK, **ENGINE)
+    session.generate(prompts[:2], max_tokens=8)  # warm-up
+    t0 = time.perf_counter()
+    out = session.generate(prompts, n=1, max_tokens=128, temperature=0.8, seed=0)
+    gen_s = time.perf_counter() - t0
+    rows = [row[0]["prompt_token_ids"] + row[0]["token_ids"] for row in out]
+    masks = [[1 + (i % 2)] * len(r) for i, r in enumerate(rows)]  # any marking: the sums' cost does not depend on it
+    t1 = time.perf_counter()
+    session.feature_sums(rows, masks, 2)
+    score_s = time.perf_counter() - t1
+    tokens = sum(len(r) for r in rows)
+    session.close()
+    return {"prompts": n_prompts, "tokens": tokens, "generate_s": gen_s, "score_s": score_s}
+
+
+def memory_probe(model: str, sae: str, n: int) -> None:
+    """Child: peak RSS above the start of one engine run over n rows."""
+    from sae_lens_ext.reason_score.run import compute_reason_score
+
+    rows = rows_of(model, n)
+    compute_reason_score(model, sae, rows[:8], engine="vllm", engine_options=ENGINE, progress=False, **OPTIONS)  # warm-up
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    compute_reason_score(model, sae, rows, engine="vllm", engine_options=ENGINE, progress=False, **OPTIONS)
+    print("RESULT " + json.dumps({"rows": n, "tokens": int(rows.numel()),
+                                  "peak_above_start_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--generate", type=int, default=32)
+    parser.add_argument("--memory-rows", type=int, nargs="+", default=(128, 512, 1024))
+    parser.add_argument("--_probe", nargs=3, metavar=("MODEL", "SAE", "ROWS"))
+    args = parser.parse_args()
+    if args._probe:
+        memory_probe(args._probe[0], args._probe[1], int(args._probe[2]))
+        return
+    OPTIONS["batch_size"] = args.batch_size
+    root = Path(tempfile.mkdtemp(prefix="rs_engine_bench_"))
+    model, sae = build(root, args.d_sae)
+    rows = rows_of(model, args.rows)
+    runs = given_rows(model, sae, rows)
+    (hf_name, hf), (vl_name, vl) = runs.items()
+    err = float((vl["result"].scores - hf["result"].scores).abs().max() / hf["result"].scores.abs().max())
+    same = [r["feature"] for r in hf["result"].top(20)] == [r["feature"] for r in vl["result"].top(20)]
+    print(f"\n1. {args.rows} rows x 128 tokens = {rows.numel():,} tokens, d_sae {args.d_sae}, {args.batch_size} rows a batch:\n")
+    print("| path | start-up s | scoring s | tokens/s (scoring) | wall s |\n|---|---|---|---|---|")
+    for name, r in runs.items():
+        print(f"| {name} | {r['start_s']:.1f} | {r['score_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.1f} |")
+    print(f"\nengine / HF scoring throughput: {vl['tokens_per_s'] / hf['tokens_per_s']:.2f}x; scores agree to {err:.1e} of the "
+          f"largest |score|; top-20 {'identical' if same else 'DIFFERENT'}")
+    g = generated(model, sae, args.generate)
+    print(f"\n2. {g['prompts']} prompts x 128 sampled tokens ({g['tokens']:,} tokens with the prompts): generation "
+          f"{g['generate_s']:.2f} s, scoring them in the same engine {g['score_s']:.2f} s "
+          f"(+{g['score_s'] / g['generate_s']:.0%} on top of the generation)")
+    print("\n3. peak RSS above the start of one engine run (one child process each):\n")
+    print("| rows | tokens | peak above start |\n|---|---|---|")
+    for n in args.memory_rows:
+        out = subprocess.run([sys.executable, __file__, "--_probe", model, sae, str(n)], capture_output=True, text=True, check=True).stdout
+        m = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        print(f"| {m['rows']} | {m['tokens']:,} | {m['peak_above_start_mib']:.1f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
