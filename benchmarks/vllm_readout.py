@@ -17,20 +17,16 @@ Results go to stdout as Markdown (``benchmarks/RESULTS.md`` keeps a copy).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from bench_common import child_results, engine_parser, model_and_sae, report_interleaved
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-HOOK = "blocks.2.hook_resid_post"
-REAL_HOOK = "blocks.18.hook_resid_post"
 FEATURES = 64  # the default max_readout: every request lists all of them
 
 
@@ -56,52 +52,20 @@ def child(args) -> None:
             assert all(len(r["positions"]) == len(prompts[0]["prompt_token_ids"]) + args.max_tokens - 1 for r in read)
         return outputs
 
-    for readout in variants.values():  # warm-up
-        run(readout)
-    results = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, readout in variants.items():
-            start = time.perf_counter()
-            outputs = run(readout)
-            elapsed = time.perf_counter() - start
-            results[name].append(sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed)
-    print("RESULT " + json.dumps(results), flush=True)
+    report_interleaved(variants, run, args.repeats)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = engine_parser(__doc__, max_tokens=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top-k", type=int, default=16)
-    parser.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct and a random SAE at block 18")
     parser.add_argument("--child", choices=["off", "on"])
-    parser.add_argument("--model")
-    parser.add_argument("--sae")
-    parser.add_argument("--hook", default=HOOK)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     root = Path(tempfile.mkdtemp(prefix="readout_bench_"))
-    if args.real:
-        from sae_lens import StandardSAE, StandardSAEConfig
-
-        from reason_plugins.models import resolve_model
-
-        model, args.hook = resolve_model("smollm2-135m-instruct"), REAL_HOOK
-        random_sae = StandardSAE(StandardSAEConfig(d_in=576, d_sae=2304))
-        random_sae.cfg.metadata.hook_name = REAL_HOOK
-        random_sae.save_model(str(root / "sae"))
-        sae = root / "sae"
-    else:
-        from reason_plugins import tiny_models
-        from sae_lens_ext.training import tiny_saes
-
-        tok = tiny_models.build_tokenizer(root / "tok")
-        model = tiny_models.build_model(root / "llama", tok)
-        sae = tiny_saes.build_saes(model, tok, root / "saes", hook_name=HOOK, architectures=("standard",))["standard"]
+    model, sae, args.hook = model_and_sae(root, args.real)
     per_engine: dict[str, list] = {}
     within: dict[str, list] = {}
     for _ in range(args.rounds):
@@ -109,8 +73,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", role, "--model", str(model), "--sae", str(sae), "--prompts", str(args.prompts),
                    "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats), "--top-k", str(args.top_k),
                    "--hook", args.hook]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+            result = child_results(cmd)
             for name, values in result.items():
                 per_engine.setdefault(name, []).append(statistics.median(values))
                 within.setdefault(name, []).extend(values)

@@ -72,19 +72,25 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
     return summary
 
 
-def demo_arms(sae_dir, hook: str, max_acts: dict, strengths=(2.0, 4.0), sae_id: str | None = None, method: str | None = None) -> dict:
-    """The demo's sweep: baseline + each feature of ``max_acts`` ({feature: max activation}) at each strength."""
+def demo_arms(sae_dir, hook: str, max_acts: dict, strengths=(2.0, 4.0), sae_id: str | None = None, method: str | None = None,
+              diff_means=None, control_seed: int = 0) -> dict:
+    """The demo's sweep: baseline + each feature of ``max_acts`` ({feature: max activation}) at each strength;
+    with ``diff_means`` (a ``reason-sae vector`` file) each feature arm also gets its difference-of-means and
+    random-direction twins (``arms.formats.control_spec``)."""
     sweep = {"sae": str(sae_dir), "sae_id": sae_id, "hook": hook, "features": [int(f) for f in max_acts],
              "strengths": [float(s) for s in strengths], "max_activation": {str(int(f)): float(v) for f, v in max_acts.items()}}
     if method:
         sweep["method"] = method
+    if diff_means is not None:
+        sweep.update(controls=["diff_means", "random"], diff_means=str(diff_means), control_seed=int(control_seed))
     return {"sweep": sweep}
 
 
 def run_demo_arms(model_dir, sae_dir, hook: str, max_acts: dict, out_dir, *, task: str = TASK, strengths=(2.0, 4.0),
-                  sae_id: str | None = None, **kwargs) -> dict:
-    """The demo's lm-eval step: baseline + top features at two strengths, one multi-arm run."""
-    return run_arms_eval(model_dir, task, demo_arms(sae_dir, hook, max_acts, strengths, sae_id), out_dir, **kwargs)
+                  sae_id: str | None = None, diff_means=None, **kwargs) -> dict:
+    """The demo's lm-eval step: baseline + top features at two strengths (and their control twins), one multi-arm run."""
+    return run_arms_eval(model_dir, task, demo_arms(sae_dir, hook, max_acts, strengths, sae_id, diff_means=diff_means),
+                         out_dir, **kwargs)
 
 
 def run_tiny_eval(model_dir, sae_dir, hook: str, feature: int, value: float, out_dir, *, mode: str = "set",

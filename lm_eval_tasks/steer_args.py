@@ -14,21 +14,26 @@ Three ways to say what to steer (exactly one per run):
       sets the projection x . u), value c + b_dec . u — the same vector, exactly.
   ``hookpoint`` ``layers.N`` (a decoder layer of the HF model = the residual stream after block N)
   becomes ``blocks.N.hook_resid_post``; empty means the SAE's own hook, as in lm-eval.
+- ``steer_path=steer.pt``: lm-eval's own ``steered`` vector format, as vector specs with exactly its
+  semantics (``reason_plugins.vector_files``): ``--model steered_vllm`` and ``--model steered`` on
+  the same file generate the same text and the same log-likelihoods;
+- ``steer_path=vector.gguf`` (repeng / llama.cpp control vector) or ``.safetensors`` (``{hook: vector}``,
+  what ``reason-sae vector`` writes): ``add`` at every layer in the file, times ``steer_coefficient``
+  (default 1).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import re
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, check_feature_index, hook_layer, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, canonical_hook, check_feature_index, parse_spec, parse_steering
+from reason_plugins.vector_files import SUFFIXES
 
 REFERENCE_ARGS = ("sae_release", "sae_id", "sae_feature_idx", "sae_strength", "sae_max_activation")
 CSV_COLUMNS = ("loader", "action", "sparse_model", "hookpoint", "feature_index", "steering_coefficient")
-_LAYER = re.compile(r"^(?:model\.|base_model\.)?(?:layers|h)\.(\d+)$")
 
 
 def _sae(sae: str, sae_id: str | None, loader: str | None = None):
@@ -50,14 +55,7 @@ def hook_of(hookpoint: str | None, sae=None, where: str = "hookpoint") -> str:
         if sae is None:
             raise SpecError(f"{where}: empty and no SAE to take the hook from")
         hookpoint = sae.cfg.metadata.hook_name
-    text = str(hookpoint).strip()
-    if hook_layer(text) is not None:
-        return text
-    m = _LAYER.match(text)
-    if m:
-        return f"blocks.{m.group(1)}.hook_resid_post"
-    raise SpecError(f"{where}: {text!r} is not a decoder layer's output ('layers.N' or 'blocks.N.hook_resid_post'); "
-                    "the vLLM plugin steers the residual stream after a block only")
+    return canonical_hook(str(hookpoint).strip(), where)
 
 
 def reference_specs(args: dict) -> list[SteeringSpec]:
@@ -152,4 +150,14 @@ def steering_from_args(args: dict) -> list[SteeringSpec]:
         return csv_specs(path)
     if path.suffix.lower() == ".json":
         return parse_steering(read_json(path, "steer_path", SpecError))
-    raise SpecError(f"steered_vllm: steer_path {str(steer_path)!r} must be a SteeringSpec .json or an lm-eval steering .csv")
+    if path.suffix.lower() in SUFFIXES:
+        from reason_plugins.vector_files import vector_specs
+
+        coefficient = args.get("steer_coefficient")
+        try:
+            coefficient = None if coefficient is None else float(coefficient)
+        except (TypeError, ValueError):
+            raise SpecError(f"steered_vllm: steer_coefficient must be a number, got {coefficient!r}") from None
+        return vector_specs(path, coefficient, "steer_path")
+    raise SpecError(f"steered_vllm: steer_path {str(steer_path)!r} must be a SteeringSpec .json, an lm-eval steering "
+                    ".csv or .pt, a control-vector .gguf or a .safetensors of vectors")

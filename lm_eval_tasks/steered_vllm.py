@@ -42,10 +42,10 @@ from lm_eval.models.vllm_causallms import VLLM
 from lm_eval_tasks.arms.formats import Arm, parse_arms
 from lm_eval_tasks.steer_args import REFERENCE_ARGS, steering_from_args
 from reason_plugins.spec import SpecError
-from vllm_patches.preflight import engine_saes, preflight
+from vllm_patches.preflight import engine_config, preflight
 
 logger = logging.getLogger("reason_plugins.lm_eval")
-STEERING_ARGS = ("steer_path", *REFERENCE_ARGS, "sae_hook", "sae_method", "sae_mode")
+STEERING_ARGS = ("steer_path", "steer_coefficient", *REFERENCE_ARGS, "sae_hook", "sae_method", "sae_mode")
 REPORT_ENV = "REASON_STEERING_REPORT"
 ARM_KEY = "_reason_arm"  # rides in a request's gen_kwargs from generate_until to modify_gen_kwargs
 GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to SamplingParams
@@ -92,11 +92,11 @@ class SteeredVLLM(VLLM):
 
             vllm_patches.register()  # also when vLLM's entry-point plugin loading is restricted (VLLM_PLUGINS)
             for arm_specs in ([a.specs for a in self.arms if a.specs] if self.arms else [specs]):  # each arm is one request's steering
-                preflight(pretrained, [s.to_dict() for s in arm_specs], readouts=self.readout, max_edits=int(steer_max_edits))
+                preflight(pretrained, list(arm_specs), readouts=self.readout, max_edits=int(steer_max_edits))
             if not specs:  # a readout alone: checked the same way before the engine
                 preflight(pretrained, [], readouts=self.readout)
             extra = dict(kwargs.pop("additional_config", None) or {})
-            extra[CONFIG_KEY] = {"saes": engine_saes(specs, self.readout), "max_edits": int(steer_max_edits)}
+            extra[CONFIG_KEY] = {**engine_config(specs, self.readout), "max_edits": int(steer_max_edits)}
             kwargs["additional_config"] = extra
             if self.steering:
                 logger.info("steered_vllm: steering %s", json.dumps(self.steering))

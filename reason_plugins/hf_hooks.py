@@ -26,28 +26,33 @@ def decoder_layers(model):
 
 @contextmanager
 def steered(model, specs: list[SteeringSpec], saes: dict[str, object], positions=None):
-    """Within the block, ``model`` runs with each spec applied at its layer.
+    """Within the block, ``model`` runs with each spec applied at its layer; the specs at one layer all
+    read the stream before any of them and their changes add up (as in the vLLM op).
 
-    ``saes`` maps ``spec.sae`` to a loaded SAE; ``positions`` (optional callable seq_len -> bool mask)
-    restricts steering to some token positions (e.g. decode-only)."""
+    ``saes`` maps ``spec.sae`` to a loaded SAE (vector specs need none); ``positions`` (optional
+    callable seq_len -> bool mask) restricts steering to some token positions (e.g. decode-only)."""
     layers = decoder_layers(model)
     handles = []
+    by_layer: dict[int, list] = {}
     for spec in specs:
         if not 0 <= spec.layer < len(layers):
             raise SpecError(f"hook {spec.hook!r}: the model has {len(layers)} layers")
-        if spec.sae not in saes:
+        if isinstance(spec, SteeringSpec) and spec.sae not in saes:
             raise SpecError(f"no SAE loaded for {spec.sae!r}; have {sorted(saes)}")
-        sae = saes[spec.sae]
+        by_layer.setdefault(spec.layer, []).append((spec, saes.get(spec.sae) if isinstance(spec, SteeringSpec) else None))
+    for layer, group in by_layer.items():
 
-        def hook(module, args, output, spec=spec, sae=sae):
+        def hook(module, args, output, group=group):
             hidden = output[0] if isinstance(output, tuple) else output
-            new = steer(hidden, sae, spec)
+            new = hidden
+            for spec, sae in group:
+                new = new + (steer(hidden, sae, spec) - hidden) if len(group) > 1 else steer(hidden, sae, spec)
             if positions is not None:
                 keep = positions(hidden.shape[-2]).to(hidden.device)[..., None]
                 new = new.where(keep, hidden)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
-        handles.append(layers[spec.layer].register_forward_hook(hook))
+        handles.append(layers[layer].register_forward_hook(hook))
     try:
         yield model
     finally:

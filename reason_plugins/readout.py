@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from reason_plugins.spec import AtHook, SpecError, check_feature_index, hook_layer, parse_many
+from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, hook_layer, parse_many
 
 POSITIONS = ("prompt", "output", "all")
 AT = ("before", "after")
@@ -69,11 +69,7 @@ def _int(value, where: str, what: str, low: int) -> int:
 
 
 def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
-    if not isinstance(obj, dict):
-        raise SpecError(f"{where} must be a JSON object, got {type(obj).__name__}: {obj!r}")
-    unknown = set(obj) - set(_FIELDS)
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}; expected {list(_FIELDS)}")
+    check_object(obj, where, _FIELDS)
     sae, hook, sae_id = obj.get("sae"), obj.get("hook"), obj.get("sae_id")
     if not isinstance(sae, str) or not sae:
         raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")

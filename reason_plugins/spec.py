@@ -8,6 +8,18 @@
 A request may carry one spec or a list of them (several SAEs / layers). Parsing validates
 everything that can be checked without the SAE; ``validate_against`` checks the rest, and
 ``check_feature_index`` is the one check (and message) that a feature index fits an SAE's width.
+
+A list may also hold *vector* specs (``VectorSpec``), which steer along a direction that no SAE
+needs to know, with lm-eval ``steered``'s two actions (``add``: x + c v; ``clamp``: the projection
+of x - bias on v / |v| set to c)::
+
+    {"vector": [0.1, ...] | "<file.safetensors | .gguf | .pt>", "hook": "blocks.19.hook_resid_post",
+     "coefficient": 4.0, "action": "add", "bias": null, "decode_only": false}
+
+A file is read once, where the spec is parsed (``vector_files.read_vector``: the tensor that file
+holds for this hook); the parsed spec carries the numbers. Hook names are translated once, here
+(``canonical_hook``): ``layers.N`` / ``model.layers.N`` (lm-eval, HF modules, repeng) and
+``blocks.N.hook_resid_post`` (ours, TransformerLens) name the same residual stream.
 """
 
 from __future__ import annotations
@@ -17,10 +29,14 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 MODES = ("set", "scale", "add")
 METHODS = ("delta", "reconstruct", "direction")
 _HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")  # the one steerable hook form, everywhere
+# a decoder layer's output as lm-eval's ``steered`` / HF module names / repeng / llama.cpp name it
+_MODULE = re.compile(r"^(?:base_model\.)?(?:model\.)?(?:model\.)?(?:layers|h)\.(\d+)$|^direction\.(\d+)$")
+ACTIONS = ("add", "clamp")
 
 
 def hook_layer(hook) -> int | None:
@@ -31,6 +47,30 @@ def hook_layer(hook) -> int | None:
 
 class SpecError(ValueError):
     """A steering spec is malformed or cannot be applied; the message names the bad value."""
+
+
+def canonical_hook(name, where: str = "hook") -> str:
+    """``blocks.N.hook_resid_post`` for any name of the residual stream after decoder layer N: ours,
+    lm-eval's / HF's module name (``layers.N``, ``model.layers.N``) or a control vector's
+    ``direction.N``. Anything else is a ``SpecError`` naming both accepted forms."""
+    text = str(name).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else None
+    if text is not None and hook_layer(text) is not None:
+        return text
+    m = _MODULE.match(text) if text is not None else None
+    if m:
+        return f"blocks.{m.group(1) or m.group(2)}.hook_resid_post"
+    raise SpecError(f"{where}: {name!r} names no residual stream: expected 'blocks.<N>.hook_resid_post' (ours) "
+                    "or 'model.layers.<N>' / 'layers.<N>' (lm-eval, Hugging Face modules)")
+
+
+def check_object(obj, where: str, fields) -> dict:
+    """``obj`` when it is a JSON object with no field outside ``fields``; else a ``SpecError`` naming them."""
+    if not isinstance(obj, dict):
+        raise SpecError(f"{where} must be a JSON object, got {type(obj).__name__}: {obj!r}")
+    unknown = set(obj) - set(fields)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}; expected {list(fields)}")
+    return obj
 
 
 class AtHook:
@@ -88,13 +128,11 @@ def _edit(obj, where: str) -> Edit:
     return Edit(int(feature), mode, float(value))
 
 
+SPEC_FIELDS = ("decode_only", "edits", "hook", "method", "sae", "sae_id")
+
+
 def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
-    if not isinstance(obj, dict):
-        raise SpecError(f"{where} must be a JSON object, got {type(obj).__name__}: {obj!r}")
-    known = {"sae", "sae_id", "hook", "edits", "method", "decode_only"}
-    unknown = set(obj) - known
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+    check_object(obj, where, SPEC_FIELDS)
     sae, hook, edits = obj.get("sae"), obj.get("hook"), obj.get("edits")
     if not isinstance(sae, str) or not sae:
         raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")
@@ -121,6 +159,104 @@ def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
     return SteeringSpec(sae=sae, hook=hook, edits=parsed, sae_id=sae_id, method=method, decode_only=decode_only)
 
 
+def _floats(value, where: str, name: str) -> tuple[float, ...]:
+    """A non-empty list of finite numbers (a 1-D tensor or array too) -> a tuple of floats."""
+    if hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise SpecError(f"{where}: '{name}' must be a non-empty list of numbers (or a file), got {str(value)[:120]}")
+    bad = next((i for i, v in enumerate(value) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise SpecError(f"{where}: '{name}' has a non-finite value {value[bad]!r} at index {bad}")
+    return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True)
+class VectorSpec(AtHook):
+    """Steering along a vector: ``add`` x + coefficient * vector; ``clamp`` (lm-eval's) the projection of
+    x - bias on the unit vector set to ``coefficient``. ``source``: the file it was read from, if any."""
+    vector: tuple[float, ...]
+    hook: str
+    coefficient: float = 1.0
+    action: str = "add"
+    bias: tuple[float, ...] | None = None
+    decode_only: bool = False
+    source: str | None = field(default=None, compare=False, hash=False)
+    sae = None  # what a spec with no SAE says when asked for one
+    sae_id = None
+
+    @cached_property
+    def digest(self) -> str:
+        """What the engine's catalogue slot holds (the direction, action and bias, not the coefficient)."""
+        import struct
+
+        h = hashlib.sha256(self.action.encode())
+        h.update(struct.pack(f"<{len(self.vector)}d", *self.vector))
+        if self.bias is not None:
+            h.update(b"bias" + struct.pack(f"<{len(self.bias)}d", *self.bias))
+        return h.hexdigest()[:16]
+
+    @property
+    def key(self) -> tuple:
+        return ("vector", self.digest, self.hook)
+
+    def to_dict(self) -> dict:
+        return {"vector": list(self.vector), "hook": self.hook, "coefficient": self.coefficient, "action": self.action,
+                "bias": None if self.bias is None else list(self.bias), "decode_only": self.decode_only}
+
+    def describe(self) -> str:
+        return f"vector {self.source or self.digest} at {self.hook} ({self.action} {self.coefficient:g})"
+
+
+VECTOR_FIELDS = ("vector", "hook", "coefficient", "action", "bias", "decode_only")
+
+
+def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
+    """A vector spec object -> ``VectorSpec``; a ``vector`` (or ``bias``) given as a file path is read here."""
+    check_object(obj, where, VECTOR_FIELDS)
+    if obj.get("hook") is None:
+        raise SpecError(f"{where}: 'hook' is missing (e.g. 'blocks.12.hook_resid_post' or 'model.layers.12')")
+    hook = canonical_hook(obj["hook"], f"{where} hook")
+    action = obj.get("action", "add")
+    if action not in ACTIONS:
+        raise SpecError(f"{where}: action {action!r} is not one of {ACTIONS}")
+    coefficient = obj.get("coefficient", 1.0)
+    if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
+        raise SpecError(f"{where}: 'coefficient' must be a finite number, got {coefficient!r}")
+    decode_only = obj.get("decode_only", False)
+    if not isinstance(decode_only, bool):
+        raise SpecError(f"{where}: 'decode_only' must be true or false, got {decode_only!r}")
+    raw, source = obj.get("vector"), None
+    if isinstance(raw, str):
+        from reason_plugins.vector_files import read_vector
+
+        source, raw = raw, read_vector(raw, hook, where)
+    vector = _floats(raw, where, "vector")
+    bias = obj.get("bias")
+    if isinstance(bias, str):
+        from reason_plugins.vector_files import read_vector
+
+        bias = read_vector(bias, hook, f"{where} bias")
+    if bias is not None:
+        if action != "clamp":
+            raise SpecError(f"{where}: 'bias' goes with action 'clamp' only (as in lm-eval's steered), not {action!r}")
+        bias = _floats(bias, where, "bias")
+        if len(bias) != len(vector):
+            raise SpecError(f"{where}: 'bias' has {len(bias)} values but the vector has {len(vector)}")
+    if action == "clamp" and not any(vector):
+        raise SpecError(f"{where}: a zero vector has no direction to clamp along")
+    return VectorSpec(vector=vector, hook=hook, coefficient=float(coefficient), action=action, bias=bias,
+                      decode_only=decode_only, source=source)
+
+
+def parse_any(obj, where: str = "steering spec"):
+    """A feature spec (``{"sae", ...}``) or a vector spec (``{"vector", ...}``)."""
+    if isinstance(obj, dict) and "vector" in obj:
+        return parse_vector_spec(obj, where)
+    return parse_spec(obj, where)
+
+
 def parse_many(value, kind: type, parse_one, what: str, key, duplicate: str) -> list:
     """One spec (object or dict), a list of them, or their JSON text -> a list of ``kind`` (empty for
     None). ``key(spec)`` must differ across the list; ``duplicate`` (formatted with ``keys``) says why."""
@@ -144,10 +280,10 @@ def parse_many(value, kind: type, parse_one, what: str, key, duplicate: str) -> 
     raise SpecError(f"{what} must be a spec object or a non-empty list of them, got {value!r}")
 
 
-def parse_steering(value) -> list[SteeringSpec]:
-    """A spec, a list of specs, or their JSON text -> list of SteeringSpec (empty for None)."""
-    return parse_many(value, SteeringSpec, parse_spec, "steering", lambda s: s.key,
-                      "two specs target the same SAE at the same hook: {keys}; merge their edits")
+def parse_steering(value) -> list:
+    """A spec, a list of specs, or their JSON text -> list of SteeringSpec / VectorSpec (empty for None)."""
+    return parse_many(value, (SteeringSpec, VectorSpec), parse_any, "steering", lambda s: s.key,
+                      "two specs target the same SAE (or carry the same vector) at the same hook: {keys}; merge them")
 
 
 def check_feature_index(feature, d_sae: int, owner: str = "this SAE", what: str = "feature index",
@@ -160,8 +296,9 @@ def check_feature_index(feature, d_sae: int, owner: str = "this SAE", what: str 
     return feature
 
 
-def specs_hash(specs: list[SteeringSpec]) -> str:
+def specs_hash(specs: list) -> str:
     """Stable short hash of what is applied (order of specs and edits does not matter)."""
-    dicts = [s.to_dict() for s in specs]
-    canon = sorted(json.dumps({**d, "edits": sorted(d["edits"], key=lambda e: e["feature"])}, sort_keys=True) for d in dicts)
+    dicts = [s.to_dict() if isinstance(s, SteeringSpec) else {**s.to_dict(), "vector": s.digest, "bias": None} for s in specs]
+    canon = sorted(json.dumps({**d, "edits": sorted(d.get("edits", []), key=lambda e: e["feature"])}, sort_keys=True)
+                   for d in dicts)
     return hashlib.sha256("\n".join(canon).encode()).hexdigest()[:16]

@@ -13,13 +13,18 @@ Methods:
   one to use for TopK SAEs, whose f_i depends on every other pre-activation.
 - ``direction``: the paper's clamp-hook variant: the "activation" is the projection of x on the unit
   decoder direction u_i, edited the same way: x + (f'_i - f_i) u_i.
+
+Vector specs (``VectorSpec``) are rows of the same kind with no SAE (``vector_rows``): ``add`` is a row
+whose activation is 0 and whose edit adds ``coefficient`` times the vector; lm-eval's ``clamp`` is a
+linear row u . x - u . bias (u the unit vector) set to ``coefficient``. So the vLLM op runs them in
+the same catalogue, and every edit at one layer reads the same stream, before any of them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from reason_plugins.spec import METHODS, SpecError, SteeringSpec, check_feature_index
+from reason_plugins.spec import METHODS, SpecError, SteeringSpec, VectorSpec, check_feature_index
 
 DELTA_ARCHITECTURES = ("standard", "jumprelu")
 # SAELens normalisations that rescale each input by a statistic of that input (its norm, its mean
@@ -149,8 +154,35 @@ def decode_edited(sae, x: torch.Tensor, f: torch.Tensor, f_new: torch.Tensor) ->
     return sae.decode(f_new) + (x - plain)
 
 
+def vector_rows(spec: VectorSpec) -> dict[str, torch.Tensor]:
+    """A vector spec as one catalogue row (float64): ``add`` -> activation 0, edit B = coefficient along
+    the vector; ``clamp`` -> the linear activation u . (x - bias), set to the coefficient along u."""
+    v = torch.tensor(spec.vector, dtype=torch.float64)[None]
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    if spec.action == "add":
+        return {"enc": torch.zeros_like(v), "bias": zero, "thresh": zero, "linear": one, "dec": v}
+    unit = v / v.norm()
+    bias = zero if spec.bias is None else -(unit @ torch.tensor(spec.bias, dtype=torch.float64))
+    return {"enc": unit, "bias": bias.reshape(1), "thresh": zero, "linear": one, "dec": unit}
+
+
+def vector_constants(spec: VectorSpec) -> tuple[float, float]:
+    """(A, B) of a vector spec's edit: ``add`` f' - f = coefficient (f = 0); ``clamp`` f' = coefficient."""
+    return (0.0, spec.coefficient) if spec.action == "add" else (-1.0, spec.coefficient)
+
+
+def steer_vector(x: torch.Tensor, spec: VectorSpec) -> torch.Tensor:
+    if len(spec.vector) != x.shape[-1]:
+        raise SpecError(f"{spec.describe()}: the vector has {len(spec.vector)} values but the model's width is {x.shape[-1]}")
+    rows = {k: v.to(x.dtype) for k, v in vector_rows(spec).items()}
+    a, b = vector_constants(spec)
+    return apply_rows(x, rows, torch.tensor([a], dtype=x.dtype), torch.tensor([b], dtype=x.dtype))
+
+
 def steer(x: torch.Tensor, sae, spec: SteeringSpec) -> torch.Tensor:
     """Apply one spec to residual-stream activations ``x`` [..., d] (the reference for every host)."""
+    if isinstance(spec, VectorSpec):
+        return steer_vector(x, spec)
     if spec.method not in METHODS:  # a third-party method (reason_steering_methods plugin)
         from reason_plugins.manager import get
 

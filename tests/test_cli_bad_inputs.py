@@ -51,6 +51,10 @@ def env(tmp_path_factory, llama_dir, sae_dirs, tokenizer_dir, scored_run, scored
             "run": str(scored_run), "data": str(scored_data), "file": str(root / "a_file"), "jsonl": str(root / "rows.jsonl"), "out": str(root / "out")}
 
 
+def V(e):  # a vector command up to its options
+    return ["vector", "--model", e["model"], "--dataset", e["data"], "--no-progress"]
+
+
 def S(e):  # a score command up to its options
     return ["score", "--model", e["model"], "--sae", e["sae"], "--dataset", e["data"], "--no-progress"]
 
@@ -108,6 +112,18 @@ CASES = [
      "--prompts is for --generate N", False),
     ("score tensor parallel without engine", lambda e: S(e) + ["--tensor-parallel-size", "2", "--out", e["out"]],
      "give --engine vllm", False),
+    # ---- vector: refused before the model loads
+    ("vector --out not safetensors", lambda e: V(e) + ["--hook", "layers.2", "--out", e["out"] + ".pt"],
+     "must end in .safetensors", False),
+    ("vector neither hook nor sae", lambda e: V(e) + ["--out", e["out"] + ".safetensors"], "give exactly one of --hook", False),
+    ("vector hook and sae", lambda e: V(e) + ["--hook", "layers.2", "--sae", e["sae"], "--out", e["out"] + ".safetensors"],
+     "give exactly one of --hook", False),
+    ("vector bad hook name", lambda e: V(e) + ["--hook", "layers.2.mlp", "--out", e["out"] + ".safetensors"],
+     "'layers.2.mlp' names no residual stream: expected 'blocks.<N>.hook_resid_post' (ours) or 'model.layers.<N>'", False),
+    ("vector --out is a dir", lambda e: V(e) + ["--hook", "layers.2", "--out", str(e["root"])], "must end in .safetensors", False),
+    ("vector --out uncreatable", lambda e: V(e) + ["--hook", "layers.2", "--out", UNCREATABLE + ".safetensors"], "cannot be created", False),
+    ("vector missing dataset", lambda e: ["vector", "--model", e["model"], "--hook", "layers.2", "--dataset", str(e["root"] / "no.jsonl"),
+                                          "--out", e["out"] + ".safetensors"], "no.jsonl' does not exist", False),
     # ---- contexts / control / dashboard / diff
     ("contexts n 0", lambda e: ["contexts", "--scores", e["run"], "--n", "0", "--out", e["out"]], "--n: expected an integer >= 1, got '0'", False),
     ("contexts window -3", lambda e: ["contexts", "--scores", e["run"], "--window", "-3", "--out", e["out"]],
@@ -299,6 +315,34 @@ def test_steered_vllm_refuses_before_the_engine(env, tmp_path, monkeypatch):
                                 "edits": [{"feature": 1, "mode": "set", "value": 1.0}]}))
     with pytest.raises(ValueError, match="blocks.9.hook_resid_post' is past the model's last layer"):
         SteeredVLLM(pretrained=env["model"], steer_path=str(spec))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("narrow.pt", r"vector .*narrow.pt at blocks.1.hook_resid_post .*has 16 values but model .* has hidden_size=128"),
+    ("nan.pt", r"nan.pt \[blocks.1.hook_resid_post\]: 'vector' has a non-finite value nan at index 3"),
+    ("action.pt", r"action.pt \[blocks.1.hook_resid_post\]: action 'project' is not one of"),
+    ("junk.pt", "junk.pt: not an lm-eval steering .pt file"),
+    ("junk.gguf", "junk.gguf: not a GGUF file"),
+])
+def test_steered_vllm_refuses_a_bad_vector_file_before_the_engine(env, tmp_path, monkeypatch, name, message):
+    import torch
+    from lm_eval.models.vllm_causallms import VLLM
+
+    from lm_eval_tasks.steered_vllm import SteeredVLLM
+
+    monkeypatch.setattr(VLLM, "__init__", lambda *a, **k: (_ for _ in ()).throw(StartedWork("engine started")))
+    v = torch.ones(128 if name != "narrow.pt" else 16)
+    if name == "nan.pt":
+        v[3] = float("nan")
+    path = tmp_path / name
+    if name.startswith("junk"):
+        path.write_bytes(b"GGUF\x03junk" if name.endswith(".gguf") else b"junk")
+    else:
+        torch.save({"layers.1": {"steering_vector": v, "steering_coefficient": 2.0, "action": "project" if name == "action.pt" else "add",
+                                 "bias": None, "head_index": None}}, path)
+    with pytest.raises(ValueError, match=message):
+        SteeredVLLM(pretrained=env["model"], steer_path=str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing half-written
 
 
 @pytest.mark.parametrize("readout, message", [

@@ -18,7 +18,7 @@ def _summary():
             "contexts": {7: {"max_act": 3.125, "frequency": 0.01}},
             "views": {k: f"views/{k}" for k in ("index", "contexts_html", "contexts_md", "control_json", "group_profile_png", "control_png")},
             "steering": {"dtype": "float32", "strength": 4.0, "rows": rows}, "sweep": {"feature": 7, "png": "sweep/sweep.png"},
-            "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "arms": ["baseline", "f7_s2", "f7_s4"],
+            "lm_eval": {"task": "champ", "plot": "lm_eval/compare.png", "n_problems": 8, "arms": ["baseline", "f7_s2", "f7_s2_dom", "f7_s2_random"],
                         "metrics": {}, "compare": {}, "dose_plot": "lm_eval/compare_dose.png",
                         "features_table": "| arm | task | feature | activity | comparison |\n| f7_s4 | champ | 7 | mean (output) | f7_s4 vs baseline |\n",
                         "features_plot": "lm_eval/compare_features.png",
@@ -26,6 +26,7 @@ def _summary():
                                  "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |\n"},
             "on_policy": {"dir": "reason_score_vllm", "top_offline": [7, 3, 11], "top_engine": [7, 11, 3], "overlap_top10": 3,
                           "max_rel_diff": 2.5e-07},
+            "diff_means": {"path": "reason_score/diff_means.safetensors", "norm": 3.21, "n_pos": 400, "n_neg": 3600},
             "seconds": 321.0, "step_seconds": {"model": 1.0, "sae": 100.0}}
 
 
@@ -38,7 +39,8 @@ def test_report_names_model_data_and_shows_tables():
     assert "| 3 | 0.0400" in text and "| – |" in text  # a feature without contexts shows a dash, not a crash
     assert "| baseline | – | p | 0 | 5 | – |" in text and "| 7 | 12.50 | p | 2 | 9 | 0.2500 |" in text
     assert "## Steering in vLLM (float32" in text and "![steering sweep](sweep/sweep.png)" in text
-    assert "## lm-eval: CHAMP subset (8 problems), 3 arms in one engine" in text and '"diff"' not in text
+    assert "## lm-eval: CHAMP subset (8 problems), 4 arms in one engine" in text and '"diff"' not in text
+    assert "`_dom`, the difference-of-means direction" in text and "|v| = 3.21 over 400 reasoning-word and 3600 other tokens" in text
     assert "| f7_s4 | exact_match | 0.125 | 0 | -0.125 [-0.375, +0] | 0.5 | 1 | 8 | inside the noise |" in text
     assert "![forest plot](lm_eval/compare.png)" in text and "![dose-response](lm_eval/compare_dose.png)" in text
     assert "| **total** | **321.0** |" in text

@@ -256,9 +256,9 @@ def test_listed_features_take_read_slots_and_top_k_takes_none():
     config = parse_config({"saes": [{"sae": "S", "hook": FIXTURE_HOOK}], "max_readout": 3})
     params = SimpleNamespace(extra_args={"readout": json.dumps([{"sae": "S", "hook": FIXTURE_HOOK, "features": [1, 2]}])})
     needed = slots_of(params)
-    assert needed == {("S", None, FIXTURE_HOOK, "read"): frozenset({(1,), (2,)})}
-    assert fits({("S", None, FIXTURE_HOOK, "read"): {(2,), (3,)}}, needed, config)  # 1, 2, 3: fits in 3
-    assert not fits({("S", None, FIXTURE_HOOK, "read"): {(4,), (5,)}}, needed, config)  # 1, 2, 4, 5: waits
+    assert needed == {(FIXTURE_HOOK, "read"): frozenset({(1,), (2,)})}  # one op per layer: the hook names it
+    assert fits({(FIXTURE_HOOK, "read"): {(2,), (3,)}}, needed, config)  # 1, 2, 3: fits in 3
+    assert not fits({(FIXTURE_HOOK, "read"): {(4,), (5,)}}, needed, config)  # 1, 2, 4, 5: waits
     top = SimpleNamespace(extra_args={"readout": json.dumps({"sae": "S", "hook": FIXTURE_HOOK, "top_k": 50})})
     assert slots_of(top) == {}
 

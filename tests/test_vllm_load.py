@@ -5,7 +5,9 @@ client from concurrent threads — loopback only, bounded in requests and time.
 The load: 200 requests, 64 distinct (layer, feature) edits over two layers with a catalogue of 4
 slots per layer (so the scheduler must hold requests back), unsteered requests mixed in, some with
 ``n=2``, some aborted mid-generation, a KV cache of 24 blocks of 32 tokens (preemption), prefix
-caching on, prompts up to ~150 tokens through 64-token chunked prefill. One request in five also
+caching on, prompts up to ~150 tokens through 64-token chunked prefill. One steered request in six
+carries a steering vector instead (16 distinct, add or clamp, at an SAE layer where they share the
+feature slots, or at a layer with no SAE), some of them beside a feature edit. One request in five also
 reads SAE features (listed ones, over 64 distinct among them with a read catalogue of 8 per layer,
 or a top-k; prompt, output or all positions; before or after its own edit). Pass: no engine death;
 every steered request reported with its spec hash and token count; a sample of greedy outputs
@@ -44,9 +46,22 @@ ENGINE = {"dtype": "float32", "max_model_len": 256, "seed": 0, "enforce_eager": 
 WORDS = "wait let me check the sum of seventeen and five hmm maybe alternatively therefore however but another".split()
 
 
+VECTOR_HOOK = "blocks.1.hook_resid_post"  # no SAE there: vectors alone
+
+
 def _steering_config(layer_saes):
     return {"saes": [{"sae": str(layer_saes[h][1]), "hook": h} for h in HOOKS], "max_edits": 2, "max_slots": MAX_SLOTS,
-            "max_readout": MAX_READOUT, "max_top_k": 8}
+            "max_readout": MAX_READOUT, "max_top_k": 8, "vector_hooks": [VECTOR_HOOK]}
+
+
+def _vector(k: int) -> dict:
+    """One of 16 distinct vectors: even k add at the vector-only layer, odd k clamp at the first SAE layer."""
+    import torch
+
+    v = torch.randn(128, generator=torch.Generator().manual_seed(100 + k)).tolist()
+    if k % 2 == 0:
+        return {"vector": v, "hook": VECTOR_HOOK, "coefficient": 4.0 + k}
+    return {"vector": v, "hook": HOOKS[0], "action": "clamp", "coefficient": float(k)}
 
 
 def _spec(layer_saes, hook, feature, value=25.0, mode="set"):
@@ -70,6 +85,9 @@ def load_requests(tokenizer, layer_saes):
             hook = HOOKS[i % 2]
             spec = _spec(layer_saes, hook, (i * 7) % 37 if hook == HOOKS[0] else (i * 5) % 31)
             steering = [spec, _spec(layer_saes, HOOKS[1], 3, 12.0, "add")] if i % 9 == 1 and hook == HOOKS[0] else spec
+            if i % 6 == 5:  # a steering vector instead, or beside a feature edit at another layer
+                vector = _vector((i // 6) % 16)
+                steering = [vector, _spec(layer_saes, HOOKS[1], 5, 20.0)] if i % 12 == 11 else vector
         readout = None
         if i % 5 == 0:
             hook = HOOKS[(i // 5) % 2]
@@ -80,8 +98,11 @@ def load_requests(tokenizer, layer_saes):
                          "max_tokens": 40 if i % 23 == 5 else 12, "n": 2 if i % 17 == 3 else 1,
                          "abort_after": 3 if i % 23 == 5 else None})
     distinct = {(s["hook"], e["feature"]) for r in requests if r["steering"]
-                for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]) for e in s["edits"]}
+                for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]) for e in s.get("edits", ())}
     assert len(distinct) >= 60 and len({h for h, _ in distinct}) == 2
+    vectors = {json.dumps(s["vector"][:2]) for r in requests if r["steering"]
+               for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]) if "vector" in s}
+    assert len(vectors) == 16
     read = {(r["readout"]["hook"], f) for r in requests if r["readout"] for f in r["readout"].get("features", ())}
     assert len(read) > 64 and any(r["readout"] and "top_k" in r["readout"] for r in requests)
     assert any(r["readout"] and r["n"] == 2 for r in requests) and any(r["readout"] and r["abort_after"] for r in requests)
@@ -152,8 +173,10 @@ def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, h
     for rid, ids in plain_tokens.items():
         assert outputs[rid] == [ids], rid  # unsteered: bit-identical to an engine without the plugin
     saes = {str(layer_saes[h][1]): SAE.load_from_disk(str(layer_saes[h][1])).eval() for h in HOOKS}
-    sample = [r for r in load_requests if r["steering"] and r["id"] in finished and r["n"] == 1][::15][:8]
-    assert len(sample) >= 6
+    steered = [r for r in load_requests if r["steering"] and r["id"] in finished and r["n"] == 1]
+    with_vector = [r for r in steered if any("vector" in s for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]))]
+    sample = steered[::15][:8] + with_vector[:4]
+    assert len(sample) >= 10
     for r in sample:
         specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
         assert outputs[r["id"]][0] == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0], r["id"]
@@ -334,6 +357,11 @@ def test_a_refused_spec_is_a_400_with_the_spec_error_and_the_server_keeps_servin
                                            max_tokens=4, extra_body=extra)
     assert info.value.status_code == 400
     assert "feature index 256 is out of range" in info.value.message and "d_sae=256" in info.value.message
+    narrow = {"vector": [1.0] * 100, "hook": VECTOR_HOOK}  # a vector of the wrong width: also the caller's 400
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny", prompt="What is 17 + 5?", max_tokens=4,
+                                  extra_body={"vllm_xargs": {"steering": json.dumps(narrow)}})
+    assert info.value.status_code == 400 and "has 100 values but the model's width is 128" in info.value.message
     good = _spec(layer_saes, HOOKS[1], 4)
     if endpoint == "chat":
         out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "What is 17 + 5?"}],

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from tests.support.cores import machine_cores
-from tests.support.references import hf_greedy
+from tests.support.references import hf_greedy, lm_eval_steered_greedy
 from tests.support.vllm_jobs import engine_env, run_job
 
 pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 10
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post", "blocks.3.hook_resid_post"]
+VECTOR_HOOK = "blocks.0.hook_resid_post"  # a layer steered by vectors alone (no SAE there)
 
 
 def _prompt_ids(tokenizer_dir, text):
@@ -41,7 +42,8 @@ def prompts(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def steering_config(layer_saes):
-    return {"saes": [{"sae": str(path), "hook": hook} for hook, (_, path) in layer_saes.items()], "capture": True}
+    return {"saes": [{"sae": str(path), "hook": hook} for hook, (_, path) in layer_saes.items()], "capture": True,
+            "vector_hooks": [VECTOR_HOOK]}
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +167,91 @@ def test_unappliable_specs_fail_the_request_clearly(engine, layer_saes, prompts,
            "TOPK-DELTA": spec(layer_saes, "blocks.1.hook_resid_post", [{"feature": 1, "value": 1.0}]),
            "STD-RECONSTRUCT": spec(layer_saes, "blocks.2.hook_resid_post", [{"feature": 1, "value": 1.0}], "reconstruct"),
            }.get(bad, bad) if isinstance(bad, str) else bad
+    with pytest.raises(SpecError, match=message):
+        engine.llm.generate([{"prompt_token_ids": prompts[0]}], _params_with(bad))
+    assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves
+
+
+# -- steering vectors: lm-eval's own `steered` hooks are the oracle --------------------------------------------------------
+
+def _vector_cases(tmp_path):
+    """Named requests as (lm-eval steer config, our steering): vectors given inline under lm-eval's hook names and
+    as files of the three formats (lm-eval .pt, repeng/llama.cpp GGUF, safetensors)."""
+    from safetensors.torch import save_file
+
+    from tests.support.vector_files import write_control_vector_gguf
+
+    g = torch.Generator().manual_seed(5)
+    a, b, c, bias = (torch.randn(128, generator=g) for _ in range(4))
+    entry = lambda v, coef, action, bias=None: {"steering_vector": v, "steering_coefficient": coef, "action": action, "bias": bias}  # noqa: E731
+    pt = {"layers.0": entry(a, 6.0, "add"), "layers.2": entry(b, 8.0, "clamp", 0.1 * bias)}
+    torch.save(pt, tmp_path / "steer.pt")
+    write_control_vector_gguf(tmp_path / "happy.gguf", {0: c.numpy(), 3: a.numpy()}, "llama")
+    save_file({"model.layers.3": b.contiguous()}, str(tmp_path / "dom.safetensors"))
+    inline = lambda hookpoint, e: {"vector": e["steering_vector"].tolist(), "hook": hookpoint, "action": e["action"],  # noqa: E731
+                                   "coefficient": e["steering_coefficient"],
+                                   **({"bias": e["bias"].tolist()} if e["bias"] is not None else {})}
+    return {
+        "add (vector-only layer)": ({"layers.0": pt["layers.0"]}, [inline("layers.0", pt["layers.0"])]),
+        "clamp + bias (SAE layer)": ({"layers.2": pt["layers.2"]}, [inline("model.layers.2", pt["layers.2"])]),
+        "lm-eval .pt file": (pt, [{"vector": str(tmp_path / "steer.pt"), "hook": h, "action": e["action"],
+                                   "coefficient": e["steering_coefficient"], **({"bias": e["bias"].tolist()} if e["bias"] is not None else {})}
+                                  for h, e in pt.items()]),
+        "repeng GGUF, 2 layers": ({"layers.0": entry(c, -4.0, "add"), "layers.3": entry(a, 5.0, "add")},
+                                  [{"vector": str(tmp_path / "happy.gguf"), "hook": "blocks.0.hook_resid_post", "coefficient": -4.0},
+                                   {"vector": str(tmp_path / "happy.gguf"), "hook": "blocks.3.hook_resid_post", "coefficient": 5.0}]),
+        "safetensors clamp": ({"layers.3": entry(b, 0.0, "clamp")},
+                              [{"vector": str(tmp_path / "dom.safetensors"), "hook": "blocks.3.hook_resid_post", "action": "clamp",
+                                "coefficient": 0.0}]),
+    }
+
+
+def test_vectors_equal_lm_eval_steered_hooks_in_one_mixed_batch(engine, hf_model, saes, layer_saes, prompts, tmp_path):
+    """Every reader and both actions, at a vector-only layer and at SAE layers, beside a feature edit
+    and unsteered requests in one batch: greedy tokens equal lm-eval's HF hooks, log-probs within 2e-3."""
+    cases = _vector_cases(tmp_path)
+    requests = [(name, prompts[i % len(prompts)], ours) for i, (name, (_, ours)) in enumerate(cases.items())]
+    requests += [("feature", prompts[1], [spec(layer_saes, *CASES["delta-set"][:2])]), ("none", prompts[2], None)]
+    outputs = generate(engine, [p for _, p, _ in requests], [s for _, _, s in requests], logprobs=True)
+    applied = engine.applied(outputs)
+    changed = 0
+    for (name, prompt, ours), out, report in zip(requests, outputs, applied):
+        tokens = list(out.outputs[0].token_ids)
+        if name in cases:
+            ref, ref_lp = lm_eval_steered_greedy(hf_model, prompt, cases[name][0], MAX_TOKENS)
+            assert report["tokens"] == len(prompt) + MAX_TOKENS - 1 and report["layers"], name
+        else:
+            ref, ref_lp = hf_greedy(hf_model, prompt, ours, saes, MAX_TOKENS)
+        assert tokens == ref, name
+        our_lp = [lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, tokens)]
+        assert max(abs(x - y) for x, y in zip(our_lp, ref_lp)) < 2e-3, name
+        changed += ours is not None and tokens != hf_greedy(hf_model, prompt, None, saes, MAX_TOKENS)[0]
+    assert changed >= 4  # strong enough to change what the model writes
+
+
+def test_a_vector_and_a_feature_edit_at_one_layer_read_the_same_stream(engine, hf_model, saes, layer_saes, prompts):
+    """At one layer every edit reads the stream before any of them; the HF reference sums their changes."""
+    g = torch.Generator().manual_seed(9)
+    both = [spec(layer_saes, "blocks.2.hook_resid_post", [{"feature": 7, "mode": "set", "value": 30.0}]),
+            {"vector": torch.randn(128, generator=g).tolist(), "hook": "blocks.2.hook_resid_post", "action": "clamp", "coefficient": 3.0}]
+    (out,) = generate(engine, [prompts[3]], [both])
+    assert list(out.outputs[0].token_ids) == hf_greedy(hf_model, prompts[3], both, saes, MAX_TOKENS)[0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"vector": [1.0] * 127, "hook": "blocks.0.hook_resid_post"}, "has 127 values but the model's width is 128"),
+    ('{"vector": [NaN], "hook": "blocks.0.hook_resid_post"}', "non-finite value nan at index 0"),
+    ({"vector": [1.0] * 128, "hook": "blocks.0.hook_resid_post", "action": "project"}, "action 'project' is not one of"),
+    ({"vector": [1.0] * 128, "hook": "model.layers.x"}, "names no residual stream"),
+    ({"vector": "/nope/v.pt", "hook": "layers.0"}, "vector file '/nope/v.pt' does not exist"),
+    ({"vector": "BADPT", "hook": "layers.0"}, "not an lm-eval steering .pt file"),
+])
+def test_bad_vectors_fail_the_request_before_it_is_queued(engine, prompts, tmp_path, bad, message):
+    from reason_plugins.spec import SpecError
+
+    if isinstance(bad, dict) and bad["vector"] == "BADPT":
+        (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+        bad = {**bad, "vector": str(tmp_path / "bad.pt")}
     with pytest.raises(SpecError, match=message):
         engine.llm.generate([{"prompt_token_ids": prompts[0]}], _params_with(bad))
     assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves

@@ -19,6 +19,9 @@ measured cost (``benchmarks/vllm_steering.py``, ``benchmarks/RESULTS.md``).
 step may list in ``features`` readouts; admitted like steering slots), ``max_top_k`` the largest
 ``top_k`` a readout may ask (0 turns top-k off; both 0 turn readout off), ``readout_memory_mb`` the
 host memory the workers keep for finished requests' readouts (oldest evicted first).
+``vector_hooks`` lists layers to steer with vectors only (``{"vector": ...}`` specs), where no SAE is
+loaded; a vector at a layer that has an SAE shares that SAE's op and its ``max_slots`` catalogue
+(one distinct vector = one slot, like one distinct feature).
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).
 """
@@ -30,7 +33,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reason_plugins.spec import AtHook, SpecError, hook_layer
+from reason_plugins.spec import AtHook, SpecError, canonical_hook, hook_layer
 
 ENV_VAR = "REASON_STEERING"
 CONFIG_KEY = "reason_steering"
@@ -57,6 +60,23 @@ class SteeringConfig:
     max_readout: int = DEFAULT_MAX_READOUT
     max_top_k: int = DEFAULT_MAX_TOP_K
     readout_memory_mb: int = DEFAULT_READOUT_MEMORY_MB
+    vector_hooks: tuple[str, ...] = ()
+
+    @property
+    def op_hooks(self) -> dict[str, tuple]:
+        """Every steered layer's hook -> the key of its op: the SAE's, or ``(None, None, hook)``."""
+        keys = {slot.hook: slot.key for slot in self.saes}
+        for hook in self.vector_hooks:
+            keys.setdefault(hook, (None, None, hook))
+        return keys
+
+    def op_key(self, hook: str) -> tuple:
+        """The key of the op at ``hook``; a ``SpecError`` naming the steered layers if there is none."""
+        key = self.op_hooks.get(hook)
+        if key is None:
+            raise SpecError(f"no steering op at {hook!r}: this engine steers at {sorted(self.op_hooks)} (a vector needs "
+                            "an SAE or a 'vector_hooks' entry at its layer in the steering config)")
+        return key
 
     def find(self, sae: str, sae_id: str | None, hook: str) -> SaeSlot:
         for slot in self.saes:
@@ -73,10 +93,11 @@ def parse_config(raw) -> SteeringConfig:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"{ENV_VAR} / {CONFIG_KEY} is neither JSON nor a JSON file: {raw[:200]!r}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("saes"), list) or not raw["saes"]:
-        raise SpecError(f"steering config must be {{'saes': [{{'sae': ..., 'hook': ...}}, ...]}}, got {raw!r}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("saes", []), list) or not (raw.get("saes") or raw.get("vector_hooks")):
+        raise SpecError(f"steering config must be {{'saes': [{{'sae': ..., 'hook': ...}}, ...], 'vector_hooks': [...]}} "
+                        f"with at least one of them, got {raw!r}")
     slots = []
-    for i, entry in enumerate(raw["saes"]):
+    for i, entry in enumerate(raw.get("saes") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("sae"), str):
             raise SpecError(f"steering config saes[{i}] needs an 'sae' (release or path), got {entry!r}")
         hook = entry.get("hook")
@@ -100,11 +121,16 @@ def parse_config(raw) -> SteeringConfig:
         value = sizes[name] = raw.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SpecError(f"steering config: {name} must be an integer >= {low}, got {value!r}")
-    known = ("saes", "max_edits", "max_slots", "capture", *sizes)
+    vector_hooks = raw.get("vector_hooks") or []
+    if not isinstance(vector_hooks, list):
+        raise SpecError(f"steering config: vector_hooks must be a list of hooks, got {vector_hooks!r}")
+    vector_hooks = tuple(dict.fromkeys(canonical_hook(h, "steering config vector_hooks") for h in vector_hooks))
+    known = ("saes", "vector_hooks", "max_edits", "max_slots", "capture", *sizes)
     unknown = set(raw) - set(known)
     if unknown:
         raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected {', '.join(known)}")
-    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots, **sizes)
+    return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots, **sizes,
+                          vector_hooks=vector_hooks)
 
 
 def config_from(vllm_config) -> SteeringConfig | None:

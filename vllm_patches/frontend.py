@@ -6,7 +6,8 @@ layer this engine was not configured with, a feature index >= d_sae, a method wi
 for that SAE (``delta`` on a TopK SAE; ``delta``/``direction`` on an SAE that normalises each
 input), ``reconstruct`` where no full SAE is loaded, more than ``max_edits`` edits at one layer —
 checked with the same rules the worker applies (``reason_plugins.steering.per_feature_refusal``,
-``needs_full_sae``). It is public and stable: other pre-engine checks call it.
+``needs_full_sae``); for a vector spec, a layer with no op, a length other than the model's width. It
+is public and stable: other pre-engine checks call it.
 
 ``check_readout`` does the same for a request's feature readout (``extra_args["readout"]``): the SAE
 and hook must be one the engine loads, every listed feature < d_sae and at most ``max_readout`` of
@@ -32,7 +33,7 @@ from functools import lru_cache
 from vllm.exceptions import VLLMValidationError
 
 from reason_plugins.readout import ReadoutSpec, check_against, parse_readout
-from reason_plugins.spec import METHODS, SpecError, SteeringSpec, check_feature_index, parse_steering, specs_hash
+from reason_plugins.spec import METHODS, SpecError, VectorSpec, check_feature_index, parse_steering, specs_hash
 from reason_plugins.steering import needs_full_sae, per_feature_refusal
 from vllm_patches.config import SteeringConfig
 
@@ -53,14 +54,30 @@ def _shape(sae: str, sae_id: str | None) -> dict:
     return sae_shape(sae, sae_id)
 
 
-def check_specs(raw, config: SteeringConfig | None) -> list[SteeringSpec]:
-    """Parse and validate a request's steering against the engine config; returns the specs.
+def _check_vector(spec: VectorSpec, config: SteeringConfig, d_model: int | None) -> None:
+    key = config.op_key(spec.hook)
+    width = d_model if d_model is not None else int(_shape(key[0], key[1])["d_in"]) if key[0] is not None else None
+    if width is not None and len(spec.vector) != width:
+        raise SpecError(f"{spec.describe()}: the vector has {len(spec.vector)} values but the model's width is {width}")
+
+
+def check_specs(raw, config: SteeringConfig | None, d_model: int | None = None) -> list:
+    """Parse and validate a request's steering against the engine config (and ``d_model``, the model's
+    width, which vector lengths must equal); returns the specs.
     Raises ``reason_plugins.spec.SpecError`` naming the bad value and what was expected."""
     specs = parse_steering(raw)
     if specs and config is None:
         raise SpecError("this request asks for steering but the engine was started without a steering config "
                         "(additional_config={'reason_steering': {...}} or REASON_STEERING)")
+    edits_at: dict[str, int] = {}
     for spec in specs:
+        edits_at[spec.hook] = edits_at.get(spec.hook, 0) + (1 if isinstance(spec, VectorSpec) else len(spec.edits))
+        if edits_at[spec.hook] > config.max_edits:
+            raise SpecError(f"{edits_at[spec.hook]} edits at {spec.hook} exceed max_edits={config.max_edits} per request "
+                            "(a vector counts as one edit)")
+        if isinstance(spec, VectorSpec):
+            _check_vector(spec, config, d_model)
+            continue
         if spec.method not in METHODS:
             raise SpecError(f"method {spec.method!r} is a plugin method for hook-based steering; the vLLM op runs {METHODS}")
         slot = config.find(spec.sae, spec.sae_id, spec.hook)
@@ -74,8 +91,6 @@ def check_specs(raw, config: SteeringConfig | None) -> list[SteeringSpec]:
         full_sae = slot.reconstruct if slot.reconstruct is not None else needs_full_sae(shape["architecture"], normalisation)
         if spec.method == "reconstruct" and not full_sae:
             raise SpecError(f"the SAE at {spec.hook} is not configured for 'reconstruct' (set \"reconstruct\": true in the steering config)")
-        if len(spec.edits) > config.max_edits:
-            raise SpecError(f"{len(spec.edits)} edits at {spec.hook} exceed max_edits={config.max_edits} per request")
     return specs
 
 
@@ -108,14 +123,17 @@ def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -
     return specs
 
 
-def prepare_request(params, config: SteeringConfig | None, request_id: str | None = None, graphs: bool = False) -> str | None:
+def prepare_request(params, config: SteeringConfig | None, request_id: str | None = None, graphs: bool = False,
+                    d_model: int | None = None) -> str | None:
     """Validate and normalise ``params.extra_args["steering"]`` and ``["readout"]`` in place; returns
-    the prefix-cache salt (None: the request may share cached blocks with any other)."""
+    the prefix-cache salt (None: the request may share cached blocks with any other). A vector given
+    as a file path is read here: the engine gets its numbers."""
     extra = getattr(params, "extra_args", None)
     if not extra:
         return None
     salts = []
-    for field, check in (("steering", check_specs), ("readout", lambda raw, cfg: check_readout(raw, cfg, graphs=graphs))):
+    for field, check in (("steering", lambda raw, cfg: check_specs(raw, cfg, d_model)),
+                         ("readout", lambda raw, cfg: check_readout(raw, cfg, graphs=graphs))):
         if extra.get(field) is None:
             continue
         try:

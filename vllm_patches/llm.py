@@ -23,9 +23,9 @@ from vllm_patches.request_ids import belongs_to
 
 
 class SteeredLLM:
-    def __init__(self, model: str, saes: list[dict], max_edits: int = 16, capture: bool = False,
+    def __init__(self, model: str, saes: list[dict] | None = None, max_edits: int = 16, capture: bool = False,
                  max_slots: int | None = None, max_readout: int | None = None, max_top_k: int | None = None,
-                 readout_memory_mb: int | None = None, **llm_kwargs):
+                 readout_memory_mb: int | None = None, vector_hooks: list[str] | None = None, **llm_kwargs):
         from vllm import LLM
 
         import vllm_patches
@@ -35,7 +35,9 @@ class SteeredLLM:
 
         vllm_patches.register()  # also when the entry point was not picked up (e.g. VLLM_PLUGINS set)
         extra = dict(llm_kwargs.pop("additional_config", None) or {})
-        extra[CONFIG_KEY] = {"saes": saes, "max_edits": max_edits, "capture": capture}
+        extra[CONFIG_KEY] = {"saes": list(saes or []), "max_edits": max_edits, "capture": capture}
+        if vector_hooks:  # layers steered by vectors alone (no SAE there)
+            extra[CONFIG_KEY]["vector_hooks"] = list(vector_hooks)
         # catalogue and readout sizes (defaults: vllm_patches.config)
         for name, value in (("max_slots", max_slots), ("max_readout", max_readout), ("max_top_k", max_top_k),
                             ("readout_memory_mb", readout_memory_mb)):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from reason_plugins.cli_args import UserError, looks_local
 from reason_plugins.files import read_json
-from reason_plugins.spec import check_feature_index, hook_layer, parse_steering
+from reason_plugins.spec import SteeringSpec, VectorSpec, check_feature_index, hook_layer, parse_steering
 
 
 def model_shape(model: str) -> dict:
@@ -91,6 +91,11 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
         if layer >= shape["num_hidden_layers"]:
             raise UserError(f"hook {spec.hook!r} is past the model's last layer (model {str(model)!r} has "
                             f"{shape['num_hidden_layers']} layers: blocks.0 .. blocks.{shape['num_hidden_layers'] - 1})")
+        if isinstance(spec, VectorSpec):
+            if len(spec.vector) != shape["hidden_size"]:
+                raise UserError(f"{spec.describe()}: the vector has {len(spec.vector)} values but model {str(model)!r} "
+                                f"has hidden_size={shape['hidden_size']}")
+            continue
         if (spec.sae, spec.sae_id) not in infos:
             infos[(spec.sae, spec.sae_id)] = sae_info(spec.sae, spec.sae_id)
         info = infos[(spec.sae, spec.sae_id)]
@@ -103,21 +108,34 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
         for edit in getattr(spec, "edits", ()):
             check_feature_index(edit.feature, int(info["d_sae"]), f"SAE {spec.sae!r}", error=UserError)
     if parsed or reads:
-        config = parse_config({"saes": engine_saes(parsed, reads), "max_edits": int(max_edits)})
+        config = parse_config({**engine_config(parsed, reads), "max_edits": int(max_edits)})
         if parsed:
-            check_specs([s.to_dict() for s in parsed], config)
+            check_specs(parsed, config, shape["hidden_size"])
         if reads:
             check_readout([r.to_dict() for r in reads], config)
     return parsed
 
 
+def engine_config(specs, readouts=None) -> dict:
+    """``{"saes", "vector_hooks"}`` of the steering config an engine needs for these specs and readouts:
+    the SAEs (``engine_saes``) and the layers that only vectors steer."""
+    from reason_plugins.spec import parse_any
+
+    steering = [s if isinstance(s, (SteeringSpec, VectorSpec)) else parse_any(s) for s in specs or ()]
+    saes = engine_saes([s for s in steering if isinstance(s, SteeringSpec)], readouts)
+    with_sae = {s["hook"] for s in saes}
+    vector_hooks = sorted({s.hook for s in steering if isinstance(s, VectorSpec)} - with_sae)
+    return {"saes": saes, **({"vector_hooks": vector_hooks} if vector_hooks else {})}
+
+
 def engine_saes(specs, readouts=None) -> list[dict]:
     """The steering config's ``saes`` an engine needs for these steering specs and readouts (the
-    full-SAE ``reconstruct`` path where a spec asks for it)."""
+    full-SAE ``reconstruct`` path where a spec asks for it; vector specs need none)."""
     from reason_plugins.readout import parse_readout
-    from reason_plugins.spec import SteeringSpec, parse_spec
+    from reason_plugins.spec import parse_any
 
-    steering = [s if isinstance(s, SteeringSpec) else parse_spec(s) for s in specs or ()]  # several arms: one SAE twice is fine
+    steering = [s if isinstance(s, (SteeringSpec, VectorSpec)) else parse_any(s) for s in specs or ()]
+    steering = [s for s in steering if isinstance(s, SteeringSpec)]  # several arms: one SAE twice is fine
     slots: dict[tuple, dict] = {}
     for spec in [*steering, *parse_readout(readouts or None)]:
         slot = slots.setdefault(spec.key, {"sae": spec.sae, "sae_id": spec.sae_id, "hook": spec.hook})

@@ -9,6 +9,16 @@ forms (a path to a file, JSON text, or the decoded object when ``--model_args`` 
 - ``{"sweep": {"sae", "sae_id", "hook", "method", "features": [...], "strengths": [...],
   "max_activation": {feature: value} | number}}`` -> the baseline + one arm ``f<feature>_s<strength>``
   per (feature, strength), ``set`` feature := strength x max_activation (the paper's clamp);
+  with ``"controls": ["random", "diff_means"]`` (``"diff_means": FILE``, ``"control_seed"``) each such
+  arm gets its control twins ``..._random`` and ``..._dom`` (``control_spec``);
+- an arm ``{"name", "control": {"kind": "random" | "diff_means", "sae", "sae_id", "hook", "feature",
+  "value", "seed", "vector"}}``: one control twin on its own.
+
+A control twin adds a direction other than the feature's with the feature arm's strength: the unit
+direction (a seeded Gaussian draw, or the difference-of-means vector of ``reason-sae vector``) scaled
+to the feature's decoder norm |W_dec[f]|, times the arm's value, at the feature's hook. Where the
+feature is silent (most tokens), the feature arm adds value x W_dec[f]: the twin's change has the same
+norm there, pointing elsewhere. The seed and the norm are recorded in the arm (``Arm.meta``).
 - a ``.jsonl`` file of ``{"feature_idx", "max_activation", "strength"}`` lines (the public scripts'
   form; the SAE comes from the run's ``sae_release`` / ``sae_id``) -> the baseline + one arm per line;
 - an lm-eval ``steered`` ``.csv`` -> the baseline + one arm per row (``steer_args.csv_specs`` math).
@@ -20,11 +30,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, VectorSpec, parse_spec, parse_steering
 
 BASELINE = "baseline"
 _NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
@@ -34,6 +44,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
 class Arm:
     name: str
     specs: tuple[SteeringSpec, ...] = ()
+    meta: dict = field(default_factory=dict, compare=False, hash=False)  # how a control arm was made
 
     @property
     def steering(self) -> list[dict] | None:
@@ -41,7 +52,7 @@ class Arm:
         return [s.to_dict() for s in self.specs] or None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "steering": self.steering}
+        return {"name": self.name, "steering": self.steering, **({"meta": self.meta} if self.meta else {})}
 
 
 def _num_name(x: float) -> str:
@@ -73,6 +84,63 @@ def clamp_spec(sae: str, sae_id: str | None, feature: int, strength: float, max_
                        "edits": [{"feature": feature, "mode": "set", "value": value}]}, where)
 
 
+CONTROLS = {"random": "random", "diff_means": "dom"}  # control kind -> arm-name suffix
+
+
+def control_spec(kind: str, sae: str, sae_id: str | None, feature: int, value: float, hook: str | None = None,
+                 seed: int = 0, vector=None, where: str = "control arm") -> tuple[VectorSpec, dict]:
+    """A feature arm's control twin (see the module docstring) and what to record of it."""
+    import torch
+
+    from reason_plugins.saes import load_sae
+    from reason_plugins.spec import check_feature_index, parse_vector_spec
+
+    if kind not in CONTROLS:
+        raise SpecError(f"{where}: control kind {kind!r} is not one of {sorted(CONTROLS)}")
+    sae_obj = load_sae(str(sae), sae_id)
+    hook = _hook(str(sae), sae_id, hook)
+    check_feature_index(feature, int(sae_obj.cfg.d_sae), owner=f"SAE {sae!r}", what=f"{where}: feature", error=SpecError)
+    norm = float(sae_obj.W_dec.detach()[int(feature)].double().norm())
+    meta = {"control": kind, "feature": int(feature), "value": float(value), "decoder_norm": norm, "hook": hook}
+    if kind == "random":
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SpecError(f"{where}: seed must be a non-negative integer, got {seed!r}")
+        direction = torch.randn(int(sae_obj.cfg.d_in), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        meta["seed"] = seed
+    else:
+        if vector is None:
+            raise SpecError(f"{where}: a diff_means control needs 'vector' (a `reason-sae vector` .safetensors file)")
+        direction = torch.tensor(parse_vector_spec({"vector": vector, "hook": hook}, where).vector, dtype=torch.float64)
+        meta["vector"] = str(vector) if isinstance(vector, (str, Path)) else "inline"
+    if len(direction) != int(sae_obj.cfg.d_in) or float(direction.norm()) == 0.0:
+        raise SpecError(f"{where}: the {kind} direction has {len(direction)} values and norm {float(direction.norm()):g}; "
+                        f"expected {sae_obj.cfg.d_in} values, not all zero")
+    spec = parse_vector_spec({"vector": (direction / direction.norm() * norm).tolist(), "hook": hook,
+                              "coefficient": float(value), "action": "add"}, where)
+    return spec, meta
+
+
+def _control_arm(entry: dict, defaults: dict, where: str) -> tuple[tuple, dict]:
+    c = entry["control"]
+    if not isinstance(c, dict):
+        raise SpecError(f"{where}: 'control' must be an object {{kind, sae, feature, value, seed | vector}}, got {c!r}")
+    unknown = set(c) - {"kind", "sae", "sae_id", "hook", "feature", "value", "seed", "vector"}
+    missing = [k for k in ("kind", "feature", "value") if k not in c]
+    if unknown or missing:
+        raise SpecError(f"{where}: control {'has unknown key(s) ' + str(sorted(unknown)) if unknown else 'lacks ' + str(missing)}; "
+                        "expected kind, sae, sae_id, hook, feature, value, seed (random) or vector (diff_means)")
+    sae = c.get("sae", defaults.get("sae_release"))
+    if sae is None:
+        raise SpecError(f"{where}: control names no SAE (give 'sae', or sae_release in the model_args)")
+    try:
+        value = float(c["value"])
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}: control value must be a number, got {c['value']!r}") from None
+    spec, meta = control_spec(c["kind"], sae, c.get("sae_id", defaults.get("sae_id")), c["feature"], value, c.get("hook"),
+                              c.get("seed", 0), c.get("vector"), where)
+    return (spec,), meta
+
+
 def expand_sweep(sweep: dict) -> list[Arm]:
     where = "arms sweep"
     if not isinstance(sweep, dict):
@@ -81,6 +149,11 @@ def expand_sweep(sweep: dict) -> list[Arm]:
     if missing:
         raise SpecError(f"{where}: missing key(s) {missing}; expected sae, sae_id, hook, method, features, strengths, max_activation")
     features, strengths, max_act = sweep["features"], sweep["strengths"], sweep["max_activation"]
+    controls = sweep.get("controls") or []
+    if not isinstance(controls, list) or any(c not in CONTROLS for c in controls):
+        raise SpecError(f"{where}: 'controls' must be a list of {sorted(CONTROLS)}, got {controls!r}")
+    if "diff_means" in controls and not sweep.get("diff_means"):
+        raise SpecError(f"{where}: the diff_means control needs 'diff_means': a `reason-sae vector` .safetensors file")
     if not isinstance(features, list) or not features or not isinstance(strengths, list) or not strengths:
         raise SpecError(f"{where}: 'features' and 'strengths' must be non-empty lists, got {features!r} and {strengths!r}")
     arms = [Arm(BASELINE)]
@@ -94,7 +167,12 @@ def expand_sweep(sweep: dict) -> list[Arm]:
         for strength in strengths:
             spec = clamp_spec(sweep["sae"], sweep.get("sae_id"), feature, strength, value, sweep.get("hook"),
                               sweep.get("method"), f"{where} feature {feature} strength {strength}")
-            arms.append(Arm(f"f{int(feature)}_s{_num_name(float(strength))}", (spec,)))
+            name = f"f{int(feature)}_s{_num_name(float(strength))}"
+            arms.append(Arm(name, (spec,)))
+            for kind in controls:
+                twin, meta = control_spec(kind, sweep["sae"], sweep.get("sae_id"), int(feature), spec.edits[0].value, spec.hook,
+                                          sweep.get("control_seed", 0), sweep.get("diff_means"), f"{where} {name} {kind} control")
+                arms.append(Arm(f"{name}_{CONTROLS[kind]}", (twin,), {**meta, "twin_of": name}))
     return arms
 
 
@@ -118,7 +196,10 @@ def _from_list(entries, defaults: dict) -> list[Arm]:
         where = f"arms[{i}]"
         if not isinstance(entry, dict) or "name" not in entry:
             raise SpecError(f"{where}: expected an object with 'name' and 'steering', got {entry!r}")
-        if entry.get("sae_feature_idx") is not None:
+        meta = {}
+        if entry.get("control") is not None:
+            specs, meta = _control_arm(entry, defaults, f"{where} ({entry['name']})")
+        elif entry.get("sae_feature_idx") is not None:
             specs = _reference_arm(entry, defaults, f"{where} ({entry['name']})")
         else:
             if "steering" not in entry:
@@ -127,7 +208,7 @@ def _from_list(entries, defaults: dict) -> list[Arm]:
                 specs = tuple(parse_steering(entry["steering"]))
             except SpecError as exc:
                 raise SpecError(f"{where} ({entry['name']}): {exc}") from exc
-        arms.append(Arm(str(entry["name"]), specs))
+        arms.append(Arm(str(entry["name"]), specs, meta))
     return arms
 
 

@@ -30,6 +30,7 @@ _OUR_PACKAGES = tuple(str(Path(__file__).resolve().parents[2] / p) + os.sep  # t
 SUBCOMMANDS = {
     "demo": ("reason_plugins.app.demo", "the main job on the packaged real model (SmolLM2-135M-Instruct) over CHAMP text: SAE, ReasonScore, views, steering, lm-eval; --model tiny for the synthetic one"),
     "score": ("sae_lens_ext.cli.score", "rank SAE features by ReasonScore (paper defaults), or merge shard runs"),
+    "vector": ("sae_lens_ext.cli.vector", "the difference-of-means steering direction over ReasonScore's token sets (safetensors)"),
     "train": ("sae_lens_ext.cli.train", "train a registered SAE recipe (paper configs for the R1 distills) with SAELens's runner"),
     "data": ("sae_lens_ext.cli.data", "tokenise LMSYS-Chat / OpenThoughts files into SAELens-ready datasets"),
     "steer": ("vllm_patches.cli.steer", "generate baseline vs SAE-feature-steered text with the vLLM plugin"),

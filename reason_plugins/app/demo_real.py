@@ -115,11 +115,13 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
         shutil.rmtree(out / "sae")
     shutil.copytree(sae_cache, out / "sae")
 
-    print(f"[3/{steps}] ReasonScore of every feature over {score_rows} rows of held-out CHAMP text")
+    print(f"[3/{steps}] ReasonScore of every feature over {score_rows} rows of held-out CHAMP text, and the "
+          "difference-of-means direction over the same token sets")
     held_out = scoring_rows(tokenizer, score_rows, seed)
     result = timer.step("reason_score", score_to_dir, model_dir, str(out / "sae"), held_out, out / "reason_score", top_k=10,
                         ignore_tokens=["bos", "eos", "pad"], progress=True)
     top = result.top(10)
+    dom = timer.step("diff_means", diff_means_vector, model_dir, held_out, hook, out / "reason_score" / "diff_means.safetensors")
 
     print(f"[4/{steps}] the top features: SAEDashboard pages (real text), top contexts, token-driven control")
     features = [f["feature"] for f in top[:5]]
@@ -130,7 +132,8 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                "data": "CHAMP (champ-dataset 1.0.0): GPT-3.5/GPT-4/GPT-4 Turbo/PaLM 2 transcripts + problem statements/hints",
                "sae_dir": str(out / "sae"), "sae_cache": str(sae_cache), "sae_tokens": sae_tokens, "score_rows": score_rows,
                "top_features": top, "contexts": {f: {k: contexts[f][k] for k in ("max_act", "frequency")} for f in features if f in contexts},
-               "views": {k: str(Path(v).relative_to(out)) for k, v in views.items() if k != "pages"}}
+               "views": {k: str(Path(v).relative_to(out)) for k, v in views.items() if k != "pages"},
+               "diff_means": {**dom, "path": str(Path(dom["path"]).relative_to(out))}}
     if vllm:
         print(f"[5/{steps}] ReasonScore from the vLLM engine (on-policy scoring path) over the same rows, beside the offline one")
         summary["on_policy"] = timer.step("reason_score_vllm", on_policy_scores, model_dir, out, result, score_rows)
@@ -139,15 +142,15 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
         summary["steering"], summary["sweep"] = timer.step("vllm", steer_in_vllm, model_dir, out, hook, chosen,
                                                            {f: contexts[f]["max_act"] for f in chosen}, steer_strength,
                                                            max_tokens, dtype)
-        print(f"[7/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + top features at two strengths "
-              "in one engine (--model steered_vllm arms=, readout= the top features)")
+        print(f"[7/{steps}] lm-eval: CHAMP subset ({eval_problems} problems), baseline + the top feature at two strengths "
+              "+ its difference-of-means and random-direction twins, in one engine (--model steered_vllm arms=, readout=)")
         from lm_eval_tasks.run_arms import run_demo_arms
 
-        arm_features = {f: contexts[f]["max_act"] for f in chosen[:2]}
+        arm_features = {f: contexts[f]["max_act"] for f in chosen[:1]}
         readout = {"sae": str(out / "sae"), "hook": hook, "features": features[:3]}
         ev = timer.step("lm_eval", run_demo_arms, model_dir, out / "sae", hook, arm_features, out / "lm_eval", task="champ",
                         strengths=(steer_strength / 2, steer_strength), n_problems=eval_problems, max_gen_toks=2 * max_tokens,
-                        readout=readout)
+                        readout=readout, diff_means=dom["path"])
         summary["lm_eval"] = {"task": "champ", "plot": str(Path(ev["plot"]).relative_to(out)), "n_problems": ev["n_problems"],
                               "arms": [a["name"] for a in ev["arms"]], "metrics": ev["metrics"],
                               "table": Path(ev["plots"]["markdown"]).read_text(), "compare": ev["compare"],
@@ -164,6 +167,15 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     write_json_atomic(out / "report.json", summary)
     write_text_atomic(out / "report.md", report_markdown(summary))
     return out / "report.md"
+
+
+def diff_means_vector(model_dir: str, rows, hook: str, path: Path) -> dict:
+    """The difference-of-means direction over ReasonScore's token sets on the same rows (``reason-sae vector``)."""
+    from sae_lens_ext.reason_score.direction import diff_of_means, write_direction
+
+    result = diff_of_means(model_dir, rows, hook, ignore_tokens=["bos", "eos", "pad"], context_size=len(rows[0]["tokens"]))
+    return {"path": str(write_direction(result, path)), "norm": float(result["vector"].norm()), "n_pos": result["n_pos"],
+            "n_neg": result["n_neg"]}
 
 
 def on_policy_scores(model_dir: str, out: Path, offline, rows: int) -> dict:
@@ -279,9 +291,13 @@ def report_markdown(s: dict) -> str:
     if "lm_eval" in s:
         ev = s["lm_eval"]
         lines += [f"## lm-eval: CHAMP subset ({ev['n_problems']} problems), {len(ev['arms'])} arms in one engine", "",
-                  "One lm-eval run with `steered_vllm` and `arms=` (baseline + top features at two strengths, value = strength x "
-                  "max activation), greedy, answers judged by math-verify; each arm vs the baseline with its 95% bootstrap "
-                  "interval, a paired test and Holm-adjusted p-values over every arm and metric:", "",
+                  "One lm-eval run with `steered_vllm` and `arms=`: the baseline, the top feature at two strengths (value = "
+                  "strength x max activation) and, beside each, two control arms that add another direction with the same norm "
+                  "and strength: `_dom`, the difference-of-means direction over ReasonScore's token sets (`reason-sae vector`, "
+                  f"|v| = {s['diff_means']['norm']:.3g} over {s['diff_means']['n_pos']} reasoning-word and "
+                  f"{s['diff_means']['n_neg']} other tokens), and `_random`, a seeded random direction. Greedy, answers judged "
+                  "by math-verify; each arm vs the baseline with its 95% bootstrap interval, a paired test and Holm-adjusted "
+                  "p-values over every arm and metric together:", "",
                   ev["table"], "", "Full comparison: `lm_eval/compare.json`.", "", f"![forest plot]({ev['plot']})", ""]
         if ev.get("dose_plot"):
             lines += [f"![dose-response]({ev['dose_plot']})", ""]

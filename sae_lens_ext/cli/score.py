@@ -90,13 +90,7 @@ def check_args(args) -> None:
         raise UserError("--model and --sae are required (or --merge SHARD_DIR ...)")
     if args.chunk_index >= args.num_chunks:
         raise UserError(f"--chunk-index {args.chunk_index} is out of range (expected 0..{args.num_chunks - 1} for --num-chunks {args.num_chunks})")
-    check_ref(args.model, "--model", "model directory")
-    check_ref(args.sae, "--sae", "SAE directory")
-    check_ref(args.dataset, "--dataset", "dataset (saved dir or .json/.jsonl/.parquet file)")
-    if Path(args.dataset).suffix in (".json", ".jsonl", ".parquet"):
-        check_file(args.dataset, "--dataset", "data file")
-    if args.vocabulary.endswith(".json"):
-        check_file(args.vocabulary, "--vocabulary", "JSON file of strings")
+    check_inputs(args)
     from reason_plugins.manager import get
 
     if args.engine != "hf":
@@ -111,6 +105,17 @@ def check_args(args) -> None:
         args.prompt_list = read_prompts(args.prompts)
     elif args.prompts:
         raise UserError("--prompts is for --generate N (the model's own continuations)")
+
+
+def check_inputs(args) -> None:
+    """``--model``, ``--sae``, ``--dataset``, ``--vocabulary``: paths that exist, or what can only be hub names."""
+    check_ref(args.model, "--model", "model directory")
+    check_ref(args.sae, "--sae", "SAE directory")
+    check_ref(args.dataset, "--dataset", "dataset (saved dir or .json/.jsonl/.parquet file)")
+    if Path(args.dataset).suffix in (".json", ".jsonl", ".parquet"):
+        check_file(args.dataset, "--dataset", "data file")
+    if args.vocabulary.endswith(".json"):
+        check_file(args.vocabulary, "--vocabulary", "JSON file of strings")
 
 
 def read_prompts(path) -> list[str]:

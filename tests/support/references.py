@@ -90,11 +90,17 @@ def hf_greedy(model, prompt_ids, specs, saes, max_tokens: int, decode_only=False
     from reason_plugins.hf_hooks import steered
     from reason_plugins.spec import parse_steering
 
-    ids = torch.tensor([prompt_ids])
     parsed = parse_steering(specs) if specs else []
-    out, logprobs = [], []
     positions = (lambda n: torch.arange(n) >= len(prompt_ids)) if decode_only else None
-    with steered(model, parsed, saes, positions=positions), torch.no_grad():
+    with steered(model, parsed, saes, positions=positions):
+        return greedy(model, prompt_ids, max_tokens)
+
+
+def greedy(model, prompt_ids, max_tokens: int):
+    """Greedy decoding (the whole sequence re-run each step, so hooks see every position): tokens, log-probs."""
+    ids = torch.tensor([prompt_ids])
+    out, logprobs = [], []
+    with torch.no_grad():
         for _ in range(max_tokens):
             logits = model(ids).logits[0, -1]
             token = int(logits.argmax())
@@ -133,3 +139,26 @@ def hf_features(model, token_ids, steering, saes, readouts):
         h.remove()
     with torch.no_grad():
         return {r.hook: saes[r.sae].encode(captured[r.hook]).float() for r in reads}
+
+
+def lm_eval_steered_greedy(model, prompt_ids, steer_config: dict, max_tokens: int):
+    """Greedy decoding steered by lm-eval's own ``steered`` model code (``lm_eval.models.hf_steered``:
+    its ``steer`` hooks and ``SteeredModel.add`` / ``.clamp``) from a ``{hookpoint: {steering_vector,
+    steering_coefficient, action, bias}}`` dict, as its ``__init__`` builds them: the independent
+    oracle for vector specs."""
+    from functools import partial
+
+    from lm_eval.models.hf_steered import SteeredModel, steer
+
+    hooks = {}
+    for hookpoint, info in steer_config.items():
+        vector = info["steering_vector"].to(model.dtype)
+        coefficient = float(info.get("steering_coefficient", 1.0))
+        bias = info.get("bias")
+        if info["action"] == "add":
+            hooks[hookpoint] = partial(SteeredModel.add, vector=vector * coefficient, head_index=None)
+        else:
+            hooks[hookpoint] = partial(SteeredModel.clamp, direction=vector / torch.norm(vector), value=coefficient,
+                                       bias=None if bias is None else bias.to(model.dtype), head_index=None)
+    with steer(model, hooks):
+        return greedy(model, prompt_ids, max_tokens)

@@ -1,7 +1,8 @@
 """Steering slots as a scheduler resource, admitted the way vLLM admits LoRA adapters.
 
-Each steering op holds a fixed catalogue of ``max_slots`` slots per path ("rows": one per distinct
-(method, feature) of delta/direction edits; "rec": one per distinct reconstruct edit) and one of
+Each steering op (one per steered layer) holds a fixed catalogue of ``max_slots`` slots per path
+("rows": one per distinct (method, feature) of delta/direction edits and one per distinct steering
+vector; "rec": one per distinct reconstruct edit) and one of
 ``max_readout`` slots for the features that ``features`` readouts list ("read"). The requests
 scheduled together in one step must fit them. vLLM's scheduler keeps a waiting LoRA request
 waiting while ``max_loras`` other adapters are in the batch; this module does the same for slots:
@@ -28,7 +29,7 @@ import logging
 from functools import lru_cache
 
 from reason_plugins.readout import parse_readout
-from reason_plugins.spec import SpecError, parse_steering
+from reason_plugins.spec import SpecError, VectorSpec, parse_steering
 
 logger = logging.getLogger("reason_plugins.vllm")
 
@@ -61,16 +62,22 @@ def slot_ident(spec, edit) -> tuple[str, tuple]:
     return "rows", (spec.method, edit.feature)
 
 
+def spec_slots(spec):
+    """(path, identity) of each slot a steering spec occupies: one per edit, one per vector."""
+    if isinstance(spec, VectorSpec):
+        return [("rows", ("vector", spec.digest))]
+    return [slot_ident(spec, edit) for edit in spec.edits]
+
+
 def request_slots(specs, readouts=()) -> dict[tuple, frozenset]:
-    """``{(sae, sae_id, hook, path): slot identities}`` a request's steering specs and readouts need."""
+    """``{(hook, path): slot identities}`` a request's steering specs and readouts need (one op per layer)."""
     needed: dict[tuple, set] = {}
     for spec in specs:
-        for edit in spec.edits:
-            path, ident = slot_ident(spec, edit)
-            needed.setdefault((spec.sae, spec.sae_id, spec.hook, path), set()).add(ident)
+        for path, ident in spec_slots(spec):
+            needed.setdefault((spec.hook, path), set()).add(ident)
     for spec in readouts:
         for feature in spec.features or ():  # top_k reads encode the whole SAE: no catalogue slot
-            needed.setdefault((*spec.key, "read"), set()).add((feature,))
+            needed.setdefault((spec.hook, "read"), set()).add((feature,))
     return {k: frozenset(v) for k, v in needed.items()}
 
 
@@ -83,6 +90,7 @@ def _slots(steering: str | None, readout: str | None) -> tuple:
 
 
 _slots_of_json = lru_cache(maxsize=4096)(_slots)
+_slots_of_vector_json = lru_cache(maxsize=256)(_slots)  # vector specs carry the vector: a smaller cache
 
 
 def slots_of(sampling_params) -> dict[tuple, frozenset]:
@@ -92,12 +100,15 @@ def slots_of(sampling_params) -> dict[tuple, frozenset]:
     steering, readout = _json(extra.get("steering")), _json(extra.get("readout"))
     if steering is None and readout is None:
         return {}
-    return dict((_slots if readout and '"sums"' in readout else _slots_of_json)(steering, readout))
+    if readout and '"sums"' in readout:
+        return dict(_slots(steering, readout))
+    cached = _slots_of_vector_json if steering and '"vector"' in steering else _slots_of_json
+    return dict(cached(steering, readout))
 
 
 def capacity(config, key: tuple) -> int:
     """The catalogue size of a slot key's path at its layer."""
-    return config.max_readout if key[3] == "read" else config.max_slots
+    return config.max_readout if key[-1] == "read" else config.max_slots
 
 
 def fits(used: dict[tuple, set], needed: dict[tuple, frozenset], config) -> bool:
@@ -138,8 +149,8 @@ def install(module) -> None:
                 output = original(self, *args, **kwargs)
                 STATS["steps"] += 1
                 STATS["preemptions"] += len(getattr(output, "preempted_req_ids", None) or ())
-                STATS["peak_slots"] = max([STATS["peak_slots"], *(len(v) for k, v in used.items() if k[3] != "read")])
-                STATS["peak_read_slots"] = max([STATS["peak_read_slots"], *(len(v) for k, v in used.items() if k[3] == "read")])
+                STATS["peak_slots"] = max([STATS["peak_slots"], *(len(v) for k, v in used.items() if k[-1] != "read")])
+                STATS["peak_read_slots"] = max([STATS["peak_read_slots"], *(len(v) for k, v in used.items() if k[-1] == "read")])
                 setattr(output, STATS_ATTR, dict(STATS))
                 return output
             return original(self, *args, **kwargs)

@@ -20,8 +20,17 @@ import numpy as np
 import torch
 
 from reason_plugins.hf_hooks import decoder_layers
-from reason_plugins.spec import SpecError, parse_steering, specs_hash
-from reason_plugins.steering import edit_constants, feature_rows, needs_full_sae, row_gates, sae_architecture, sae_normalisation
+from reason_plugins.spec import SpecError, VectorSpec, parse_steering, specs_hash
+from reason_plugins.steering import (
+    edit_constants,
+    feature_rows,
+    needs_full_sae,
+    row_gates,
+    sae_architecture,
+    sae_normalisation,
+    vector_constants,
+    vector_rows,
+)
 from vllm_patches.config import SteeringConfig
 from vllm_patches.engine.admission import slot_ident
 from vllm_patches.engine.op import SteeringOp
@@ -31,10 +40,17 @@ logger = logging.getLogger("reason_plugins.vllm")
 _FINISHED_KEPT = 10_000
 
 
-@lru_cache(maxsize=4096)
-def _specs_of(steering_json: str):
+def _parse_specs(steering_json: str):
     specs = parse_steering(steering_json)
     return specs, specs_hash(specs)
+
+
+_specs_cached = lru_cache(maxsize=4096)(_parse_specs)
+_vector_specs_cached = lru_cache(maxsize=256)(_parse_specs)  # vector specs carry their vectors: fewer kept
+
+
+def _specs_of(steering_json: str):
+    return (_vector_specs_cached if '"vector"' in steering_json else _specs_cached)(steering_json)
 
 
 @lru_cache(maxsize=4096)
@@ -100,6 +116,17 @@ class SteeringRuntime:
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
             self.ops[slot.key], self.saes[slot.key] = op, sae
+        for hook, key in config.op_hooks.items():  # layers steered by vectors alone: an op with no SAE
+            if key in self.ops:
+                continue
+            layer = int(hook.split(".")[1])
+            if not 0 <= layer < len(layers):
+                raise SpecError(f"steering config vector hook {hook!r}: the model has {len(layers)} layers")
+            op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device, capture=config.capture)
+            layers[layer].add_module("reason_steering", op)
+            layers[layer].register_forward_hook(_hook)
+            self.ops[key] = op
+        self._op_key = config.op_hooks
         self._specs: dict[str, tuple] = {}  # steered requests the runner holds: req_id -> (specs, digest)
         self._reads: dict[str, tuple] = {}  # requests reading features: req_id -> readout specs
         # this layout's readout rows: (req_id, start, end, num_prompt, [(key, spec, lo, hi, slots)]), the op keys read
@@ -113,7 +140,7 @@ class SteeringRuntime:
         self.book = ReadoutBook(int(config.readout_memory_mb) << 20)
         self._numbers: dict[str, int] = {}  # req_id -> its row in the ops' delta_abs_sum
         self._free_numbers = list(range(max_requests, 0, -1))
-        self._rows: dict[tuple, dict] = {}
+        self._rows: OrderedDict[tuple, dict] = OrderedDict()  # catalogue rows by identity, most recent last (bounded)
         self._slot_content: dict[tuple, object] = {}  # (key, buffer, slot) -> what it holds now
         self._written: dict[tuple, int] = {}  # (key, buffer) -> rows that may be non-zero
         self._layout: tuple = ()  # the steered requests' rows in the last step; reused while unchanged
@@ -125,7 +152,7 @@ class SteeringRuntime:
         self.failed_pending: set[str] = set()  # requests this worker could not steer, not yet told to the scheduler
         self.scheduler_stats: dict = {}  # the scheduler's admission counters, as of the last step
         logger.info("reason-steering: ops installed at %s",
-                    {s.hook: "fused" if self.ops[s.key].fused else "opaque" for s in config.saes})
+                    {key[2]: "fused" if op.fused else "opaque" for key, op in self.ops.items()})
 
     # -- per step -----------------------------------------------------------------------------
     def admit(self, new_requests) -> None:
@@ -221,7 +248,16 @@ class SteeringRuntime:
         for spec in specs:
             lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
             first_steered = min(first_steered, lo)
-            key = (spec.sae, spec.sae_id, spec.hook)
+            key = self._op_key[spec.hook]
+            if isinstance(spec, VectorSpec):  # one row: the vector (add) or its unit direction (clamp)
+                if len(spec.vector) != self.d_model:
+                    raise SpecError(f"{spec.describe()}: {len(spec.vector)} values, the model's width is {self.d_model}")
+                a, b = vector_constants(spec)
+                slot = self._slot(used, key, "rows", ("vector", spec.digest), None, spec)
+                table(key, "edit_a")[lo:end, slot] = a
+                table(key, "edit_b")[lo:end, slot] = b
+                table(key, "row_request", np.int64, None)[lo:end] = number
+                continue
             for edit in spec.edits:
                 a, b = _constants(edit.mode, edit.value)
                 path, ident = slot_ident(spec, edit)
@@ -347,10 +383,21 @@ class SteeringRuntime:
                 logger.warning("reason-steering: no |delta| row left for request %s; its mean |delta| is not reported", req_id)
         return number
 
-    def _slot(self, used: dict, key: tuple, path: str, ident: tuple, constants) -> int:
-        """The slot of ``path`` ("rows": catalogued encoder/decoder rows, "rec": reconstruct edits,
-        "read": features read) holding ``ident`` this step; its buffers are rewritten only when it held
-        something else."""
+    def _cached_rows(self, key: tuple, ident: tuple, make) -> dict:
+        """Catalogue rows by identity, made once and kept while recently used (at most 1,024 sets)."""
+        rows = self._rows.get((key, ident))
+        if rows is None:
+            rows = self._rows[(key, ident)] = make()
+            while len(self._rows) > 1024:
+                self._rows.popitem(last=False)
+        else:
+            self._rows.move_to_end((key, ident))
+        return rows
+
+    def _slot(self, used: dict, key: tuple, path: str, ident: tuple, constants, vector=None) -> int:
+        """The slot of ``path`` ("rows": catalogued encoder/decoder rows of a feature or a ``vector``
+        spec, "rec": reconstruct edits, "read": features read) holding ``ident`` this step; its buffers
+        are rewritten only when it held something else."""
         taken = used.setdefault((key, path), {})
         if ident in taken:
             return taken[ident]
@@ -368,9 +415,7 @@ class SteeringRuntime:
             if op.read_full:  # a column of the SAE's own encode
                 op.r_feature[slot] = feature
             else:
-                rows = self._rows.get((key, "delta", feature))
-                if rows is None:
-                    rows = self._rows[(key, "delta", feature)] = feature_rows(self.saes[key], [feature], "delta")
+                rows = self._cached_rows(key, ("delta", feature), lambda: feature_rows(self.saes[key], [feature], "delta"))
                 op.r_enc_t[:, slot].copy_(rows["enc"][0])
                 op.r_bias[slot] = rows["bias"][0]
                 op.r_gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
@@ -379,9 +424,8 @@ class SteeringRuntime:
             op.rec_a[slot], op.rec_b[slot] = constants
         else:
             method, feature = ident
-            rows = self._rows.get((key, method, feature))
-            if rows is None:
-                rows = self._rows[(key, method, feature)] = feature_rows(self.saes[key], [feature], method)
+            rows = self._cached_rows(key, ident, (lambda: vector_rows(vector)) if vector is not None
+                                     else (lambda: feature_rows(self.saes[key], [feature], method)))
             op.enc_t[:, slot].copy_(rows["enc"][0])
             op.bias[slot], op.dec[slot] = rows["bias"][0], rows["dec"][0]
             op.gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
