@@ -71,3 +71,21 @@ def child_results(cmd: list) -> dict:
 
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def one_engine(doc: str, script: str, child, prefix: str, max_tokens: int = 128):
+    """A benchmark of variants inside one engine: as the child (``--child``), run ``child(args)`` and return None;
+    as the parent, build the model and SAE, run the child process and return ``(args, its results)``."""
+    import sys
+    import tempfile
+
+    parser = engine_parser(doc, max_tokens)
+    parser.add_argument("--child", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return None
+    model, sae, args.hook = model_and_sae(Path(tempfile.mkdtemp(prefix=prefix)), args.real)
+    return args, child_results([sys.executable, script, "--child", "--model", str(model), "--sae", str(sae), "--prompts",
+                                str(args.prompts), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats),
+                                "--hook", args.hook])

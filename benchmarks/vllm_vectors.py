@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 
-from bench_common import child_results, engine_parser, model_and_sae, report_interleaved
+from bench_common import one_engine, report_interleaved
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -54,17 +51,10 @@ def child(args) -> None:
 
 
 def main() -> None:
-    parser = engine_parser(__doc__, max_tokens=128)
-    parser.add_argument("--child", action="store_true")
-    args = parser.parse_args()
-    if args.child:
-        child(args)
+    ran = one_engine(__doc__, __file__, child, "vector_bench_")
+    if ran is None:
         return
-    root = Path(tempfile.mkdtemp(prefix="vector_bench_"))
-    model, sae, args.hook = model_and_sae(root, args.real)
-    cmd = [sys.executable, __file__, "--child", "--model", str(model), "--sae", str(sae), "--prompts", str(args.prompts),
-           "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats), "--hook", args.hook]
-    results = child_results(cmd)
+    args, results = ran
     base = results["nobody steered"]
     print(f"\n{'SmolLM2-135M-Instruct' if args.real else 'tiny Llama'}: {args.prompts} prompts x {args.max_tokens} new tokens, "
           f"greedy, torch.compile on, {args.repeats} interleaved repeats in one engine")

@@ -85,6 +85,62 @@ class AtHook:
         return (self.sae, self.sae_id, self.hook)
 
 
+CONDITION_FIELDS = ("from_token", "to_token", "only_in", "when")
+REGIONS = ("think",)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Where a spec's edits apply, beyond ``decode_only``: a window of generated tokens (the edit applies
+    where the model reads generated token k, ``from_token <= k < to_token``, k = 0 for the first), the
+    model's think section (``only_in: "think"``: from its ``<think>`` token up to, not including,
+    ``</think>``), and a gate: only at tokens where feature ``when_feature`` of the same SAE, read
+    before this request's edits, is above ``when_above``. (``reason_plugins.conditions`` has the rules.)"""
+    from_token: int | None = None
+    to_token: int | None = None
+    only_in: str | None = None
+    when_feature: int | None = None
+    when_above: float | None = None
+
+    @property
+    def window(self) -> bool:
+        return self.from_token is not None or self.to_token is not None
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in ("from_token", "to_token", "only_in") if getattr(self, k) is not None}
+        if self.when_feature is not None:
+            out["when"] = {"feature": self.when_feature, "above": self.when_above}
+        return out
+
+
+def parse_condition(obj: dict, where: str) -> Condition | None:
+    """The condition fields of a spec object (None when it has none)."""
+    if not any(obj.get(k) is not None for k in CONDITION_FIELDS):
+        return None
+    lo, hi = obj.get("from_token"), obj.get("to_token")
+    for name, value in (("from_token", lo), ("to_token", hi)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SpecError(f"{where}: {name} must be a non-negative integer (a count of generated tokens), got {value!r}")
+    if hi is not None and hi <= (lo or 0):
+        raise SpecError(f"{where}: the window from_token={lo or 0} to_token={hi} is empty or inverted "
+                        "(to_token must be greater than from_token)")
+    only_in = obj.get("only_in")
+    if only_in is not None and only_in not in REGIONS:
+        raise SpecError(f"{where}: only_in {only_in!r} is not one of {REGIONS}")
+    feature = above = None
+    when = obj.get("when")
+    if when is not None:
+        if not isinstance(when, dict) or set(when) != {"feature", "above"}:
+            raise SpecError(f"{where}: 'when' must be {{\"feature\": F, \"above\": T}}, got {when!r}")
+        feature, above = when["feature"], when["above"]
+        if isinstance(feature, bool) or not isinstance(feature, int) or feature < 0:
+            raise SpecError(f"{where}: when.feature must be a non-negative integer, got {feature!r}")
+        if isinstance(above, bool) or not isinstance(above, (int, float)) or not math.isfinite(above):
+            raise SpecError(f"{where}: when.above must be a finite number, got {above!r}")
+        above = float(above)
+    return Condition(lo, hi, only_in, feature, above)
+
+
 @dataclass(frozen=True)
 class Edit:
     feature: int
@@ -100,13 +156,15 @@ class SteeringSpec(AtHook):
     sae_id: str | None = None
     method: str = "delta"
     decode_only: bool = False
+    condition: Condition | None = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         # by hand: dataclasses.asdict deep-copies field by field, and this runs for every request
-        return {"sae": self.sae, "hook": self.hook, "sae_id": self.sae_id, "method": self.method,
-                "decode_only": self.decode_only,
-                "edits": [{"feature": e.feature, "mode": e.mode, "value": e.value} for e in self.edits]}
+        out = {"sae": self.sae, "hook": self.hook, "sae_id": self.sae_id, "method": self.method,
+               "decode_only": self.decode_only,
+               "edits": [{"feature": e.feature, "mode": e.mode, "value": e.value} for e in self.edits]}
+        return {**out, **self.condition.to_dict()} if self.condition is not None else out
 
     def spec_hash(self) -> str:
         return specs_hash([self])
@@ -128,7 +186,7 @@ def _edit(obj, where: str) -> Edit:
     return Edit(int(feature), mode, float(value))
 
 
-SPEC_FIELDS = ("decode_only", "edits", "hook", "method", "sae", "sae_id")
+SPEC_FIELDS = ("decode_only", "edits", "hook", "method", "sae", "sae_id", *CONDITION_FIELDS)
 
 
 def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
@@ -156,7 +214,8 @@ def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
     features = [e.feature for e in parsed]
     if len(set(features)) != len(features):
         raise SpecError(f"{where}: a feature is edited twice in one spec: {features}")
-    return SteeringSpec(sae=sae, hook=hook, edits=parsed, sae_id=sae_id, method=method, decode_only=decode_only)
+    return SteeringSpec(sae=sae, hook=hook, edits=parsed, sae_id=sae_id, method=method, decode_only=decode_only,
+                        condition=parse_condition(obj, where))
 
 
 def _floats(value, where: str, name: str) -> tuple[float, ...]:
@@ -182,6 +241,7 @@ class VectorSpec(AtHook):
     action: str = "add"
     bias: tuple[float, ...] | None = None
     decode_only: bool = False
+    condition: Condition | None = None
     source: str | None = field(default=None, compare=False, hash=False)
     sae = None  # what a spec with no SAE says when asked for one
     sae_id = None
@@ -202,14 +262,15 @@ class VectorSpec(AtHook):
         return ("vector", self.digest, self.hook)
 
     def to_dict(self) -> dict:
-        return {"vector": list(self.vector), "hook": self.hook, "coefficient": self.coefficient, "action": self.action,
-                "bias": None if self.bias is None else list(self.bias), "decode_only": self.decode_only}
+        out = {"vector": list(self.vector), "hook": self.hook, "coefficient": self.coefficient, "action": self.action,
+               "bias": None if self.bias is None else list(self.bias), "decode_only": self.decode_only}
+        return {**out, **self.condition.to_dict()} if self.condition is not None else out
 
     def describe(self) -> str:
         return f"vector {self.source or self.digest} at {self.hook} ({self.action} {self.coefficient:g})"
 
 
-VECTOR_FIELDS = ("vector", "hook", "coefficient", "action", "bias", "decode_only")
+VECTOR_FIELDS = ("vector", "hook", "coefficient", "action", "bias", "decode_only", *CONDITION_FIELDS)
 
 
 def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
@@ -247,7 +308,7 @@ def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
     if action == "clamp" and not any(vector):
         raise SpecError(f"{where}: a zero vector has no direction to clamp along")
     return VectorSpec(vector=vector, hook=hook, coefficient=float(coefficient), action=action, bias=bias,
-                      decode_only=decode_only, source=source)
+                      decode_only=decode_only, condition=parse_condition(obj, where), source=source)
 
 
 def parse_any(obj, where: str = "steering spec"):

@@ -128,6 +128,20 @@ def gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b) ->
     return coef @ dec
 
 
+def feature_gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+    """``gated_rows_delta`` with feature gates (an edit's ``when``): per token and slot, ``when_on`` 1 makes
+    the edit apply only where the activation of catalogue row ``when_slot`` (that token's value of the
+    gate feature, read before any edit) is above ``when_above``. Returns the change and, per token, how
+    many gated edits were let through."""
+    pre = torch.addmm(bias, x, enc_t)
+    on = pre > gate
+    coef = torch.where(on, torch.addcmul(edit_b, pre, edit_a), edit_b)
+    act = torch.where(on, pre, torch.zeros_like(pre))
+    passed = act.gather(1, when_slot).float() > when_above  # thresholds kept in float32
+    blocked = when_on * (~passed).to(when_on.dtype)
+    return (coef - coef * blocked) @ dec, (when_on * passed.to(when_on.dtype)).sum(-1, dtype=torch.float32)
+
+
 def apply_rows(x: torch.Tensor, rows: dict, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return x + rows_delta(x, rows["enc"], rows["bias"], rows["thresh"], rows["linear"], rows["dec"], a, b, mask)
 

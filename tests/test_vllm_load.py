@@ -7,7 +7,9 @@ slots per layer (so the scheduler must hold requests back), unsteered requests m
 ``n=2``, some aborted mid-generation, a KV cache of 24 blocks of 32 tokens (preemption), prefix
 caching on, prompts up to ~150 tokens through 64-token chunked prefill. One steered request in six
 carries a steering vector instead (16 distinct, add or clamp, at an SAE layer where they share the
-feature slots, or at a layer with no SAE), some of them beside a feature edit. One request in five also
+feature slots, or at a layer with no SAE), some of them beside a feature edit; one in seven edits only
+under a condition (a window of generated tokens, a feature gate, or the think section of a prompt
+holding a ``<think>`` tag). One request in five also
 reads SAE features (listed ones, over 64 distinct among them with a read catalogue of 8 per layer,
 or a top-k; prompt, output or all positions; before or after its own edit). Pass: no engine death;
 every steered request reported with its spec hash and token count; a sample of greedy outputs
@@ -88,6 +90,13 @@ def load_requests(tokenizer, layer_saes):
             if i % 6 == 5:  # a steering vector instead, or beside a feature edit at another layer
                 vector = _vector((i // 6) % 16)
                 steering = [vector, _spec(layer_saes, HOOKS[1], 5, 20.0)] if i % 12 == 11 else vector
+            elif i % 7 == 2:  # only under a condition
+                kind = (i // 7) % 3
+                cond = ({"from_token": 2, "to_token": 9}, {"when": {"feature": 3, "above": 0.0}}, {"only_in": "think"})[kind]
+                steering = {**(steering if isinstance(steering, dict) else steering[0]), **cond}
+                if kind == 2:
+                    think_open = tokenizer.convert_tokens_to_ids("<think>")
+                    prompt = prompt[:len(prompt) // 2] + [think_open] + prompt[len(prompt) // 2:]
         readout = None
         if i % 5 == 0:
             hook = HOOKS[(i // 5) % 2]
@@ -109,6 +118,10 @@ def load_requests(tokenizer, layer_saes):
     return requests
 
 
+def _conditioned(request) -> bool:
+    return any(k in json.dumps(request["steering"]) for k in ('"from_token"', '"only_in"', '"when"'))
+
+
 def _hash(steering):
     return specs_hash(parse_steering(steering))
 
@@ -124,7 +137,10 @@ def _check_reports(requests, records_of, outputs, aborted):
         for rec in recs:
             assert rec["spec_hash"] == _hash(r["steering"]) and "error" not in rec, r["id"]
             # prompt tokens served from the (spec-salted) prefix cache are not run again, and
-            # preempted requests run theirs twice: the generated ones are always there
+            # preempted requests run theirs twice: the generated ones are always there (unless a condition holds them)
+            if _conditioned(r):
+                assert rec["tokens"] <= len(r["prompt_token_ids"]) + r["max_tokens"] - 1 + 64, r["id"]
+                continue
             if r["id"] not in aborted:
                 assert rec["tokens"] >= len(outputs[r["id"]][0]) - 1, r["id"]
                 assert rec["mean_abs_delta"] > 0, r["id"]
@@ -149,9 +165,11 @@ def plain_tokens(llama_dir, load_requests, tmp_path_factory):
     return {r["id"]: ids for r, ids in zip(reqs, out["token_ids"])}
 
 
-def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, hf_model, layer_saes):
+def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, hf_model, layer_saes, tokenizer):
     from sae_lens import SAE
 
+    from reason_plugins.conditions import think_token_ids
+    from tests.support.references import hf_conditional_greedy
     from vllm_patches.endpoint import records_for
 
     outputs = {k: v["token_ids"] for k, v in engine_run["outputs"].items()}
@@ -177,9 +195,15 @@ def test_load_through_the_engine_loop(engine_run, load_requests, plain_tokens, h
     with_vector = [r for r in steered if any("vector" in s for s in ([r["steering"]] if isinstance(r["steering"], dict) else r["steering"]))]
     sample = steered[::15][:8] + with_vector[:4]
     assert len(sample) >= 10
-    for r in sample:
+    conditioned = [r for r in steered if _conditioned(r)]
+    assert {k for r in conditioned for k in ("from_token", "when", "only_in") if k in r["steering"]} == {"from_token", "when", "only_in"}
+    think = think_token_ids(tokenizer)
+    by_hook = {h: saes[str(layer_saes[h][1])] for h in HOOKS}
+    for r in sample + conditioned[:6]:
         specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
-        assert outputs[r["id"]][0] == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0], r["id"]
+        ref = hf_conditional_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"], think, by_hook)[0] \
+            if _conditioned(r) else hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0]
+        assert outputs[r["id"]][0] == ref, r["id"]
     _check_readouts(load_requests, lambda rid: list(readouts_for(engine_run["readouts"], rid).values()), outputs, aborted,
                     hf_model, saes)
 
@@ -334,7 +358,7 @@ def test_served_outputs_equal_a_plain_engine_and_the_hf_reference(client, server
         assert out.choices[0].token_ids == plain_tokens[r["id"]]
         assert _report(server, out.id) == {"request_id": out.id, "steered": False, "requests": {}}
     saes = {str(layer_saes[h][1]): SAE.load_from_disk(str(layer_saes[h][1])).eval() for h in HOOKS}
-    for r in [r for r in load_requests if r["steering"] and r["n"] == 1][:3]:
+    for r in [r for r in load_requests if r["steering"] and r["n"] == 1 and not _conditioned(r)][:3]:
         out = _complete(client, r)
         specs = r["steering"] if isinstance(r["steering"], list) else [r["steering"]]
         assert out.choices[0].token_ids == hf_greedy(hf_model, r["prompt_token_ids"], specs, saes, r["max_tokens"])[0]

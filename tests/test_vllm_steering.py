@@ -257,6 +257,98 @@ def test_bad_vectors_fail_the_request_before_it_is_queued(engine, prompts, tmp_p
     assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves
 
 
+# -- conditions: token windows, the think section, feature gates -----------------------------------------------------------
+
+def test_conditioned_edits_equal_an_hf_hook_applying_the_same_rule(engine, hf_model, saes, layer_saes, prompts, tokenizer):
+    """Windows, only_in think (a think section inside the prompt; a prompt ending in <think>) and feature gates,
+    on feature edits and vectors, in one batch with plain and unsteered requests: greedy tokens equal an HF
+    hook applying the rule as written; each report counts the tokens its condition let through."""
+    from reason_plugins.conditions import think_token_ids
+    from tests.support.references import hf_conditional_greedy
+
+    think = think_token_ids(tokenizer)
+    assert think is not None
+    std_sae = saes[str(layer_saes["blocks.2.hook_resid_post"][1])]
+    with torch.no_grad():  # a gate feature active at some prompt tokens but not all
+        x = hf_model(torch.tensor([prompts[0]]), output_hidden_states=True).hidden_states[3][0]
+        acts = std_sae.encode(x)
+    frac = (acts > 0).float().mean(0)
+    gate = int(((frac - 0.5).abs() + (frac == 0) * 9).argmin())
+    above = float(acts[:, gate][acts[:, gate] > 0].median()) * 0.5
+    g = torch.Generator().manual_seed(21)
+    vector = torch.randn(128, generator=g).tolist()
+    in_prompt = prompts[1][:6] + [think[0]] + prompts[1][6:14] + [think[1]] + prompts[1][14:]
+    open_end = prompts[2] + [think[0]]
+    feature = lambda **kw: spec(layer_saes, "blocks.2.hook_resid_post", [{"feature": 7, "mode": "set", "value": 40.0}], **kw)  # noqa: E731
+    cases = [
+        ("window 2..6", prompts[0], [feature(from_token=2, to_token=6)], 4),
+        ("vector from 3", prompts[3], [{"vector": vector, "hook": "layers.0", "coefficient": 6.0, "from_token": 3}], MAX_TOKENS - 4),
+        ("think in the prompt", in_prompt, [feature(only_in="think")], "think"),
+        ("think to the end (vector)", open_end, [{"vector": vector, "hook": "layers.0", "coefficient": 6.0, "only_in": "think"}],
+         "think"),
+        ("gated edit", prompts[0], [feature(when={"feature": gate, "above": above})], None),
+        ("gated clamp vector", prompts[1], [{"vector": vector, "hook": "layers.2", "action": "clamp", "coefficient": 3.0,
+                                             "when": {"feature": gate, "above": above}}], None),
+        ("window + gate + two layers", prompts[3], [feature(from_token=1, when={"feature": gate, "above": above}),
+                                                    spec(layer_saes, "blocks.3.hook_resid_post", [{"feature": 2, "mode": "add", "value": 30.0}],
+                                                         to_token=5)], None),
+        ("plain", prompts[2], [feature()], None),
+        ("none", prompts[0], None, None),
+    ]
+    outputs = generate(engine, [p for _, p, _, _ in cases], [s for _, _, s, _ in cases], logprobs=True)
+    applied = engine.applied(outputs)
+    by_hook = {h: saes[str(path)] for h, (_, path) in layer_saes.items()}
+    changed = 0
+    for (name, prompt, specs, tokens), out, report in zip(cases, outputs, applied):
+        ours = list(out.outputs[0].token_ids)
+        ref, ref_lp = hf_conditional_greedy(hf_model, prompt, specs, saes, MAX_TOKENS, think, by_hook) if specs else \
+            hf_greedy(hf_model, prompt, None, saes, MAX_TOKENS)
+        assert ours == ref, name
+        our_lp = [lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, ours)]
+        assert max(abs(a - b) for a, b in zip(our_lp, ref_lp)) < 2e-3, name
+        if tokens == "think":  # the positions fed (prompt + generated) whose last think tag is <think>
+            state, tokens = False, 0
+            for t in prompt + ours[:-1]:
+                state = t == think[0] or (state and t != think[1])
+                tokens += state
+        if tokens is not None:
+            assert report["tokens"] == tokens, (name, report)
+        if name.startswith("gated"):
+            steerable = len(prompt) + MAX_TOKENS - 1
+            assert 0 < report["gate_passed"] < steerable, (name, report)  # the gate let some tokens through, not all
+        changed += specs is not None and ours != hf_greedy(hf_model, prompt, None, saes, MAX_TOKENS)[0]
+    assert changed >= 5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"from_token": 5, "to_token": 5}, "the window from_token=5 to_token=5 is empty or inverted"),
+    ({"from_token": 6, "to_token": 2}, "is empty or inverted"),
+    ({"from_token": -1}, "from_token must be a non-negative integer"),
+    ({"only_in": "answer"}, "only_in 'answer' is not one of"),
+    ({"when": {"feature": 256, "above": 0.0}}, r"when.feature 256 is out of range: SAE .* has d_sae=256"),
+    ('{"when": {"feature": 1, "above": NaN}}', "when.above must be a finite number"),
+    ({"when": {"feature": 1}}, "'when' must be"),
+    ({"hook": "blocks.1.hook_resid_post", "method": "reconstruct", "when": {"feature": 1, "above": 0.0}},
+     "a gate reads the feature from its encoder row"),
+    ({"vector": True, "hook": "layers.0", "when": {"feature": 1, "above": 0.0}}, "no SAE is loaded at that layer"),
+])
+def test_bad_conditions_fail_the_request_before_it_is_queued(engine, layer_saes, prompts, bad, message):
+    from reason_plugins.spec import SpecError
+
+    base = spec(layer_saes, "blocks.2.hook_resid_post", [{"feature": 7, "mode": "set", "value": 4.0}])
+    if isinstance(bad, str):
+        request = json.dumps(base)[:-1] + ", " + bad[1:]
+    elif bad.get("vector") is True:
+        request = {"vector": [1.0] * 128, "hook": "layers.0", "when": bad["when"]}
+    else:
+        request = {**base, **bad}
+        if "hook" in bad:
+            request["sae"] = str(layer_saes[bad["hook"]][1])
+    with pytest.raises(SpecError, match=message):
+        engine.llm.generate([{"prompt_token_ids": prompts[0]}], _params_with(request))
+    assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves
+
+
 def _params_with(steering):
     from vllm import SamplingParams
 

@@ -61,10 +61,36 @@ def _check_vector(spec: VectorSpec, config: SteeringConfig, d_model: int | None)
         raise SpecError(f"{spec.describe()}: the vector has {len(spec.vector)} values but the model's width is {width}")
 
 
-def check_specs(raw, config: SteeringConfig | None, d_model: int | None = None) -> list:
-    """Parse and validate a request's steering against the engine config (and ``d_model``, the model's
-    width, which vector lengths must equal); returns the specs.
-    Raises ``reason_plugins.spec.SpecError`` naming the bad value and what was expected."""
+def _check_condition(spec, config: SteeringConfig, think: tuple | None | bool) -> None:
+    """An edit's condition against the engine: ``only_in: "think"`` needs the model's think tokens (``think``:
+    their ids, None when the tokenizer has none, True when unknown here); a gate needs a per-feature SAE at
+    the hook, a feature < its d_sae, and no ``reconstruct`` (whose encode runs after the gate would)."""
+    cond = spec.condition
+    if cond is None:
+        return
+    if cond.only_in == "think" and think is None:
+        raise SpecError(f"only_in 'think' at {spec.hook}: this model's tokenizer has no single <think> and </think> "
+                        "tokens to find the think section by")
+    if cond.when_feature is None:
+        return
+    key = config.op_key(spec.hook)
+    if key[0] is None:
+        raise SpecError(f"when.feature at {spec.hook}: no SAE is loaded at that layer to read the gate feature from "
+                        "(a gate reads a feature of the SAE at the edit's own hook)")
+    shape = _shape(key[0], key[1])
+    check_feature_index(cond.when_feature, int(shape["d_sae"]), owner=f"SAE {key[0]!r} at {spec.hook}",
+                        what="when.feature", error=SpecError)
+    refusal = per_feature_refusal(shape["architecture"], shape.get("normalize_activations", "none"), "delta")
+    if refusal or getattr(spec, "method", None) == "reconstruct":
+        raise SpecError(f"when.feature at {spec.hook}: a gate reads the feature from its encoder row, which is exact for "
+                        f"ReLU / JumpReLU SAEs on the raw stream and edits by 'delta' / 'direction' or vectors only"
+                        f"{': ' + refusal if refusal else ''}")
+
+
+def check_specs(raw, config: SteeringConfig | None, d_model: int | None = None, think=True) -> list:
+    """Parse and validate a request's steering against the engine config (``d_model``: the model's width,
+    which vector lengths must equal; ``think``: the model's (<think>, </think>) ids, None if it has none);
+    returns the specs. Raises ``reason_plugins.spec.SpecError`` naming the bad value and what was expected."""
     specs = parse_steering(raw)
     if specs and config is None:
         raise SpecError("this request asks for steering but the engine was started without a steering config "
@@ -75,6 +101,7 @@ def check_specs(raw, config: SteeringConfig | None, d_model: int | None = None) 
         if edits_at[spec.hook] > config.max_edits:
             raise SpecError(f"{edits_at[spec.hook]} edits at {spec.hook} exceed max_edits={config.max_edits} per request "
                             "(a vector counts as one edit)")
+        _check_condition(spec, config, think)
         if isinstance(spec, VectorSpec):
             _check_vector(spec, config, d_model)
             continue
@@ -124,7 +151,7 @@ def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -
 
 
 def prepare_request(params, config: SteeringConfig | None, request_id: str | None = None, graphs: bool = False,
-                    d_model: int | None = None) -> str | None:
+                    d_model: int | None = None, think=True) -> str | None:
     """Validate and normalise ``params.extra_args["steering"]`` and ``["readout"]`` in place; returns
     the prefix-cache salt (None: the request may share cached blocks with any other). A vector given
     as a file path is read here: the engine gets its numbers."""
@@ -132,7 +159,7 @@ def prepare_request(params, config: SteeringConfig | None, request_id: str | Non
     if not extra:
         return None
     salts = []
-    for field, check in (("steering", lambda raw, cfg: check_specs(raw, cfg, d_model)),
+    for field, check in (("steering", lambda raw, cfg: check_specs(raw, cfg, d_model, think)),
                          ("readout", lambda raw, cfg: check_readout(raw, cfg, graphs=graphs))):
         if extra.get(field) is None:
             continue

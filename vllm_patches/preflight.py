@@ -110,10 +110,22 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
     if parsed or reads:
         config = parse_config({**engine_config(parsed, reads), "max_edits": int(max_edits)})
         if parsed:
-            check_specs(parsed, config, shape["hidden_size"])
+            think = True
+            if any(s.condition is not None and s.condition.only_in for s in parsed):
+                think = _think_ids(str(model))
+            check_specs(parsed, config, shape["hidden_size"], think)
         if reads:
             check_readout([r.to_dict() for r in reads], config)
     return parsed
+
+
+@lru_cache(maxsize=8)
+def _think_ids(model: str):
+    from transformers import AutoTokenizer
+
+    from reason_plugins.conditions import think_token_ids
+
+    return think_token_ids(AutoTokenizer.from_pretrained(model))
 
 
 def engine_config(specs, readouts=None) -> dict:

@@ -25,8 +25,10 @@ def default_prompts(n: int = 4) -> list[str]:
     return [ex["problem"] for ex in reasoning_examples(n, seed=123)]
 
 
-def sweep_requests(feature: int, values, prompts, *, sae: str, hook: str, sae_id=None, mode="set", method="delta"):
-    """[(value or None, prompt index, spec or None)]: the baseline of each prompt, then every value."""
+def sweep_requests(feature: int, values, prompts, *, sae: str, hook: str, sae_id=None, mode="set", method="delta",
+                   condition: dict | None = None):
+    """[(value or None, prompt index, spec or None)]: the baseline of each prompt, then every value (each spec
+    with the same ``condition`` fields: a window, the think section, a gate)."""
     from reason_plugins.spec import parse_spec
 
     values = [float(v) for v in values]
@@ -35,7 +37,7 @@ def sweep_requests(feature: int, values, prompts, *, sae: str, hook: str, sae_id
     out = [(None, i, None) for i in range(len(prompts))]
     for v in values:
         spec = parse_spec({"sae": str(sae), "sae_id": sae_id, "hook": hook, "method": method,
-                           "edits": [{"feature": int(feature), "mode": mode, "value": v}]}).to_dict()
+                           "edits": [{"feature": int(feature), "mode": mode, "value": v}], **(condition or {})}).to_dict()
         out += [(v, i, spec) for i in range(len(prompts))]
     return out
 
@@ -52,7 +54,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sae_id=None, mode: str = "set", method=None,
               max_tokens: int = 64, temperature: float = 0.0, eager: bool = True, chat_template: bool = True,
-              vocabulary="paper", max_model_len: int | None = None, llm=None, force_hook: bool = False, **llm_kwargs) -> dict:
+              vocabulary="paper", max_model_len: int | None = None, llm=None, force_hook: bool = False,
+              condition: dict | None = None, **llm_kwargs) -> dict:
     """Run the sweep and write ``sweep.json`` / ``sweep.png`` under ``out_dir``; returns
     ``{"json", "png", "summary", "outputs"}``. ``llm``: an existing ``SteeredLLM`` configured with this
     SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start). The
@@ -67,7 +70,8 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
     if not prompts:
         raise ValueError("a sweep needs at least one prompt")
     method = method or default_method(shape)
-    requests = sweep_requests(feature, values, prompts, sae=str(sae_dir), hook=hook, sae_id=sae_id, mode=mode, method=method)
+    requests = sweep_requests(feature, values, prompts, sae=str(sae_dir), hook=hook, sae_id=sae_id, mode=mode, method=method,
+                              condition=condition)
     from vllm_patches.preflight import preflight
 
     for spec in {json.dumps(s, sort_keys=True): s for _, _, s in requests if s is not None}.values():

@@ -162,3 +162,61 @@ def lm_eval_steered_greedy(model, prompt_ids, steer_config: dict, max_tokens: in
                                        bias=None if bias is None else bias.to(model.dtype), head_index=None)
     with steer(model, hooks):
         return greedy(model, prompt_ids, max_tokens)
+
+
+def condition_mask(spec, ids: list, num_prompt: int, think_ids, gate_sae, hidden) -> torch.Tensor:
+    """Where a conditioned spec applies over a whole sequence, by the rules as written (loops): decode_only,
+    the window of generated tokens, the think section (the last think tag at or before each position is
+    ``<think>``), and the gate (SAELens ``encode`` of the unedited stream, feature above the threshold)."""
+    cond = spec.condition
+    keep = []
+    for p in range(len(ids)):
+        ok = not (spec.decode_only and p < num_prompt)
+        if cond is not None and cond.window:
+            k = p - num_prompt
+            ok = ok and k >= (cond.from_token or 0) and (cond.to_token is None or k < cond.to_token)
+        if cond is not None and cond.only_in == "think":
+            tags = [t for t in ids[:p + 1] if t in think_ids]
+            ok = ok and bool(tags) and tags[-1] == think_ids[0]
+        keep.append(ok)
+    mask = torch.tensor(keep)
+    if cond is not None and cond.when_feature is not None:
+        mask &= gate_sae.encode(hidden[0])[:, cond.when_feature] > cond.when_above
+    return mask
+
+
+def hf_conditional_greedy(model, prompt_ids, specs, saes, max_tokens: int, think_ids=None, saes_by_hook=None):
+    """Greedy decoding with conditioned specs applied by forward hooks (every spec at a layer reads the
+    unedited stream; each one's change kept only where ``condition_mask`` says). ``saes``: by ``spec.sae``;
+    ``saes_by_hook``: the SAE a vector spec's gate reads at its hook."""
+    from reason_plugins.hf_hooks import decoder_layers
+    from reason_plugins.spec import SteeringSpec, parse_steering
+    from reason_plugins.steering import steer
+
+    parsed = parse_steering(specs)
+    layers, handles, seen = decoder_layers(model), [], {}
+    for layer in sorted({s.layer for s in parsed}):
+        group = [s for s in parsed if s.layer == layer]
+
+        def hook(module, args, output, group=group):
+            hidden = output[0] if isinstance(output, tuple) else output
+            new = hidden
+            for spec in group:
+                sae = saes[spec.sae] if isinstance(spec, SteeringSpec) else None
+                gate_sae = sae if sae is not None else (saes_by_hook or {}).get(spec.hook)
+                mask = condition_mask(spec, seen["ids"], len(prompt_ids), think_ids, gate_sae, hidden)
+                new = new + (steer(hidden, sae, spec) - hidden) * mask[None, :, None].to(hidden.dtype)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        handles.append(layers[layer].register_forward_hook(hook))
+
+    def note_ids(module, args, kwargs):  # the whole sequence each step: the rules read its tokens
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen["ids"] = ids[0].tolist()
+
+    handles.append(model.register_forward_pre_hook(note_ids, with_kwargs=True))
+    try:
+        return greedy(model, prompt_ids, max_tokens)
+    finally:
+        for h in handles:
+            h.remove()

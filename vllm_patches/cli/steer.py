@@ -12,6 +12,32 @@ from reason_plugins.cli_args import finite_float, int_at_least
 from reason_plugins.spec import METHODS, MODES
 
 
+def _gate(text: str) -> dict:
+    import argparse
+
+    feature, _, above = text.partition(":")
+    try:
+        return {"feature": int(feature), "above": float(above)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FEATURE:ABOVE (e.g. 1732:0.5), got {text!r}") from None
+
+
+def add_condition_arguments(parser) -> None:
+    """Where the edit applies (the spec's condition fields), for ``steer`` and ``sweep``."""
+    parser.add_argument("--from-token", type=int_at_least(0), default=None,
+                        help="steer from generated token N on (0: the first generated token the model reads)")
+    parser.add_argument("--to-token", type=int_at_least(1), default=None, help="steer up to, not including, generated token N")
+    parser.add_argument("--only-in", choices=["think"], default=None, help="steer only inside <think> ... </think>")
+    parser.add_argument("--when", type=_gate, default=None, metavar="FEATURE:ABOVE",
+                        help="steer only at tokens where this feature of the same SAE (read before the edit) is above ABOVE")
+
+
+def condition_fields(args) -> dict:
+    """The spec's condition fields from ``add_condition_arguments``'s options (only those given)."""
+    fields = {"from_token": args.from_token, "to_token": args.to_token, "only_in": args.only_in, "when": args.when}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="HF model name or local dir")
     parser.add_argument("--sae", required=True, help="SAE release or local dir")
@@ -26,6 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int_at_least(1), default=256)
     parser.add_argument("--temperature", type=finite_float(0), default=0.0, help="default 0: greedy")
     parser.add_argument("--decode-only", action="store_true", help="leave the prompt's tokens unsteered")
+    add_condition_arguments(parser)
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="engine dtype (default auto: vLLM's CPU backend then runs a float32 model in bfloat16); the one that ran is printed")
@@ -55,7 +82,8 @@ def run(args) -> int:
     hook = args.hook or info["hook"]
     method = args.method or default_method(info)
     spec = parse_spec({"sae": args.sae, "sae_id": args.sae_id, "hook": hook, "method": method, "decode_only": args.decode_only,
-                       "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)]}).to_dict()
+                       "edits": [{"feature": f, "mode": args.mode, "value": v} for f, v in zip(args.feature, values)],
+                       **condition_fields(args)}).to_dict()
     from reason_plugins.readout import parse_readout
 
     readout = [r.to_dict() for r in parse_readout(args.readout)] if args.readout else None
@@ -86,8 +114,9 @@ def run(args) -> int:
     for i in range(max(len(left), len(right))):
         print(f"{left[i] if i < len(left) else '':<{width}} | {right[i] if i < len(right) else ''}")
     applied = result["applied"] or {}
+    gate = f", the gate let {applied['gate_passed']} through" if "gate_passed" in applied else ""
     print(f"\ndtype: {result['dtype']}; applied: spec {applied.get('spec_hash')}, layers {applied.get('layers')}, "
-          f"{applied.get('tokens')} tokens, mean |delta| {applied.get('mean_abs_delta', 0):.4g}")
+          f"{applied.get('tokens')} tokens{gate}, mean |delta| {applied.get('mean_abs_delta', 0):.4g}")
     for side, read in result.get("readout", {}).items():
         for hook, r in (read.items() if "positions" not in read else [(None, read)]):
             if "activations" in r:

@@ -28,12 +28,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-model-len", type=int_at_least(1), default=None)
     parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
     parser.add_argument("--force-hook", action="store_true", help="allow --hook to differ from the hook the SAE was trained on")
+    from vllm_patches.cli.steer import add_condition_arguments
+
+    add_condition_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                         help="engine dtype (default float32; auto lets vLLM's CPU backend pick bfloat16)")
     parser.add_argument("--out", required=True)
 
 
 def run(args) -> int:
+    from vllm_patches.cli.steer import condition_fields
     from vllm_patches.preflight import sae_info
     from vllm_patches.sweep import default_prompts, markdown_table, run_sweep
 
@@ -43,7 +47,8 @@ def run(args) -> int:
     result = run_sweep(args.model, args.sae, args.hook or sae_info(args.sae, args.sae_id)["hook"], args.feature, args.values,
                        args.prompt or default_prompts(), args.out, sae_id=args.sae_id, mode=args.mode, method=args.method,
                        max_tokens=args.max_tokens, temperature=args.temperature, eager=args.eager, chat_template=not args.raw,
-                       max_model_len=args.max_model_len, force_hook=args.force_hook, dtype=args.dtype)
+                       max_model_len=args.max_model_len, force_hook=args.force_hook, dtype=args.dtype,
+                       condition=condition_fields(args))
     print(markdown_table(result["summary"]), end="")
     print(f"dtype: {args.dtype} -> {result['json']}, {result['png']}")
     return 0

@@ -63,10 +63,12 @@ def slot_ident(spec, edit) -> tuple[str, tuple]:
 
 
 def spec_slots(spec):
-    """(path, identity) of each slot a steering spec occupies: one per edit, one per vector."""
-    if isinstance(spec, VectorSpec):
-        return [("rows", ("vector", spec.digest))]
-    return [slot_ident(spec, edit) for edit in spec.edits]
+    """(path, identity) of each slot a steering spec occupies: one per edit, one per vector, and its gate
+    feature's encoder row (a ``when`` condition: one more slot, or none if it is edited too)."""
+    slots = [("rows", ("vector", spec.digest))] if isinstance(spec, VectorSpec) else [slot_ident(spec, e) for e in spec.edits]
+    if spec.condition is not None and spec.condition.when_feature is not None:
+        slots.append(("rows", ("delta", spec.condition.when_feature)))
+    return slots
 
 
 def request_slots(specs, readouts=()) -> dict[tuple, frozenset]:

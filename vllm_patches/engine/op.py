@@ -7,7 +7,12 @@ the graph cannot depend on which requests are in the batch. The buffers:
 - a catalogue of ``S`` slots, each one edited feature: encoder row, bias, gate (ReLU / JumpReLU
   threshold, or -inf for the linear ``direction`` method), decoder row;
 - per-token edit tables ``edit_a``, ``edit_b`` ``[max_tokens, S]``: the edit ``f' - f = A f + B``
-  of each slot on each token of the flattened batch (zero where a slot does not apply);
+  of each slot on each token of the flattened batch (zero where a slot does not apply); token windows
+  and the think section are decided on the host and written into these tables;
+- per-token feature gates (an edit's ``when``): ``when_on`` / ``when_slot`` / ``when_above`` [max_tokens, S]
+  make an edit apply only where the catalogued row ``when_slot`` (the gate feature's encoder row, in the
+  same catalogue) reads above the threshold, computed in the same pass as the edits
+  (``steering.feature_gated_rows_delta``), and a per-request count of the tokens the gates let through;
 - a per-token request number and a per-request sum of |delta|, for the "applied" report
   (summed on the device, read only when a request finishes or a report is asked for);
 - for feature readout (engines with ``max_readout`` / ``max_top_k`` > 0): a catalogue of ``R`` read
@@ -51,7 +56,7 @@ import torch
 from torch import nn
 
 from reason_plugins.readout import row_values
-from reason_plugins.steering import decode_edited, gated_rows_delta
+from reason_plugins.steering import decode_edited, feature_gated_rows_delta
 from vllm_patches.engine.readout import SUM_JOBS_KEPT
 
 
@@ -110,14 +115,16 @@ def _capturing_cuda_graph(t: torch.Tensor) -> bool:
 
 
 # the two branches of the fused path; torch.cond wants fresh outputs (no aliasing of inputs)
-def _rows_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
+def _rows_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
     n = hidden.shape[0]  # the edit tables come whole: slicing them here spares the idle branch the views
-    delta = gated_rows_delta(hidden + residual, enc_t, bias, gate, dec, edit_a[:n], edit_b[:n])
-    return hidden + delta, torch.linalg.vector_norm(delta, 1, dim=-1, dtype=torch.float32)
+    delta, passed = feature_gated_rows_delta(hidden + residual, enc_t, bias, gate, dec, edit_a[:n], edit_b[:n],
+                                             when_slot[:n], when_on[:n], when_above[:n])
+    return hidden + delta, torch.linalg.vector_norm(delta, 1, dim=-1, dtype=torch.float32), passed
 
 
-def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b):
-    return hidden.clone(), hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+    zeros = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+    return hidden.clone(), zeros, zeros.clone()
 
 
 class SteeringOp(nn.Module):
@@ -146,6 +153,10 @@ class SteeringOp(nn.Module):
         self.register_buffer("dec", torch.zeros(max_slots, d_model, **z), persistent=False)
         self.register_buffer("edit_a", torch.zeros(max_tokens, max_slots, **z), persistent=False)
         self.register_buffer("edit_b", torch.zeros(max_tokens, max_slots, **z), persistent=False)
+        self.register_buffer("when_slot", torch.zeros(max_tokens, max_slots, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer("when_on", torch.zeros(max_tokens, max_slots, **z), persistent=False)
+        self.register_buffer("when_above", torch.zeros(max_tokens, max_slots, dtype=torch.float32, device=device),
+                             persistent=False)
         # reconstruct path: per slot the SAE feature it edits, and a per-token "edit here" flag
         self.sae = sae
         if sae is not None:
@@ -157,6 +168,8 @@ class SteeringOp(nn.Module):
         self.register_buffer("row_request", torch.zeros(max_tokens, dtype=torch.long, device=device), persistent=False)
         self.register_buffer("delta_abs_sum", torch.zeros(max_requests + 1, dtype=torch.float32, device=device),
                              persistent=False)
+        self.register_buffer("gate_passed", torch.zeros(max_requests + 1, dtype=torch.float32, device=device),
+                             persistent=False)  # per request: tokens x gated edits its gates let through
         if capture:
             self.register_buffer("captured", torch.zeros(max_tokens, d_model, **z), persistent=False)
         # readout: read_sae encodes (full-SAE layers, top_k); read_full: features come from that encode
@@ -202,9 +215,11 @@ class SteeringOp(nn.Module):
         n = hidden.shape[0]
         if self.capture:
             self.captured[:n].copy_(hidden + residual)
-        out, norms = torch.cond(self.rows_flag, _rows_branch, _idle_branch,
-                                (hidden, residual, self.enc_t, self.bias, self.gate, self.dec, self.edit_a, self.edit_b))
+        out, norms, passed = torch.cond(self.rows_flag, _rows_branch, _idle_branch,
+                                        (hidden, residual, self.enc_t, self.bias, self.gate, self.dec, self.edit_a, self.edit_b,
+                                         self.when_slot, self.when_on, self.when_above))
         self.delta_abs_sum.index_add_(0, self.row_request[:n], norms)
+        self.gate_passed.index_add_(0, self.row_request[:n], passed)
         return out
 
     def read_(self, vals, top_vals, top_idx, hidden: torch.Tensor, residual: torch.Tensor, phase: int) -> None:
@@ -269,9 +284,14 @@ class SteeringOp(nn.Module):
             self.captured[:n].copy_(x)
         views = self._views.get(n)
         if views is None:  # the buffers never move, so their first-n views can be kept
-            views = self._views[n] = (self.edit_a[:n], self.edit_b[:n], self.row_request[:n])
-        edit_a, edit_b, row_request = views
-        delta = gated_rows_delta(x, self.enc_t, self.bias, self.gate, self.dec, edit_a, edit_b) if rows else 0
+            views = self._views[n] = (self.edit_a[:n], self.edit_b[:n], self.row_request[:n], self.when_slot[:n],
+                                      self.when_on[:n], self.when_above[:n])
+        edit_a, edit_b, row_request, when_slot, when_on, when_above = views
+        delta = 0
+        if rows:
+            delta, passed = feature_gated_rows_delta(x, self.enc_t, self.bias, self.gate, self.dec, edit_a, edit_b,
+                                                     when_slot, when_on, when_above)
+            self.gate_passed.index_add_(0, row_request, passed)
         if rec:
             delta = delta + self._reconstruct_delta(x, n)
         hidden.add_(delta)

@@ -99,12 +99,15 @@ def patch_input_processor(module) -> None:
                 self._reason_steering_config = config_from(self.vllm_config)
                 self._reason_graphs = replays_graphs(self.vllm_config)
                 self._reason_width = self.vllm_config.model_config.get_hidden_size()
+                from reason_plugins.conditions import think_token_ids
+
+                self._reason_think = think_token_ids(self.tokenizer) if self.tokenizer is not None else True
                 if self._reason_steering_config:
                     from vllm_patches.patching.wrapping import current_platform, require_targets
 
                     require_targets(current_platform())
             salt = prepare_request(params, self._reason_steering_config, request_id, self._reason_graphs,
-                                   self._reason_width)  # raises SteeringRequestError
+                                   self._reason_width, self._reason_think)  # raises SteeringRequestError
             request = original(self, request_id, prompt, params, *args, **kwargs)
             if salt is not None:
                 request.cache_salt = f"{request.cache_salt}|{salt}" if request.cache_salt else salt

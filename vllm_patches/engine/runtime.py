@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from reason_plugins.conditions import ThinkTracker, position_mask, think_token_ids
 from reason_plugins.hf_hooks import decoder_layers
 from reason_plugins.spec import SpecError, VectorSpec, parse_steering, specs_hash
 from reason_plugins.steering import (
@@ -85,6 +86,10 @@ class SteeringRuntime:
         from reason_plugins.saes import load_sae
 
         self.config = config
+        self._vllm_config = vllm_config
+        self._think: ThinkTracker | None = None  # made when a request first asks for only_in "think"
+        self._windowed: set[str] = set()  # requests whose rows depend on the step (windows, the think section)
+        self._cond_rows: dict[str, tuple] = {}  # of those, in the last written decode step: (next boundary, think?)
         parallel = getattr(vllm_config, "parallel_config", None)
         if getattr(parallel, "pipeline_parallel_size", 1) > 1:  # a rank would hold only some of the layers
             raise SpecError("reason-steering supports tensor parallelism, not pipeline parallelism "
@@ -162,6 +167,8 @@ class SteeringRuntime:
             specs, digest = request_specs(request.sampling_params)
             if specs:
                 self._specs[request.req_id] = (specs, digest)
+                if any(s.condition is not None and (s.condition.window or s.condition.only_in) for s in specs):
+                    self._windowed.add(request.req_id)
             reads, _ = request_readouts(request.sampling_params)
             if reads:
                 self._reads[request.req_id] = reads
@@ -179,8 +186,8 @@ class SteeringRuntime:
             self._steady = False
             return
         counts = num_scheduled.tobytes()
-        if self._steady and counts == self._last_counts and req_ids == self._last_ids:
-            self._layout_steps += 1  # same requests, same token counts, all past their prompts
+        if self._steady and counts == self._last_counts and req_ids == self._last_ids and self._conditions_hold(requests):
+            self._layout_steps += 1  # same requests, same token counts, all past their prompts, no condition flipped
             return
         layout = []
         start = 0
@@ -194,7 +201,7 @@ class SteeringRuntime:
             start += n
         layout = tuple(layout)
         self._last_ids, self._last_counts = list(req_ids), counts
-        self._steady = all(entry[3] == 0 for entry in layout)
+        self._steady = all(entry[3] == 0 for entry in layout)  # all past their prompts
         if layout == self._layout:
             self._layout_steps += 1
             return
@@ -213,6 +220,7 @@ class SteeringRuntime:
 
         used: dict[tuple, dict] = {}
         self._layout_tokens = []
+        self._cond_rows = {}
         kept, read_entries = [], []
         for entry in layout:
             try:
@@ -226,7 +234,8 @@ class SteeringRuntime:
         layout = tuple(kept)
         self._plan_reads(read_entries, num_tokens)
         for key, op in self.ops.items():
-            buffers = ("edit_a", "edit_b", "row_request") + (("rec_mask",) if op.sae is not None else ())
+            buffers = ("edit_a", "edit_b", "row_request", "when_slot", "when_on", "when_above") + \
+                (("rec_mask",) if op.sae is not None else ())
             for buffer in buffers:
                 target, rows = getattr(op, buffer), host.get((key, buffer))
                 written = self._written.get((key, buffer), 0)
@@ -241,37 +250,89 @@ class SteeringRuntime:
         self._layout_steps = 1  # the step about to run
 
     def _write_request(self, entry, table, used) -> None:
-        req_id, start, end, prompt_left, _ = entry
+        req_id, start, end, _, _ = entry
         specs, digest = self._specs[req_id]
         number = self._number(req_id)
-        first_steered = end
+        steered = np.zeros(end - start, dtype=bool)
+        inside = []  # the think mask of these rows, computed once per step (only for only_in specs)
         for spec in specs:
-            lo = start + prompt_left if spec.decode_only else start  # decode_only: past the prompt
-            first_steered = min(first_steered, lo)
             key = self._op_key[spec.hook]
+            rows = self._spec_rows(req_id, spec, entry, inside)
             if isinstance(spec, VectorSpec):  # one row: the vector (add) or its unit direction (clamp)
                 if len(spec.vector) != self.d_model:
                     raise SpecError(f"{spec.describe()}: {len(spec.vector)} values, the model's width is {self.d_model}")
                 a, b = vector_constants(spec)
-                slot = self._slot(used, key, "rows", ("vector", spec.digest), None, spec)
-                table(key, "edit_a")[lo:end, slot] = a
-                table(key, "edit_b")[lo:end, slot] = b
-                table(key, "row_request", np.int64, None)[lo:end] = number
-                continue
-            for edit in spec.edits:
-                a, b = _constants(edit.mode, edit.value)
-                path, ident = slot_ident(spec, edit)
+                edits = [("rows", self._slot(used, key, "rows", ("vector", spec.digest), None, spec), a, b)]
+            else:
+                edits = []
+                for edit in spec.edits:
+                    a, b = _constants(edit.mode, edit.value)
+                    path, ident = slot_ident(spec, edit)
+                    edits.append((path, self._slot(used, key, path, ident, (a, b) if path == "rec" else None), a, b))
+            cond = spec.condition
+            gate = self._slot(used, key, "rows", ("delta", cond.when_feature), None) if cond and cond.when_feature is not None else None
+            for path, slot, a, b in edits:
                 if path == "rec":
-                    table(key, "rec_mask")[lo:end, self._slot(used, key, "rec", ident, (a, b))] = 1
-                else:  # the slot holds the feature's rows; the edit itself goes per token
-                    slot = self._slot(used, key, "rows", ident, None)
-                    table(key, "edit_a")[lo:end, slot] = a
-                    table(key, "edit_b")[lo:end, slot] = b
-            table(key, "row_request", np.int64, None)[lo:end] = number
+                    table(key, "rec_mask")[rows, slot] = 1
+                    continue
+                table(key, "edit_a")[rows, slot] = a
+                table(key, "edit_b")[rows, slot] = b
+                if gate is not None:  # applied only where the gate feature's catalogued row reads above the threshold
+                    table(key, "when_slot", np.int64)[rows, slot] = gate
+                    table(key, "when_on")[rows, slot] = 1
+                    table(key, "when_above")[rows, slot] = cond.when_above
+            table(key, "row_request", np.int64, None)[rows] = number
+            if isinstance(rows, slice):
+                steered[rows.start - start:rows.stop - start] = True
+            else:
+                steered[rows - start] = True
+        if req_id in self._windowed and end - start == 1:  # a decode row: until when do its conditions stand?
+            num_prompt = self._runner_requests[req_id].num_prompt_tokens
+            bounds = [num_prompt + b for s in specs if s.condition is not None and s.condition.window
+                      for b in (s.condition.from_token or 0, s.condition.to_token) if b is not None]
+            bounds += [num_prompt for s in specs if s.decode_only]
+            position = entry[4]
+            self._cond_rows[req_id] = (min([b for b in bounds if b > position], default=float("inf")),
+                                       any(s.condition is not None and s.condition.only_in for s in specs))
         if req_id not in self.active:
             self.active[req_id] = {"spec_hash": digest, "layers": sorted({s.layer for s in specs}),
                                    "tokens": 0, "steps": 0, "number": number}
-        self._layout_tokens.append((req_id, end - first_steered))
+        self._layout_tokens.append((req_id, int(steered.sum())))
+
+    def _conditions_hold(self, requests) -> bool:
+        """Whether every windowed / think-section request of a steady decode batch steers its one row at this step
+        as at the last written step: its position has not reached a window boundary and its token is no think
+        tag (then the tables stand; otherwise they are rewritten)."""
+        for req_id, (flip_at, think) in self._cond_rows.items():
+            state = requests[req_id]
+            position = state.num_computed_tokens
+            if position >= flip_at or (think and state.get_token_id(position) in self._think_tracker().tags):
+                return False
+        return True
+
+    def _spec_rows(self, req_id: str, spec, entry, inside: list):
+        """The rows of this step a spec applies to: a slice, or the row indices its condition lets through."""
+        _, start, end, prompt_left, num_computed = entry
+        cond = spec.condition
+        if cond is None or not (cond.window or cond.only_in):
+            return slice(start + prompt_left if spec.decode_only else start, end)
+        state = self._runner_requests[req_id]
+        if cond.only_in and not inside:
+            inside.append(self._think_tracker().inside(req_id, state.get_token_id, num_computed, end - start))
+        positions = num_computed + np.arange(end - start)
+        mask = position_mask(spec, positions, state.num_prompt_tokens, inside[0] if inside else None)
+        return start + np.flatnonzero(mask)
+
+    def _think_tracker(self) -> ThinkTracker:
+        if self._think is None:
+            from transformers import AutoTokenizer
+
+            cfg = self._vllm_config.model_config
+            ids = think_token_ids(AutoTokenizer.from_pretrained(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code))
+            if ids is None:  # the front-end refuses only_in think on such a model; defence in depth
+                raise SpecError("only_in 'think': this model's tokenizer has no <think> / </think> tokens")
+            self._think = ThinkTracker(*ids)
+        return self._think
 
     def _read_request(self, entry, used) -> tuple:
         """A reading request's rows this step, and the read slots its listed features occupy."""
@@ -452,6 +513,17 @@ class SteeringRuntime:
         total = sum(op.delta_abs_sum[index].cpu().double() for op in self.ops.values()) / self.d_model
         return {r: (float(v) if n else float("nan")) for r, n, v in zip(req_ids, numbers, total.tolist())}
 
+    def _gate_counts(self, req_ids) -> dict[str, int]:
+        """Per request with a feature gate: the (token, edit) pairs its gates let through, over every op."""
+        gated = [r for r in req_ids if any(s.condition is not None and s.condition.when_feature is not None
+                                           for s in self._specs.get(r, ((), None))[0])]
+        numbers = [self.active[r]["number"] for r in gated]
+        if not numbers:
+            return {}
+        index = torch.tensor(numbers, device=next(iter(self.ops.values())).gate_passed.device)
+        total = sum(op.gate_passed[index].cpu().double() for op in self.ops.values())
+        return {r: int(round(v)) for r, v in zip(gated, total.tolist())}
+
     def finish(self, req_ids) -> None:
         self._count_layout_steps()
         for req_id in req_ids:
@@ -461,22 +533,28 @@ class SteeringRuntime:
                 for spec in reads:
                     self._summed.pop((req_id, spec.hook), None)
         done = [r for r in req_ids if r in self.active]
-        sums = self._delta_abs_sums(done)
+        sums, gates = self._delta_abs_sums(done), self._gate_counts(done)
         freed = []
         for req_id in req_ids:
             self._specs.pop(req_id, None)
+            self._windowed.discard(req_id)
+            if self._think is not None:
+                self._think.forget(req_id)
             number = self._numbers.pop(req_id, None)
             if number:
                 freed.append(number)
         if freed:
             for op in self.ops.values():
                 op.delta_abs_sum[torch.tensor(freed, device=op.delta_abs_sum.device)] = 0
+                op.gate_passed[torch.tensor(freed, device=op.gate_passed.device)] = 0
             self._free_numbers.extend(freed)
         for req_id in done:
             rec = self.active.pop(req_id)
             rec.pop("number")
             rec["delta_abs_sum"] = sums[req_id]
             rec["mean_abs_delta"] = sums[req_id] / max(1, rec["tokens"] * len(rec["layers"]))
+            if req_id in gates:
+                rec["gate_passed"] = gates[req_id]
             logger.info("reason-steering: request %s steered: spec %s, layers %s, %d tokens, mean |delta| %.4g",
                         req_id, rec["spec_hash"], rec["layers"], rec["tokens"], rec["mean_abs_delta"])
             self.finished[req_id] = rec
