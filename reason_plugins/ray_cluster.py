@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import socket
 
+from reason_plugins.cli_args import UserError
+
 SUPPORTED_RAY = ((2, 60), (2, 61))  # [low, high): the release pinned in requirements/lock*.txt
 PROBE_SECONDS = 3.0
 
 
-class RayUnavailable(ValueError):
+class RayUnavailable(UserError):
     """Ray cannot be used as asked (version, address); the message is one line for the user."""
 
 

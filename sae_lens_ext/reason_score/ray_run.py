@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from sae_lens_ext.reason_score.run import DONE_KEY, PreparedRun, add_hf_batch, batch_ranges, done_batches
@@ -152,8 +153,10 @@ def _score_batches(prepared, stats, todo, checkpoint, *, address, workers, progr
                                  f"ReasonScore --workers {workers}")
     per_task = batches_per_task or max(1, min(prepared.opts["checkpoint_every"], -(-len(todo) // (2 * workers))))
     ds = ray.data.from_items([{"index": i, "tokens": b.tolist()} for i, b in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(BatchScorer, fn_constructor_kwargs={"setup": _worker_setup(prepared)}, batch_size=per_task,
-                        batch_format="numpy", concurrency=workers, max_restarts=RETRIES, max_task_retries=RETRIES, **resources)
+    with warnings.catch_warnings():  # bounded restarts have no named parameter in ray 2.60 (the pinned release)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(BatchScorer, fn_constructor_kwargs={"setup": _worker_setup(prepared)}, batch_size=per_task,
+                            batch_format="numpy", concurrency=workers, max_restarts=RETRIES, max_task_retries=RETRIES, **resources)
     every, since_save = prepared.opts["checkpoint_every"], 0
     bar = tqdm(total=sum(len(b) for _, b in todo), desc=f"ReasonScore on Ray ({workers} workers)", unit="row", disable=not progress)
     try:
