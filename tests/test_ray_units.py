@@ -82,3 +82,33 @@ def test_done_batches_ranges_round_trip():
     assert done_batches(stats) == {0, 1, 2}  # a one-process checkpoint: a prefix
     stats.extra[DONE_KEY] = [[0, 1], [4, 6]]
     assert done_batches(stats) == {0, 4, 5}  # a Ray checkpoint: any set
+
+
+class _FakeEngine:
+    """Stands in for ``vllm.LLM`` inside a replica: request "1" of the batch ran unsteered."""
+
+    def generate(self, prompts, sampling_params, **kwargs):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(request_id=str(i)) for i in range(len(prompts))]
+
+    def collective_rpc(self, method, **kwargs):
+        assert method == "reason_steering_report"
+        return [{"0-abc": {"tokens": 4}, "1-abc": {"tokens": 0}, "2-abc": {"tokens": 3}}]
+
+
+def test_each_replica_checks_its_own_steering_and_names_the_arm():
+    from types import SimpleNamespace
+
+    from lm_eval_tasks.replicas import STEERING_LABEL, EngineReplica, unsteered, unsteered_error
+
+    replica = EngineReplica.__new__(EngineReplica)
+    replica.llm = _FakeEngine()
+    params = [SimpleNamespace(extra_args={"steering": {"x": 1}, "reason_arm": "clamp"}) for _ in range(2)] + [SimpleNamespace(extra_args=None)]
+    with pytest.raises(RuntimeError, match=r"arm\(s\) 'clamp' \(1 request\(s\), e.g. \['1'\]\) asked to be steered ran unsteered"):
+        replica.generate([[1], [2], [3]], params)
+    ok = [params[0], params[2], params[2]]  # request 1 was not asked to be steered: no error
+    outputs, records, _ = replica.generate([[1], [2], [3]], ok)
+    assert [o.request_id for o in outputs] == ["0", "1", "2"] and records[0] == {"tokens": 4}
+    assert unsteered([None, {"tokens": 2}], [STEERING_LABEL, STEERING_LABEL]) == {STEERING_LABEL: [0]}
+    assert str(unsteered_error({STEERING_LABEL: [0]}, ["r0"])) == "steered_vllm: 1 request(s) asked to be steered ran unsteered: ['r0']"
