@@ -1,8 +1,8 @@
 """``steered_vllm`` with ``data_parallel_size=2`` (issue 26): two engine replicas on a Ray head inside a
 loopback-only namespace, reserving CPUs on this machine without GPUs. A multi-arm run (a baseline and a
-clamp arm) over a generation task and a log-likelihood (multiple-choice) task gives the same results and
-samples as ``data_parallel_size=1`` (greedy), with the per-arm applied summary merged across the
-replicas; a single-spec DP=2 run equals that run's steered arm; and a request Ray cannot grant
+clamp arm) over a generation task and a log-likelihood (multiple-choice) task gives the same results,
+samples and per-sample feature summaries (``readout=``) as ``data_parallel_size=1`` (greedy), with the
+per-arm applied summary merged across the replicas; a single-spec DP=2 run equals that run's steered arm; and a request Ray cannot grant
 (2 replicas x 2 tensor-parallel ranks on 2 CPUs) fails in one line within seconds instead of waiting."""
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def runs(tmp_path_factory, llama_dir, sae_dirs):
                 "--include_path", str(tasks), "--limit", str(LIMIT), "--log_samples", "--output_path", str(out), "--batch_size", "auto"]
         return {"name": name, "argv": argv, "env": {"REASON_STEERING_REPORT": str(out / "report.json")}, "timeout": 500}
 
-    arms = {"arms": str(root / "arms.json")}
+    (root / "readout.json").write_text(json.dumps({"sae": str(sae_dirs["standard"]), "hook": "blocks.2.hook_resid_post", "features": [5, 9]}))
+    arms = {"arms": str(root / "arms.json"), "readout": str(root / "readout.json")}
     job = {"runs": [lm_eval("too_big", arms, data_parallel_size=2, tensor_parallel_size=2),
                     lm_eval("arms_dp1", arms), lm_eval("arms_dp2", arms, data_parallel_size=2),
                     lm_eval("single_dp2", {"steer_path": str(root / "spec.json")}, data_parallel_size=2)]}
@@ -69,8 +70,11 @@ def _read(out: Path, suffix: str = "") -> dict:
     samples = {}
     for task in TASKS:
         path = sorted(glob.glob(str(out / "*" / f"samples_{task}{suffix}_*.jsonl")))[-1]
-        samples[task] = {r["doc_id"]: r["resps"] for r in map(json.loads, Path(path).read_text().splitlines())}
-    return {"results": {k: v for k, v in results["results"].items()}, "samples": samples}
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        samples[task] = {r["doc_id"]: r["resps"] for r in rows}
+        if task == "math500":  # the generation task: each sample's feature summary (readout=, read in its replica)
+            features = {r["doc_id"]: r.get("reason_features") for r in rows}
+    return {"results": dict(results["results"]), "samples": samples, "features": features}
 
 
 def _ok(runs, name):
@@ -83,6 +87,7 @@ def test_dp2_arms_equal_dp1_results_and_samples(runs):
     for arm in ("baseline", "clamp"):
         one, two = _read(runs["root"] / "arms_dp1", f"@{arm}"), _read(runs["root"] / "arms_dp2", f"@{arm}")
         assert two["samples"] == one["samples"], arm
+        assert two["features"] == one["features"] and all(f and f[0]["output"]["n_tokens"] > 0 for f in two["features"].values()), arm
         assert len(two["samples"]["math500"]) == LIMIT and len(two["samples"]["tiny_mc"]) == LIMIT
         assert two["results"] == one["results"], arm
     steered, base = _read(runs["root"] / "arms_dp1", "@clamp"), _read(runs["root"] / "arms_dp1", "@baseline")

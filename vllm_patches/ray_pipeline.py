@@ -20,6 +20,7 @@ or empty / None for none), so a row's output is what the same request gives one 
 from __future__ import annotations
 
 import json
+import numbers
 
 OUTPUT_COLUMNS = ("text", "token_ids", "steered_tokens", "spec_hash", "readout")
 
@@ -57,10 +58,15 @@ class SteeredBatchGenerator:
 
 
 def _spec(value):
-    """A row's spec: JSON text (or an already decoded dict / list); None or empty for none."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    """A row's spec: JSON text (or an already decoded dict / list); None, empty, or the NaN Ray Data makes of
+    a block's all-null column, for none."""
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else None
+    if isinstance(value, (dict, list)):
+        return value
+    if value is None or (isinstance(value, numbers.Real) and value != value):  # numpy's float32 NaN included
         return None
-    return json.loads(value) if isinstance(value, str) else value
+    raise ValueError(f"steered pipeline: a row's steering / readout must be JSON text, a dict or a list, got {value!r}")
 
 
 def _readout_json(read) -> str:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def ray_head(num_cpus: int = 2, timeout: float = 90):
                         "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats",
                         "--object-store-memory=300000000"], check=True, timeout=timeout, capture_output=True, env=ray_env())
         yield address
+    except BaseException:
+        traceback.print_exc()  # now: stopping the head may end this process before the traceback is shown
+        raise
     finally:
         try:
             subprocess.run([RAY, "stop", "--force"], timeout=60, capture_output=True, env=ray_env())  # sees this PID namespace only
