@@ -112,6 +112,9 @@ class Replicas:
                                "(ray_timeout=)") from None
         except ray.exceptions.RayTaskError as exc:  # a replica's own error (e.g. an arm ran unsteered): re-raised as is
             raise exc.as_instanceof_cause() from None
+        except ray.exceptions.RayActorError as exc:  # a replica died: stop rather than report part of the requests
+            raise RuntimeError(f"steered_vllm: a data-parallel replica died before it could {what} "
+                               f"({' '.join(str(exc).split())[:300]})") from None
 
     def generate(self, requests: list, params: list, lora_request=None):
         """Outputs, steering records and readouts, each in the order of ``requests``: request i goes to

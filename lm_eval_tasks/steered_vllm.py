@@ -23,6 +23,10 @@ samples files gets ``reason_features`` (per repeat: per-feature mean, max and sh
 active over the output and its think section, ``features.py``) and the results get each arm's
 means (``reason_features``). ``reason-sae compare --features`` sets them beside correctness.
 
+``data_parallel_size=N`` runs N engines as Ray actors (``replicas.py``; ``ray_address=``, else ``RAY_ADDRESS``,
+else a local cluster; ``ray_timeout=`` bounds every wait): CPUs are reserved where the cluster has no
+GPUs, each replica checks its own requests' steering, and the summaries add up across replicas.
+
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
 sampling params). After each batch the plugin's per-request report is checked: a request that was
 asked to be steered and ran unsteered is an error, never silent. ``steering_summary`` keeps what
