@@ -4,12 +4,12 @@
 2. the lm-eval fixture run (``steered_vllm``, a baseline and a clamp arm, generation + multiple choice)
    with ``data_parallel_size=2`` vs 1;
 3. the per-row overhead of the Ray Data steering pipeline (one replica) over one ``SteeredLLM`` on
-   the same rows.
+   the same rows and batches (the slope between n and 4n rows; the fixed cost per run beside it).
 
 Every Ray run happens inside a loopback-only namespace: the script re-runs itself through
 ``scripts/in_netns.sh`` and starts its own head there (2 CPUs, dashboard and usage stats off).
 
-    python benchmarks/ray_scale.py [--rows 768] [--d-sae 4096] [--limit 6] [--pipeline-rows 64] [--out ray_scale.json]
+    python benchmarks/ray_scale.py [--rows 768] [--d-sae 16384] [--limit 6] [--pipeline-rows 32] [--out ray_scale.json]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def fixtures(cache: Path, d_sae: int):
     sae.save_model(str(cache / "sae"))
     import datasets
 
-    texts = tiny_models.training_texts(AutoTokenizer.from_pretrained(model_dir), n=400, seed=7)
+    texts = tiny_models.training_texts(AutoTokenizer.from_pretrained(model_dir), n=2400, seed=7)
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(cache / "data"))
     return str(model_dir), str(cache / "sae"), str(cache / "data")
 
@@ -91,6 +91,8 @@ def bench_lm_eval(model, sae, limit, address, out: Path) -> dict:
 
 
 def bench_pipeline(model, sae, n_rows, address, batch: int = 16) -> dict:
+    """The pipeline (one replica) at n and 4n rows against direct calls on one engine with the same
+    batches: the slope between the two sizes is the per-row overhead, the rest a fixed cost per run."""
     import ray
 
     from reason_plugins.ray_cluster import connect
@@ -99,35 +101,45 @@ def bench_pipeline(model, sae, n_rows, address, batch: int = 16) -> dict:
     connect(address)
     ray.data.DataContext.get_current().enable_progress_bars = False
     spec = json.dumps({"sae": sae, "hook": HOOK, "edits": [{"feature": 5, "mode": "set", "value": 8.0}]})
-    rows = [{"prompt": f"What is {i} + {i + 3}?", "steering": spec if i % 2 else None} for i in range(n_rows)]
     saes, sampling = [{"sae": sae, "hook": HOOK}], {"max_tokens": 32, "temperature": 0}
     llm_kwargs = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}
-    start = time.perf_counter()
-    piped = steer_dataset(ray.data.from_items(rows), model, saes, replicas=1, batch_size=batch, sampling=sampling, **llm_kwargs).take_all()
-    t_pipe = time.perf_counter() - start
+    sizes = (n_rows, 4 * n_rows)
+    all_rows = {n: [{"prompt": f"What is {i} + {i + 3}?", "steering": spec if i % 2 else None} for i in range(n)] for n in sizes}
+    t_pipe, piped = {}, {}
+    for n in sizes:
+        start = time.perf_counter()
+        piped[n] = steer_dataset(ray.data.from_items(all_rows[n]), model, saes, replicas=1, batch_size=batch, sampling=sampling,
+                                 **llm_kwargs).take_all()
+        t_pipe[n] = time.perf_counter() - start
     ray.shutdown()
     start = time.perf_counter()
     one = SteeredBatchGenerator(model, saes, sampling, llm_kwargs)  # the same engine, started here
     t_start = time.perf_counter() - start
-    start = time.perf_counter()
-    direct = {}
-    for i in range(0, n_rows, batch):  # the same batches, called directly
-        part = one({"prompt": [r["prompt"] for r in rows[i:i + batch]], "steering": [r["steering"] for r in rows[i:i + batch]]})
-        direct.update(zip(part["prompt"], part["text"]))
-    t_gen = time.perf_counter() - start
-    same = all(p["text"] == direct[p["prompt"]] for p in piped) and len(piped) == n_rows
-    overhead = t_pipe - t_start - t_gen  # what Ray Data adds: actor scheduling, blocks in and out, the actor's own start
-    return {"seconds": {"pipeline (1 replica, engine start included)": t_pipe, "engine start": t_start, "direct generate": t_gen},
-            "rows": n_rows, "batch": batch, "equal_outputs": same, "overhead_per_row_ms": 1000 * overhead / n_rows,
-            "generate_ms_per_row": 1000 * t_gen / n_rows}
+    one({"prompt": ["warm-up"], "steering": [spec]})  # the replica's first batch pays this too (both sizes alike)
+    t_gen, same = {}, True
+    for n in sizes:
+        rows, direct = all_rows[n], {}
+        start = time.perf_counter()
+        for i in range(0, n, batch):  # the same batches, called directly
+            part = one({"prompt": [r["prompt"] for r in rows[i:i + batch]], "steering": [r["steering"] for r in rows[i:i + batch]]})
+            direct.update(zip(part["prompt"], part["text"]))
+        t_gen[n] = time.perf_counter() - start
+        same = same and len(piped[n]) == n and all(p["text"] == direct[p["prompt"]] for p in piped[n])
+    a, b = sizes
+    per_row = ((t_pipe[b] - t_gen[b]) - (t_pipe[a] - t_gen[a])) / (b - a)
+    return {"seconds": {f"pipeline {n} rows (engine start included)": t_pipe[n] for n in sizes}
+            | {f"direct generate {n} rows": t_gen[n] for n in sizes} | {"engine start (direct)": t_start},
+            "batch": batch, "equal_outputs": same, "overhead_per_row_ms": 1000 * per_row,
+            "generate_ms_per_row": 1000 * (t_gen[b] - t_gen[a]) / (b - a),
+            "fixed_overhead_s": t_pipe[a] - t_gen[a] - t_start - per_row * a}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=768)
-    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--d-sae", type=int, default=16384)
     parser.add_argument("--limit", type=int, default=6)
-    parser.add_argument("--pipeline-rows", type=int, default=64)
+    parser.add_argument("--pipeline-rows", type=int, default=32)
     parser.add_argument("--out", default="ray_scale.json")
     args = parser.parse_args()
     if os.environ.get("REASON_IN_NETNS") != "1":  # Ray never on the host network: re-run inside a namespace
@@ -140,7 +152,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ray_scale_"))
     model, sae, data = fixtures(work / "fixtures", args.d_sae)
-    report = {"machine": f"{os.cpu_count()} cores"}
+    report = {"machine": f"{os.cpu_count()} cores", "load_before": os.getloadavg()}
     with ray_head(num_cpus=2) as address:
         report["reason_score"] = bench_score(model, sae, data, args.rows, address, work / "score")
         print(json.dumps(report["reason_score"]), flush=True)
@@ -151,6 +163,7 @@ def main() -> None:
         print(json.dumps(report["lm_eval"]), flush=True)
         report["pipeline"] = bench_pipeline(model, sae, args.pipeline_rows, address)
         print(json.dumps(report["pipeline"]), flush=True)
+    report["load_after"] = os.getloadavg()  # 1/5/15-minute load: the machine is shared, so say how busy it was
     Path(args.out).write_text(json.dumps(report, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
