@@ -11,5 +11,6 @@
 set -euo pipefail
 if [ $# -eq 0 ]; then echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; fi
 if [ "${REASON_IN_NETNS:-}" = 1 ]; then exec "$@"; fi  # already inside one
+# bash stays PID 1 of the namespace (it reaps what Ray orphans) and passes the command's exit code on.
 exec unshare --net --pid --fork --mount-proc --kill-child -- \
-  bash -c 'ip link set lo up && REASON_IN_NETNS=1 "$@"' in_netns "$@"
+  bash -c 'ip link set lo up || exit 1; REASON_IN_NETNS=1 "$@"; exit $?' in_netns "$@"

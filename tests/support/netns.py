@@ -72,6 +72,9 @@ def ray_head(num_cpus: int = 2, timeout: float = 90):
         traceback.print_exc()  # now: stopping the head may end this process before the traceback is shown
         raise
     finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()  # this process leaves the cluster first: a driver whose head vanishes may be aborted by Ray
         try:
             subprocess.run([RAY, "stop", "--force"], timeout=60, capture_output=True, env=ray_env())  # sees this PID namespace only
         finally:

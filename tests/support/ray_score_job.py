@@ -90,7 +90,7 @@ def main(job_path: str, out_path: str) -> None:
             res = score_to_dir(*args, out / "resumed", progress=False, ray=address, workers=2, **{**kw, "checkpoint_every": 1})
         result["resumed"] = {**compare(ref, res), "interrupted": interrupted, "checkpoint_batches": saved.n_batches,
                              "checkpoint_ranges": held, "message": err.getvalue().strip().splitlines()[-1:] if err.getvalue() else []}
-    Path(out_path).write_text(json.dumps(result))
+        Path(out_path).write_text(json.dumps(result))  # before the head stops
 
 
 if __name__ == "__main__":
