@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HOOK = "blocks.2.hook_resid_post"
+REPEATS = 2  # best-of for the short measurements (ReasonScore, pipeline); the lm-eval runs once each
 
 
 def fixtures(cache: Path, d_sae: int):
@@ -61,9 +62,10 @@ def bench_score(model, sae, data, rows, address, out: Path) -> dict:
     results["one process"] = score_to_dir(model, sae, data, out / "one", **kw)
     times["one process"] = time.perf_counter() - start
     for workers in (1, 2):
-        start = time.perf_counter()
-        results[workers] = score_to_dir(model, sae, data, out / f"ray{workers}", ray=address, workers=workers, **kw)
-        times[f"{workers} worker(s)"] = time.perf_counter() - start
+        for r in range(REPEATS):
+            start = time.perf_counter()
+            results[workers] = score_to_dir(model, sae, data, out / f"ray{workers}_{r}", ray=address, workers=workers, **kw)
+            times[f"{workers} worker(s)"] = min(times.get(f"{workers} worker(s)", float("inf")), time.perf_counter() - start)
     ref = results["one process"].scores
     rel = max(float((results[w].scores - ref).abs().max() / ref.abs().max()) for w in (1, 2))
     return {"seconds": times, "ratio_2_vs_1": times["1 worker(s)"] / times["2 worker(s)"], "max_rel_vs_one_process": rel,
@@ -107,10 +109,11 @@ def bench_pipeline(model, sae, n_rows, address, batch: int = 16) -> dict:
     all_rows = {n: [{"prompt": f"What is {i} + {i + 3}?", "steering": spec if i % 2 else None} for i in range(n)] for n in sizes}
     t_pipe, piped = {}, {}
     for n in sizes:
-        start = time.perf_counter()
-        piped[n] = steer_dataset(ray.data.from_items(all_rows[n]), model, saes, replicas=1, batch_size=batch, sampling=sampling,
-                                 **llm_kwargs).take_all()
-        t_pipe[n] = time.perf_counter() - start
+        for _ in range(REPEATS):  # the best of REPEATS: the machine is shared, interference only adds time
+            start = time.perf_counter()
+            piped[n] = steer_dataset(ray.data.from_items(all_rows[n]), model, saes, replicas=1, batch_size=batch, sampling=sampling,
+                                     **llm_kwargs).take_all()
+            t_pipe[n] = min(t_pipe.get(n, float("inf")), time.perf_counter() - start)
     ray.shutdown()
     start = time.perf_counter()
     one = SteeredBatchGenerator(model, saes, sampling, llm_kwargs)  # the same engine, started here
@@ -119,11 +122,12 @@ def bench_pipeline(model, sae, n_rows, address, batch: int = 16) -> dict:
     t_gen, same = {}, True
     for n in sizes:
         rows, direct = all_rows[n], {}
-        start = time.perf_counter()
-        for i in range(0, n, batch):  # the same batches, called directly
-            part = one({"prompt": [r["prompt"] for r in rows[i:i + batch]], "steering": [r["steering"] for r in rows[i:i + batch]]})
-            direct.update(zip(part["prompt"], part["text"]))
-        t_gen[n] = time.perf_counter() - start
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            for i in range(0, n, batch):  # the same batches, called directly
+                part = one({"prompt": [r["prompt"] for r in rows[i:i + batch]], "steering": [r["steering"] for r in rows[i:i + batch]]})
+                direct.update(zip(part["prompt"], part["text"]))
+            t_gen[n] = min(t_gen.get(n, float("inf")), time.perf_counter() - start)
         same = same and len(piped[n]) == n and all(p["text"] == direct[p["prompt"]] for p in piped[n])
     a, b = sizes
     per_row = ((t_pipe[b] - t_gen[b]) - (t_pipe[a] - t_gen[a])) / (b - a)
