@@ -13,9 +13,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -52,7 +54,11 @@ def main(job_path: str, out_path: str) -> None:
     cli = [str(Path(sys.executable).parent / "reason-sae"), "score", "--model", job["model"], "--sae", job["sae"], "--dataset",
            job["data"], "--out", str(out / "cli"), "--context-size", str(kw["context_size"]), "--n-samples", str(kw["n_samples"]),
            "--batch-size", str(kw["batch_size"]), "--ray", "--workers", "2", "--no-progress"]
-    res = subprocess.run(cli, capture_output=True, text=True, timeout=300, env=ray_env())
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # the local cluster's temp dir: short (socket paths), removed after
+    try:
+        res = subprocess.run(cli, capture_output=True, text=True, timeout=300, env=ray_env(RAY_TMPDIR=temp))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-4000:]
     cli_scores = load_file(str(out / "cli" / "scores.safetensors"))["scores"]
     cli_top = json.loads((out / "cli" / "top_features.json").read_text())
