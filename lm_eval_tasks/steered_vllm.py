@@ -23,6 +23,10 @@ samples files gets ``reason_features`` (per repeat: per-feature mean, max and sh
 active over the output and its think section, ``features.py``) and the results get each arm's
 means (``reason_features``). ``reason-sae compare --features`` sets them beside correctness.
 
+``data_parallel_size=N`` runs N engines as Ray actors (``replicas.py``; ``ray_address=``, else ``RAY_ADDRESS``,
+else a local cluster; ``ray_timeout=`` bounds every wait): CPUs are reserved where the cluster has no
+GPUs, each replica checks its own requests' steering, and the summaries add up across replicas.
+
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
 sampling params). After each batch the plugin's per-request report is checked: a request that was
 asked to be steered and ran unsteered is an error, never silent. ``steering_summary`` keeps what
@@ -40,6 +44,7 @@ from types import SimpleNamespace
 from lm_eval.models.vllm_causallms import VLLM
 
 from lm_eval_tasks.arms.formats import Arm, parse_arms
+from lm_eval_tasks.replicas import STEERING_LABEL, unsteered, unsteered_error
 from lm_eval_tasks.steer_args import REFERENCE_ARGS, steering_from_args
 from reason_plugins.spec import SpecError
 from vllm_patches.preflight import engine_config, preflight
@@ -52,7 +57,8 @@ GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to Sampli
 
 
 class SteeredVLLM(VLLM):
-    def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, readout=None, **kwargs):
+    def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, readout=None, ray_address=None,
+                 ray_timeout: float = 86400.0, **kwargs):
         from reason_plugins.models import resolve_model
 
         pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
@@ -101,6 +107,12 @@ class SteeredVLLM(VLLM):
             if self.steering:
                 logger.info("steered_vllm: steering %s", json.dumps(self.steering))
         super().__init__(pretrained=pretrained, **kwargs)
+        self.replicas = None
+        self._dp_records: dict[int, tuple] = {}  # id(output) -> (steering record, readout) from its replica
+        if self.data_parallel_size > 1:  # our own replicas (lm-eval's would reserve GPUs only and skip the checks)
+            from lm_eval_tasks.replicas import Replicas
+
+            self.replicas = Replicas(self.model_args, self.data_parallel_size, self.tensor_parallel_size, ray_address, float(ray_timeout))
 
     # -- arms: route each request to its arm ----------------------------------------------------------
     def _arm_of(self, req) -> Arm:
@@ -169,10 +181,14 @@ class SteeredVLLM(VLLM):
         from lm_eval_tasks.features import summarise
         from vllm_patches.engine.readout import unpack
 
-        found = unpack(self.model.collective_rpc("reason_steering_readout", kwargs={"request_ids": [o.request_id for o in outputs]})[0])
+        if self.replicas is None:
+            found = unpack(self.model.collective_rpc("reason_steering_readout", kwargs={"request_ids": [o.request_id for o in outputs]})[0])
         think_end = self.tokenizer.convert_tokens_to_ids("</think>") if "</think>" in self.tokenizer.get_vocab() else None
         for out in outputs:
-            rec = next((r for rid, r in found.items() if rid.rsplit("-", 1)[0] == out.request_id or rid == out.request_id), None)
+            if self.replicas is not None:  # read in its replica
+                rec = self._dp_records.get(id(out), (None, None))[1]
+            else:
+                rec = next((r for rid, r in found.items() if rid.rsplit("-", 1)[0] == out.request_id or rid == out.request_id), None)
             if rec is None or "error" in rec or rec.get("evicted"):
                 raise RuntimeError(f"steered_vllm readout: request {out.request_id} has no readout ({rec})")
             first = next(iter(rec.values()))  # one readout spec per request here
@@ -191,6 +207,20 @@ class SteeredVLLM(VLLM):
         return kwargs, until, max_gen_toks
 
     # -- the engine call ------------------------------------------------------------------------------
+    def _dispatch(self, requests, generate: bool, sampling_params):
+        """The parent's engine call with one engine; with ``data_parallel_size > 1`` our Ray replicas, each of
+        which checks its own steering, with their records kept beside the outputs."""
+        if self.replicas is None:
+            return VLLM._model_generate(self, requests, generate=generate, sampling_params=sampling_params)
+        from vllm import SamplingParams
+
+        if not generate or sampling_params is None:
+            sampling_params = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(requests)
+        outputs, records, readouts = self.replicas.generate(requests, params, self.lora_request)
+        self._dp_records = {id(o): (rec, read) for o, rec, read in zip(outputs, records, readouts)}
+        return outputs
+
     def _model_generate(self, requests, generate: bool = False, sampling_params=None):
         if self.readout and generate and sampling_params is not None:
             outputs = self._generate_steered(requests, self._with_readout(sampling_params, len(requests)))
@@ -201,27 +231,23 @@ class SteeredVLLM(VLLM):
     def _generate_steered(self, requests, sampling_params, generate: bool = True):
         if self.arms:
             if generate and sampling_params is not None:  # generate_until: each params carries its arm's steering
-                outputs = super()._model_generate(requests, generate=True, sampling_params=sampling_params)
+                outputs = self._dispatch(requests, generate=True, sampling_params=sampling_params)
                 params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(requests)
-                arms = [(sp.extra_args or {}).get("reason_arm") for sp in params]
-                if self.data_parallel_size <= 1:
-                    self._check_arms(outputs, arms)
+                self._check_arms(outputs, [(sp.extra_args or {}).get("reason_arm") for sp in params])
                 return outputs
             if self._ll_steering is None or self._ll_steering[1] is None:
-                return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+                return self._dispatch(requests, generate=generate, sampling_params=sampling_params)
             arm_name, steering = self._ll_steering
-            outputs = self._steered_generate(requests, generate, sampling_params, steering)
-            if self.data_parallel_size <= 1:
-                self._check_arms(outputs, [arm_name] * len(outputs))
+            outputs = self._steered_generate(requests, generate, sampling_params, steering, arm_name)
+            self._check_arms(outputs, [arm_name] * len(outputs))
             return outputs
         if self.steering is None:
-            return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+            return self._dispatch(requests, generate=generate, sampling_params=sampling_params)
         outputs = self._steered_generate(requests, generate, sampling_params, self.steering)
-        if self.data_parallel_size <= 1:
-            self._check_applied(outputs)
+        self._check_applied(outputs)
         return outputs
 
-    def _steered_generate(self, requests, generate, sampling_params, steering):
+    def _steered_generate(self, requests, generate, sampling_params, steering, arm_name=None):
         from vllm import SamplingParams
 
         if not generate or sampling_params is None:  # the parent's log-likelihood params, steered too
@@ -231,29 +257,27 @@ class SteeredVLLM(VLLM):
         steered = []
         for sp in sampling_params:
             sp = sp.clone()
-            sp.extra_args = {**(sp.extra_args or {}), "steering": steering}
+            sp.extra_args = {**(sp.extra_args or {}), "steering": steering, **({"reason_arm": arm_name} if arm_name else {})}
             steered.append(sp)
-        return super()._model_generate(requests, generate=True, sampling_params=steered)
+        return self._dispatch(requests, generate=True, sampling_params=steered)
 
-    def _report(self) -> tuple[dict, dict]:
+    def _records(self, outputs) -> list:
+        """What the engine applied to each output's request (None: unsteered), from its replica's report."""
+        if self.replicas is not None:
+            return [self._dp_records.get(id(o), (None, None))[0] for o in outputs]
         report = self.model.collective_rpc("reason_steering_report")[0]
-        return report, {rid.rsplit("-", 1)[0]: rec for rid, rec in report.items()}
+        by_request = {rid.rsplit("-", 1)[0]: rec for rid, rec in report.items()}
+        return [by_request.get(o.request_id) or report.get(o.request_id) for o in outputs]
 
     def _check_arms(self, outputs, arms: list[str | None]) -> None:
         """Every request of a steered arm was steered (else the run fails naming the arm)."""
-        report, by_request = self._report()
-        missing: dict[str, list] = {}
-        for out, arm in zip(outputs, arms):
-            if arm is None:
-                continue
-            rec = by_request.get(out.request_id) or report.get(out.request_id)
-            if rec is None or not rec.get("tokens"):
-                missing.setdefault(arm, []).append(out.request_id)
-                continue
-            _add(self.arm_summary[arm], rec)
+        records = self._records(outputs)
+        missing = unsteered(records, arms)
         if missing:
-            raise RuntimeError("steered_vllm: arm(s) " + ", ".join(f"{a!r} ({len(r)} request(s), e.g. {r[:3]})" for a, r in missing.items())
-                               + " asked to be steered ran unsteered")
+            raise unsteered_error(missing, [o.request_id for o in outputs])
+        for rec, arm in zip(records, arms):
+            if arm is not None:
+                _add(self.arm_summary[arm], rec)
         for arm in sorted({a for a in arms if a is not None}):
             s = self.arm_summary[arm]
             logger.info("steered_vllm arm %s: spec(s) %s at layers %s: %d requests, %d tokens, mean |delta| %.4g",
@@ -263,16 +287,12 @@ class SteeredVLLM(VLLM):
                                                           for a in self.arms}})
 
     def _check_applied(self, outputs) -> None:
-        report, by_request = self._report()
-        missing = []
-        for out in outputs:
-            rec = by_request.get(out.request_id) or report.get(out.request_id)
-            if rec is None or not rec.get("tokens"):
-                missing.append(out.request_id)
-                continue
-            _add(self.steering_summary, rec)
+        records = self._records(outputs)
+        missing = unsteered(records, [STEERING_LABEL] * len(outputs))
         if missing:
-            raise RuntimeError(f"steered_vllm: {len(missing)} request(s) asked to be steered ran unsteered: {missing[:5]}")
+            raise unsteered_error(missing, [o.request_id for o in outputs])
+        for rec in records:
+            _add(self.steering_summary, rec)
         s = self.steering_summary
         logger.info("steered_vllm: applied spec(s) %s at layers %s: %d requests, %d tokens, mean |delta| %.4g",
                     s["spec_hashes"], s["layers"], s["requests"], s["tokens"], s["mean_abs_delta"])

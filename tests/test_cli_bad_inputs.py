@@ -221,6 +221,14 @@ CASES = [
                                          "--out", e["file"]], "is an existing file", False),
     ("sweep max-tokens 0", lambda e: ["sweep", "--model", e["model"], "--sae", e["sae"], "--feature", "1", "--values", "0,2",
                                       "--out", e["out"], "--max-tokens", "0"], "got '0'", False),
+    # ---- score on Ray (issue 26): refused before any model, SAE or cluster work
+    ("score --workers 0", lambda e: S(e) + ["--ray", "--workers", "0", "--out", e["out"]], "--workers: expected an integer >= 1, got '0'", False),
+    ("score --workers without --ray", lambda e: S(e) + ["--workers", "2", "--out", e["out"]], "--workers needs --ray", False),
+    ("score --ray unreachable", lambda e: S(e) + ["--ray", f"127.0.0.1:{_free_port()}", "--workers", "2", "--out", e["out"]],
+     "cannot reach the Ray cluster at '127.0.0.1:", False),
+    ("score --ray bad address", lambda e: S(e) + ["--ray", "nohost", "--out", e["out"]], "Ray address 'nohost' is not HOST:PORT", False),
+    ("score --ray with --engine vllm", lambda e: S(e) + ["--ray", "--engine", "vllm", "--out", e["out"]], "--ray scores every row", False),
+    ("score --ray with --num-chunks", lambda e: S(e) + ["--ray", "--num-chunks", "2", "--out", e["out"]], "--ray scores every row", False),
     # ---- an output path that cannot be created (root may "write" to /proc, where mkdir fails): refused first
     *[(f"{cmd} --out under /proc", argv, "cannot be created", False) for cmd, argv in (
         ("score", lambda e: S(e) + ["--out", UNCREATABLE]),
@@ -239,6 +247,25 @@ CASES = [
     ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
     ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),
 ]
+
+
+def _free_port() -> int:
+    """A loopback port where nothing listens (bound, read, released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_version_outside_the_pinned_range_is_one_line(env, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "__version__", "2.59.1")
+    code = main(S(env) + ["--ray", "--workers", "2", "--out", env["out"]])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reason-sae")]
+    assert code == 2 and lines == ["reason-sae score: error: ray 2.59.1 is outside the supported range (expected >=2.60,<2.61)"]
+    assert not Path(env["out"]).exists()
 
 
 def _snapshot(root: Path) -> dict:

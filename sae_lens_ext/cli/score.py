@@ -4,6 +4,7 @@
     reason-sae score --merge SHARD_DIR SHARD_DIR ... --out DIR
     reason-sae score ... --engine vllm [--tensor-parallel-size N]      # what the vLLM engine computes
     reason-sae score ... --engine vllm --generate N --prompts FILE      # over the model's own continuations
+    reason-sae score ... --ray [ADDRESS] --workers N                    # N actors on a Ray cluster
 
 Rerunning the same command after an interruption resumes from ``DIR/checkpoint.safetensors`` when
 the run's identity (SAE weights, model, data fingerprint, vocabulary, options) matches, and says so;
@@ -70,6 +71,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int_at_least(1), default=256, help="--generate: tokens per continuation (default 256)")
     parser.add_argument("--temperature", type=finite_float(0), default=0.6, help="--generate: sampling temperature (default 0.6)")
     parser.add_argument("--gen-seed", type=int_at_least(0), default=0, help="--generate: sampling seed (default 0)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="score on a Ray cluster: HOST:PORT, ray://HOST:PORT or auto; no ADDRESS starts a local one")
+    parser.add_argument("--workers", type=int_at_least(1), default=None, help="--ray: actors, each holding the model and SAE (default 1)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -88,6 +92,8 @@ def check_args(args) -> None:
         return
     if not args.model or not args.sae:
         raise UserError("--model and --sae are required (or --merge SHARD_DIR ...)")
+    if args.ray is None and args.workers is not None:
+        raise UserError("--workers needs --ray [ADDRESS] (the actors run on a Ray cluster)")
     if args.chunk_index >= args.num_chunks:
         raise UserError(f"--chunk-index {args.chunk_index} is out of range (expected 0..{args.num_chunks - 1} for --num-chunks {args.num_chunks})")
     check_inputs(args)
@@ -105,6 +111,14 @@ def check_args(args) -> None:
         args.prompt_list = read_prompts(args.prompts)
     elif args.prompts:
         raise UserError("--prompts is for --generate N (the model's own continuations)")
+    if args.ray is not None:
+        if args.engine != "hf" or args.num_chunks != 1:
+            raise UserError("--ray scores every row with the model in Ray actors: give neither --engine vllm nor --num-chunks "
+                            "(the actors share the batches)")
+        from reason_plugins.ray_cluster import check_reachable, check_version
+
+        check_version()
+        check_reachable(args.ray)
 
 
 def check_inputs(args) -> None:
@@ -172,7 +186,7 @@ def run(args) -> int:
             n_samples=args.n_samples, seed=args.seed, text_column=args.text_column, context_size=args.context_size,
             num_chunks=args.num_chunks, chunk_index=args.chunk_index, checkpoint_every=args.checkpoint_every,
             backend=args.backend, device=args.device, progress=not args.no_progress,
-            require_matches=args.num_chunks == 1)
+            require_matches=args.num_chunks == 1, ray=args.ray, workers=args.workers or 1)
     print(f"ReasonScore of {result.d_sae} features over {result.stats.n_tokens} tokens "
           f"({result.stats.count_pos} positive) -> {Path(args.out)}")
     for row in result.top(min(args.top_k, 10)):

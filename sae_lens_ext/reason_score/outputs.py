@@ -95,13 +95,22 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, overwrite: bool = False, progress: bool = True,
-                 require_matches: bool = True, _interrupt_after=None, **kwargs):
+                 require_matches: bool = True, _interrupt_after=None, ray=None, workers: int = 1, ray_options=None, **kwargs):
     """Run ``compute_reason_score`` checkpointing into ``out_dir`` (rerunning the same run resumes;
     a checkpoint or finished run of a different job there is refused unless ``overwrite``), then
     write the outputs; returns the result. In-memory rows (and an SAE with no path) are saved next to
-    the run so ``--scores out_dir`` can reopen it. Bad input raises before anything is written."""
+    the run so ``--scores out_dir`` can reopen it. Bad input raises before anything is written.
+    ``ray``: a Ray cluster's address (``"local"`` starts one) to score with ``workers`` actors
+    (``ray_run.run_on_ray``, ``ray_options`` passed to it); same numbers, same checkpoint and resume."""
     out = Path(out_dir)
     _check_out(out)
+    if ray is not None:
+        from reason_plugins.cli_args import check_int
+        from reason_plugins.ray_cluster import check_reachable, check_version
+
+        check_int("workers", workers, 1)
+        check_version()
+        check_reachable(ray)
     checkpoint = Path(kwargs.pop("checkpoint", None) or out / "checkpoint.safetensors")
     prepared = PreparedRun(model, sae, data, **kwargs)
     if overwrite:
@@ -109,7 +118,13 @@ def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, overwrite: bool 
     elif (out / "run_config.json").is_file() and not checkpoint.is_file():
         previous = json.loads((out / "run_config.json").read_text())
         prepared.check_against(previous, f"the finished run in {str(out)!r}", "choose another --out or pass --overwrite")
-    result = prepared.run(checkpoint, progress, require_matches, _interrupt_after)
+    if ray is None:
+        result = prepared.run(checkpoint, progress, require_matches, _interrupt_after)
+    else:
+        from sae_lens_ext.reason_score.ray_run import run_on_ray
+
+        result = run_on_ray(prepared, checkpoint, address=None if ray == "local" else ray, workers=workers, progress=progress,
+                            require_matches=require_matches, _interrupt_after=_interrupt_after, **(ray_options or {}))
     save_inputs(prepared, out)  # generated rows too: contexts, dashboards and control reopen them from out/data
     result.config = dict(prepared.config)
     write_outputs(result, out, top_k)

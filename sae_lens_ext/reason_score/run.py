@@ -64,6 +64,8 @@ class PreparedRun:
 
         from reason_plugins.vocabulary import resolve_vocabulary
         from sae_lens_ext.reason_score import identity as ri
+
+        self.model_arg, self.sae_arg, self.device = model, sae, device  # as given: a Ray run's workers load names themselves
         from sae_lens_ext.reason_score import metric as rsm
 
         _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
@@ -175,7 +177,7 @@ class PreparedRun:
             stats = saved
             print(f"ReasonScore: resuming from batch {stats.n_batches}/{total if total is not None else '?'} "
                   f"({str(checkpoint)!r}, identical run {config['job']})", file=sys.stderr)
-        done = stats.n_batches
+        done = done_batches(stats)
         group_seqs = list(self.seqs.values())
         batches = token_batches(self.tokens, self.tokenizer, batch_size=o["batch_size"], context_size=o["context_size"],
                                 prepend_bos=o["prepend_bos"], n_samples=o["n_samples"], seed=o["seed"],
@@ -183,21 +185,18 @@ class PreparedRun:
         sae_device = next(self.encoder.sae.parameters()).device
         try:
             for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
-                if i < done:
+                if i in done:
                     continue  # resumed: these batches are already in the checkpoint
                 if self.engine_factory is None:
-                    acts = self.source(batch).to(sae_device)
-                    masks = rsm.token_masks(batch.to(sae_device), group_seqs, o["expand_range"], self.ignore)
-                    stats.add_counts(*masks)
-                    flat = acts.reshape(-1, acts.shape[-1])
-                    for start, chunk_acts in self.encoder.chunks(flat):
-                        stats.add_acts(chunk_acts, *masks, start=start)
+                    add_hf_batch(stats, self.source, self.encoder, batch, group_seqs, o["expand_range"], self.ignore, sae_device)
                 else:
                     if session is None:  # started once there is work for it (a finished resume starts none)
                         session = self._session()
                     masks = rsm.token_masks(batch, group_seqs, o["expand_range"], self.ignore)
                     stats.add_counts(*masks)
                     self._add_engine_sums(stats, session, batch, masks)
+                if DONE_KEY in stats.extra:  # a checkpoint a Ray run wrote: its batches need not be a prefix
+                    stats.extra[DONE_KEY] = batch_ranges(done_batches(stats) | {i})
                 if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
                     stats.save(checkpoint)
                 if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
@@ -260,6 +259,42 @@ class PreparedRun:
         stats.sum_pos += sums[0]
         stats.sum_neg += sums[1]
         stats.sum_groups += sums[2:]
+
+
+DONE_KEY = "done_batches"  # in a checkpoint's extra: the batch indices its sums hold, as [start, stop) ranges
+
+
+def done_batches(stats) -> set[int]:
+    """The batch indices a checkpoint's sums hold: its ``done_batches`` ranges (written by Ray runs, whose
+    workers finish batches out of order), else the first ``n_batches`` (the one-process run's order)."""
+    ranges = stats.extra.get(DONE_KEY)
+    if ranges is None:
+        return set(range(stats.n_batches))
+    return {i for start, stop in ranges for i in range(start, stop)}
+
+
+def batch_ranges(indices) -> list[list[int]]:
+    """Sorted batch indices as [start, stop) ranges (compact in a checkpoint's metadata)."""
+    out: list[list[int]] = []
+    for i in sorted(indices):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def add_hf_batch(stats, source, encoder, batch, group_seqs, expand_range, ignore, sae_device) -> None:
+    """One token batch [B, T] through the model (forward hook) and the SAE, into ``stats``: what the
+    one-process run and every Ray worker do per batch, so both add the same numbers."""
+    from sae_lens_ext.reason_score import metric as rsm
+
+    acts = source(batch).to(sae_device)
+    masks = rsm.token_masks(batch.to(sae_device), group_seqs, expand_range, ignore)
+    stats.add_counts(*masks)
+    flat = acts.reshape(-1, acts.shape[-1])
+    for start, chunk_acts in encoder.chunks(flat):
+        stats.add_acts(chunk_acts, *masks, start=start)
 
 
 def _engine_factory(engine: str, model):
