@@ -94,7 +94,7 @@ def pick_baseline(arms: dict, baseline: str | None, first_run_arms: list[str]) -
 def compare_arms(arms: dict, baseline: str, tasks=None, n_boot: int = 10_000, seed: int = 0, correction: str = "holm",
                  alpha: float = 0.05) -> dict:
     """Every arm vs ``baseline`` on every shared task and metric, p-values adjusted across all of them."""
-    from lm_eval_tasks.comparison.stats import adjust_pvalues, paired_test
+    from lm_eval_tasks.comparison.stats import adjust_rows, paired_test
 
     if len(arms) < 2:
         raise ValueError(f"need a baseline and at least one other arm, found {sorted(arms)}")
@@ -129,10 +129,9 @@ def compare_arms(arms: dict, baseline: str, tasks=None, n_boot: int = 10_000, se
                     found = True
             if not found:
                 raise ValueError(f"{task}: no comparable metric (looked for {METRICS}) in arms {baseline!r} and {arm!r}")
-    for r, p_adj in zip(flat, adjust_pvalues([r["p_value"] for r in flat], correction, alpha)):
-        r["p_adjusted"] = p_adj
+    for r in flat:
         r["significant_unadjusted"] = r["significant"]
-        r["significant"] = bool(p_adj < alpha and (r["diff_low"] > 0 or r["diff_high"] < 0))
+    adjust_rows(flat, correction, alpha)
     return out
 
 
@@ -143,15 +142,16 @@ def _rows(report: dict):
 
 
 def format_markdown(report: dict) -> str:
-    corr = {"holm": "Holm-Bonferroni", "fdr": "Benjamini-Hochberg", "none": "no"}[report["correction"]]
+    from lm_eval_tasks.comparison.stats import CORRECTION_NAMES, result_cells, verdict_cell
+
+    corr = CORRECTION_NAMES[report["correction"]]
     lines = [f"Each arm vs `{report['baseline']}`: mean per-problem difference, 95% bootstrap interval, paired sign-flip p, "
              f"{corr} adjustment over {sum(1 for _ in _rows(report))} comparisons (alpha {report['alpha']}).", "",
              "| arm | metric | baseline | arm | diff [95% CI] | p | p adjusted | n | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for arm, key, r in _rows(report):
-        lines.append(f"| {arm} | {key} | {r['baseline'][0]:.4g} | {r['steered'][0]:.4g} | {r['diff']:+.4g} "
-                     f"[{r['diff_low']:+.4g}, {r['diff_high']:+.4g}] | {r['p_value']:.3g} | {r['p_adjusted']:.3g} | {r['n']} | "
-                     f"{'**significant**' if r['significant'] else 'inside the noise'} |")
+        lines.append(f"| {arm} | {key} | {r['baseline'][0]:.4g} | {r['steered'][0]:.4g} | {result_cells(r)} | {r['n']} | "
+                     f"{verdict_cell(r)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,7 @@ def _doc_activity(row: dict, section: str, stat: str, feature_index: int):
 def feature_report(arms: dict, baseline: str, tasks=None, stats=("mean",), sections=("output",), n_boot: int = 10_000,
                    seed: int = 0, correction: str = "holm", alpha: float = 0.05) -> dict:
     """Every comparison above for every arm, task and feature, adjusted together."""
-    from lm_eval_tasks.comparison.stats import adjust_pvalues, paired_test, two_group_test
+    from lm_eval_tasks.comparison.stats import adjust_rows, paired_test, two_group_test
 
     names = tasks or sorted(set.intersection(*(set(a) for a in arms.values())))
     rows, flat = [], []
@@ -75,23 +75,21 @@ def feature_report(arms: dict, baseline: str, tasks=None, stats=("mean",), secti
     if not flat:
         raise ValueError("nothing to compare: no arm has both correctly and incorrectly answered problems, and no arm "
                          "shares problems with the baseline")
-    for r, p_adj in zip(flat, adjust_pvalues([r["p_value"] for r in flat], correction, alpha)):
-        r["p_adjusted"] = p_adj
-        r["significant"] = bool(p_adj < alpha and (r["diff_low"] > 0 or r["diff_high"] < 0))
+    adjust_rows(flat, correction, alpha)
     return {"baseline": baseline, "correction": correction, "alpha": alpha, "rows": rows}
 
 
 def format_features(report: dict) -> str:
-    corr = {"holm": "Holm-Bonferroni", "fdr": "Benjamini-Hochberg", "none": "no"}[report["correction"]]
+    from lm_eval_tasks.comparison.stats import CORRECTION_NAMES, result_cells, verdict_cell
+
+    corr = CORRECTION_NAMES[report["correction"]]
     lines = [f"Feature activity beside outcomes: difference of means, 95% bootstrap interval, permutation / paired sign-flip p, "
              f"{corr} adjustment over {len(report['rows'])} comparisons.", "",
              "| arm | task | feature | activity | comparison | A | B | diff [95% CI] | p | p adjusted | n A / B | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['arm']} | {r['task']} | {r['feature']} | {r['stat']} ({r['section']}) | {r['comparison']} | "
-                     f"{r['mean_a']:.4g} | {r['mean_b']:.4g} | {r['diff']:+.4g} [{r['diff_low']:+.4g}, {r['diff_high']:+.4g}] | "
-                     f"{r['p_value']:.3g} | {r['p_adjusted']:.3g} | {r['n_a']} / {r['n_b']} | "
-                     f"{'**significant**' if r['significant'] else 'inside the noise'} |")
+                     f"{r['mean_a']:.4g} | {r['mean_b']:.4g} | {result_cells(r)} | {r['n_a']} / {r['n_b']} | {verdict_cell(r)} |")
     return "\n".join(lines) + "\n"
 
 

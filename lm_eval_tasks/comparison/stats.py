@@ -112,6 +112,26 @@ def adjust_pvalues(pvalues, method: str = "holm", alpha: float = ALPHA) -> list[
     return [float(x) for x in adjusted]
 
 
+CORRECTION_NAMES = {"holm": "Holm-Bonferroni", "fdr": "Benjamini-Hochberg", "none": "no"}
+
+
+def adjust_rows(rows: list[dict], correction: str, alpha: float = ALPHA) -> None:
+    """Adjust the rows' ``p_value`` together (``p_adjusted``) and mark each ``significant`` when the adjusted p is
+    below ``alpha`` and its bootstrap interval excludes 0."""
+    for r, p_adj in zip(rows, adjust_pvalues([r["p_value"] for r in rows], correction, alpha)):
+        r["p_adjusted"] = p_adj
+        r["significant"] = bool(p_adj < alpha and (r["diff_low"] > 0 or r["diff_high"] < 0))
+
+
+def result_cells(r: dict) -> str:
+    """A compared row's Markdown cells: difference [95% CI] | p | p adjusted."""
+    return f"{r['diff']:+.4g} [{r['diff_low']:+.4g}, {r['diff_high']:+.4g}] | {r['p_value']:.3g} | {r['p_adjusted']:.3g}"
+
+
+def verdict_cell(r: dict) -> str:
+    return "**significant**" if r["significant"] else "inside the noise"
+
+
 def verdict(result: dict, metric: str, alpha: float = ALPHA) -> str:
     """One line a reader cannot misread."""
     d, lo, hi, p = result["diff"], result["diff_low"], result["diff_high"], result["p_value"]
