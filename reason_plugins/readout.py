@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, hook_layer, parse_many
+from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, parse_many, sae_at_hook
 
 POSITIONS = ("prompt", "output", "all")
 AT = ("before", "after")
@@ -70,13 +70,7 @@ def _int(value, where: str, what: str, low: int) -> int:
 
 def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
     check_object(obj, where, _FIELDS)
-    sae, hook, sae_id = obj.get("sae"), obj.get("hook"), obj.get("sae_id")
-    if not isinstance(sae, str) or not sae:
-        raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")
-    if hook_layer(hook) is None:
-        raise SpecError(f"{where}: hook {hook!r} is not of the form 'blocks.<layer>.hook_resid_post'")
-    if sae_id is not None and not isinstance(sae_id, str):
-        raise SpecError(f"{where}: 'sae_id' must be a string or null, got {sae_id!r}")
+    sae, sae_id, hook = sae_at_hook(obj, where)
     features, top_k, sums = obj.get("features"), obj.get("top_k"), obj.get("sums")
     given = [name for name, value in (("features", features), ("top_k", top_k), ("sums", sums)) if value is not None]
     if len(given) != 1:

@@ -189,13 +189,29 @@ def _edit(obj, where: str) -> Edit:
 SPEC_FIELDS = ("decode_only", "edits", "hook", "method", "sae", "sae_id", *CONDITION_FIELDS)
 
 
-def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
-    check_object(obj, where, SPEC_FIELDS)
-    sae, hook, edits = obj.get("sae"), obj.get("hook"), obj.get("edits")
+def sae_at_hook(obj: dict, where: str) -> tuple:
+    """``(sae, sae_id, hook)`` of a spec object that names an SAE at a hook, each checked."""
+    sae, hook, sae_id = obj.get("sae"), obj.get("hook"), obj.get("sae_id")
     if not isinstance(sae, str) or not sae:
         raise SpecError(f"{where}: 'sae' must be a release name or path, got {sae!r}")
     if hook_layer(hook) is None:
         raise SpecError(f"{where}: hook {hook!r} is not of the form 'blocks.<layer>.hook_resid_post'")
+    if sae_id is not None and not isinstance(sae_id, str):
+        raise SpecError(f"{where}: 'sae_id' must be a string or null, got {sae_id!r}")
+    return sae, sae_id, hook
+
+
+def _decode_only(obj: dict, where: str) -> bool:
+    decode_only = obj.get("decode_only", False)
+    if not isinstance(decode_only, bool):
+        raise SpecError(f"{where}: 'decode_only' must be true or false, got {decode_only!r}")
+    return decode_only
+
+
+def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
+    check_object(obj, where, SPEC_FIELDS)
+    sae, sae_id, hook = sae_at_hook(obj, where)
+    edits = obj.get("edits")
     if not isinstance(edits, list) or not edits:
         raise SpecError(f"{where}: 'edits' must be a non-empty list, got {edits!r}")
     method = obj.get("method", "delta")
@@ -204,12 +220,7 @@ def parse_spec(obj, where: str = "steering spec") -> SteeringSpec:
 
         if method not in registry("steering_method"):
             raise SpecError(f"{where}: method {method!r} is not one of {sorted(registry('steering_method'))}")
-    sae_id = obj.get("sae_id")
-    if sae_id is not None and not isinstance(sae_id, str):
-        raise SpecError(f"{where}: 'sae_id' must be a string or null, got {sae_id!r}")
-    decode_only = obj.get("decode_only", False)
-    if not isinstance(decode_only, bool):
-        raise SpecError(f"{where}: 'decode_only' must be true or false, got {decode_only!r}")
+    decode_only = _decode_only(obj, where)
     parsed = tuple(_edit(e, f"{where} edit {i}") for i, e in enumerate(edits))
     features = [e.feature for e in parsed]
     if len(set(features)) != len(features):
@@ -285,9 +296,7 @@ def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
     coefficient = obj.get("coefficient", 1.0)
     if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
         raise SpecError(f"{where}: 'coefficient' must be a finite number, got {coefficient!r}")
-    decode_only = obj.get("decode_only", False)
-    if not isinstance(decode_only, bool):
-        raise SpecError(f"{where}: 'decode_only' must be true or false, got {decode_only!r}")
+    decode_only = _decode_only(obj, where)
     raw, source = obj.get("vector"), None
     if isinstance(raw, str):
         from reason_plugins.vector_files import read_vector
