@@ -89,3 +89,24 @@ def one_engine(doc: str, script: str, child, prefix: str, max_tokens: int = 128)
     return args, child_results([sys.executable, script, "--child", "--model", str(model), "--sae", str(sae), "--prompts",
                                 str(args.prompts), "--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats),
                                 "--hook", args.hook])
+
+
+def tiny_model_and_random_sae(root: Path, d_sae: int, hook: str = HOOK, init=None, **metadata) -> tuple[str, str]:
+    """The tiny fixture Llama and a seeded random standard SAE (d_in 128) at ``hook``: (model dir, SAE dir).
+    ``init(sae)`` may set weights (under no_grad); ``metadata``: extra SAE metadata (e.g. context_size)."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from reason_plugins import tiny_models
+
+    model = tiny_models.build_model(root / "llama", tiny_models.build_tokenizer(root / "tokenizer"))
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=d_sae))
+    if init is not None:
+        with torch.no_grad():
+            init(sae)
+    sae.cfg.metadata.hook_name = hook
+    for key, value in metadata.items():
+        setattr(sae.cfg.metadata, key, value)
+    sae.save_model(str(root / "sae"))
+    return str(model), str(root / "sae")

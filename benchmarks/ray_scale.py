@@ -31,26 +31,16 @@ REPEATS = 2  # best-of for the short measurements (ReasonScore, pipeline); the l
 
 
 def fixtures(cache: Path, d_sae: int):
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
+    import datasets
+    from bench_common import tiny_model_and_random_sae
     from transformers import AutoTokenizer
 
     from reason_plugins import tiny_models
 
-    tok_dir = tiny_models.build_tokenizer(cache / "tokenizer")
-    model_dir = tiny_models.build_model(cache / "llama", tok_dir)
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=d_sae))
-    with torch.no_grad():
-        sae.b_enc.normal_(0.0, 0.02)
-    sae.cfg.metadata.hook_name = HOOK
-    sae.cfg.metadata.context_size = 128
-    sae.save_model(str(cache / "sae"))
-    import datasets
-
+    model_dir, sae_dir = tiny_model_and_random_sae(cache, d_sae, HOOK, lambda sae: sae.b_enc.normal_(0.0, 0.02), context_size=128)
     texts = tiny_models.training_texts(AutoTokenizer.from_pretrained(model_dir), n=2400, seed=7)
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(cache / "data"))
-    return str(model_dir), str(cache / "sae"), str(cache / "data")
+    return model_dir, sae_dir, str(cache / "data")
 
 
 def bench_score(model, sae, data, rows, address, out: Path) -> dict:

@@ -34,20 +34,9 @@ ENGINE = {"max_model_len": 256, "enforce_eager": True, "max_num_seqs": 128, "max
 
 
 def build(root: Path, d_sae: int):
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
+    from bench_common import tiny_model_and_random_sae
 
-    from reason_plugins import tiny_models
-
-    tok = tiny_models.build_tokenizer(root / "tok")
-    model = tiny_models.build_model(root / "llama", tok)
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=128, d_sae=d_sae))
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 0.1)
-    sae.cfg.metadata.hook_name = HOOK
-    sae.save_model(str(root / "sae"))
-    return str(model), str(root / "sae")
+    return tiny_model_and_random_sae(root, d_sae, HOOK, lambda sae: sae.W_enc.normal_(0, 0.1))
 
 
 def rows_of(model: str, n: int):
