@@ -88,17 +88,19 @@ CONTROLS = {"random": "random", "diff_means": "dom"}  # control kind -> arm-name
 
 
 def control_spec(kind: str, sae: str, sae_id: str | None, feature: int, value: float, hook: str | None = None,
-                 seed: int = 0, vector=None, where: str = "control arm") -> tuple[VectorSpec, dict]:
-    """A feature arm's control twin (see the module docstring) and what to record of it."""
+                 seed: int = 0, vector=None, where: str = "control arm", loaded=None) -> tuple[VectorSpec, dict]:
+    """A feature arm's control twin (see the module docstring) and what to record of it. ``loaded``: the SAE
+    ``sae`` names, when the caller has it already."""
     import torch
 
+    from lm_eval_tasks.steer_args import hook_of
     from reason_plugins.saes import load_sae
     from reason_plugins.spec import check_feature_index, parse_vector_spec
 
     if kind not in CONTROLS:
         raise SpecError(f"{where}: control kind {kind!r} is not one of {sorted(CONTROLS)}")
-    sae_obj = load_sae(str(sae), sae_id)
-    hook = _hook(str(sae), sae_id, hook)
+    sae_obj = loaded if loaded is not None else load_sae(str(sae), sae_id)
+    hook = hook_of(hook, None if hook else sae_obj, "hook")
     check_feature_index(feature, int(sae_obj.cfg.d_sae), owner=f"SAE {sae!r}", what=f"{where}: feature", error=SpecError)
     norm = float(sae_obj.W_dec.detach()[int(feature)].double().norm())
     meta = {"control": kind, "feature": int(feature), "value": float(value), "decoder_norm": norm, "hook": hook}
@@ -157,6 +159,10 @@ def expand_sweep(sweep: dict) -> list[Arm]:
     if not isinstance(features, list) or not features or not isinstance(strengths, list) or not strengths:
         raise SpecError(f"{where}: 'features' and 'strengths' must be non-empty lists, got {features!r} and {strengths!r}")
     arms = [Arm(BASELINE)]
+    if controls:
+        from reason_plugins.saes import load_sae
+
+        loaded = load_sae(str(sweep["sae"]), sweep.get("sae_id"))  # once for every twin of the sweep
     for feature in features:
         if isinstance(max_act, dict):
             value = max_act.get(str(feature), max_act.get(feature))
@@ -171,7 +177,8 @@ def expand_sweep(sweep: dict) -> list[Arm]:
             arms.append(Arm(name, (spec,)))
             for kind in controls:
                 twin, meta = control_spec(kind, sweep["sae"], sweep.get("sae_id"), int(feature), spec.edits[0].value, spec.hook,
-                                          sweep.get("control_seed", 0), sweep.get("diff_means"), f"{where} {name} {kind} control")
+                                          sweep.get("control_seed", 0), sweep.get("diff_means"), f"{where} {name} {kind} control",
+                                          loaded)
                 arms.append(Arm(f"{name}_{CONTROLS[kind]}", (twin,), {**meta, "twin_of": name}))
     return arms
 
