@@ -254,10 +254,9 @@ class SteeringRuntime:
         specs, digest = self._specs[req_id]
         number = self._number(req_id)
         steered = np.zeros(end - start, dtype=bool)
-        inside = []  # the think mask of these rows, computed once per step (only for only_in specs)
         for spec in specs:
             key = self._op_key[spec.hook]
-            rows = self._spec_rows(req_id, spec, entry, inside)
+            rows = self._spec_rows(req_id, spec, entry)
             if isinstance(spec, VectorSpec):  # one row: the vector (add) or its unit direction (clamp)
                 if len(spec.vector) != self.d_model:
                     raise SpecError(f"{spec.describe()}: {len(spec.vector)} values, the model's width is {self.d_model}")
@@ -310,17 +309,17 @@ class SteeringRuntime:
                 return False
         return True
 
-    def _spec_rows(self, req_id: str, spec, entry, inside: list):
+    def _spec_rows(self, req_id: str, spec, entry):
         """The rows of this step a spec applies to: a slice, or the row indices its condition lets through."""
         _, start, end, prompt_left, num_computed = entry
         cond = spec.condition
         if cond is None or not (cond.window or cond.only_in):
             return slice(start + prompt_left if spec.decode_only else start, end)
         state = self._runner_requests[req_id]
-        if cond.only_in and not inside:
-            inside.append(self._think_tracker().inside(req_id, state.get_token_id, num_computed, end - start))
+        # the think mask of these rows (the tracker answers a second spec of the request from its last answer)
+        inside = self._think_tracker().inside(req_id, state.get_token_id, num_computed, end - start) if cond.only_in else None
         positions = num_computed + np.arange(end - start)
-        mask = position_mask(spec, positions, state.num_prompt_tokens, inside[0] if inside else None)
+        mask = position_mask(spec, positions, state.num_prompt_tokens, inside)
         return start + np.flatnonzero(mask)
 
     def _think_tracker(self) -> ThinkTracker:
