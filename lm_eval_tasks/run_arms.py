@@ -50,7 +50,7 @@ def run_arms_eval(model_dir, task: str, arms, out_dir, *, include_path: str | No
            "single": bool(single_arms), "max_model_len": int(max_model_len), "readout": readout}
     started = time.time()
     # the child exists for this one engine: its core runs in the child itself unless the caller says otherwise
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false",  # the KV cache: sized by steered_vllm's engine start
            "VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")}
     res = subprocess.run([sys.executable, "-m", "lm_eval_tasks.run_arms", json.dumps(job)], capture_output=True, text=True,
                          timeout=timeout, env=env)

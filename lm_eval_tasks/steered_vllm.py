@@ -28,7 +28,8 @@ else a local cluster; ``ray_timeout=`` bounds every wait): CPUs are reserved whe
 GPUs, each replica checks its own requests' steering, and the summaries add up across replicas.
 
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
-sampling params). After each batch the plugin's per-request report is checked: a request that was
+sampling params), except that the engine is started by ``vllm_patches.starting.start_llm``: on CPU, a KV cache
+sized when the user chose none, and one ``EngineStartError`` naming the cause when it cannot start. After each batch the plugin's per-request report is checked: a request that was
 asked to be steered and ran unsteered is an error, never silent. ``steering_summary`` keeps what
 was applied (spec hash, layers, tokens, mean |delta|); it is logged and written next to the results
 when ``REASON_STEERING_REPORT`` names a file.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from lm_eval.models.vllm_causallms import VLLM
@@ -106,7 +108,8 @@ class SteeredVLLM(VLLM):
             kwargs["additional_config"] = extra
             if self.steering:
                 logger.info("steered_vllm: steering %s", json.dumps(self.steering))
-        super().__init__(pretrained=pretrained, **kwargs)
+        with _started_by_us():
+            super().__init__(pretrained=pretrained, **kwargs)
         self.replicas = None
         self._dp_records: dict[int, tuple] = {}  # id(output) -> (steering record, readout) from its replica
         if self.data_parallel_size > 1:  # our own replicas (lm-eval's would reserve GPUs only and skip the checks)
@@ -317,6 +320,31 @@ def _write_json(path: str, obj) -> None:
     from reason_plugins.files import write_json_atomic
 
     write_json_atomic(path, obj)
+
+
+@contextmanager
+def _started_by_us():
+    """lm-eval builds its engine as ``LLM(**model_args)``: for that call, ``vllm_patches.starting.start_llm`` builds
+    it (a CPU engine's KV cache sized when the user chose none; one ``EngineStartError`` naming the cause and the
+    knob when it cannot start). A stand-in ``LLM`` someone put there (a test double) is left in place."""
+    import lm_eval.models.vllm_causallms as host
+    import vllm
+
+    original = host.LLM
+    if original is not vllm.LLM:
+        yield
+        return
+
+    def start(**model_args):
+        from vllm_patches import starting
+
+        return starting.start_llm(**model_args)
+
+    host.LLM = start
+    try:
+        yield
+    finally:
+        host.LLM = original
 
 
 def _readout_arg(readout):

@@ -19,6 +19,25 @@ class UserError(ValueError):
     """Bad input from the user: shown as one line, exit code 2."""
 
 
+# ---------------------------------------------------------------- engine mode
+def add_engine_mode_arguments(parser) -> None:
+    """``--eager`` (the default) / ``--compile`` for commands that start a vLLM engine, run one batch and exit:
+    on a CPU machine eager reaches the answer soonest (``benchmarks/startup.py``, ``benchmarks/RESULTS.md``)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--eager", dest="compile", action="store_false",
+                       help="run the model eagerly (default: this command runs one batch, and on CPU an eager engine "
+                            "answers first; see benchmarks/RESULTS.md)")
+    group.add_argument("--compile", dest="compile", action="store_true",
+                       help="torch.compile the model first (a slower start, reused from vLLM's compile cache on later runs; "
+                            "pays off for long generations)")
+    parser.set_defaults(compile=False)
+
+
+def enforce_eager(args) -> bool:
+    """The engine's ``enforce_eager`` from ``add_engine_mode_arguments``'s options."""
+    return not getattr(args, "compile", False)
+
+
 # ---------------------------------------------------------------- numbers
 def int_at_least(low: int, high: int | None = None):
     """argparse type: an int ``>= low`` (and ``<= high``)."""

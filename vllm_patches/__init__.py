@@ -15,6 +15,8 @@ load (``import_hooks``; the patch bodies are in ``engine/patches.py``, wrapped b
   worker could not steer are finished with an error (``engine/admission.py``);
 - ``VllmConfig.use_v2_model_runner``: an engine with steering configured uses the V1 model
   runner, whose batch layout the per-step patches read (vLLM 0.32 picks V2 by default on GPUs);
+- ``EngineArgs.create_engine_config``: a steered CPU engine whose operator chose no KV size gets one; and a
+  filter on vLLM's log handlers lets ``starting.start_llm`` report a failed start once, by its root cause;
 - workers gain ``reason_steering_report`` for ``collective_rpc`` (what was applied, per request),
   and ``reason_steering_stats`` (admission counters); ``endpoint.py`` serves the report over HTTP
   (``vllm.endpoint_plugins``).
@@ -26,10 +28,12 @@ start on a vLLM whose internals moved, instead of running steered requests unste
 
 The rooms, importing downwards only (an import-linter contract): ``cli`` (``reason-sae steer`` /
 ``sweep``) > ``sweep`` > ``llm`` (``SteeredLLM``), ``preflight``, ``endpoint`` > ``engine`` > ``patching``,
-``frontend`` (the one validator) > ``config``.
+``frontend`` (the one validator), ``starting`` (``start_llm``: every engine we start) > ``config``.
 """
 
 from __future__ import annotations
+
+import sys
 
 _registered = False
 
@@ -44,4 +48,8 @@ def register() -> None:
 
     for module_name, patch in patches.BY_MODULE.items():
         when_imported(module_name, patch)
+    if "vllm.logger" in sys.modules:  # a vLLM process: a failing start_llm keeps the children's tracebacks quiet
+        from vllm_patches.starting import install_log_filter
+
+        install_log_filter()
 

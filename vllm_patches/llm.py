@@ -9,7 +9,8 @@
     out = llm.generate(prompts, params, readout={"sae": ..., "hook": "blocks.19.hook_resid_post", "features": [46379]})
     llm.readout(out)   # per output: token_ids, positions, activations [T, F] (or top_k), missing_positions
 
-Everything else is plain vLLM: ``llm.llm`` is the ``vllm.LLM``.
+Everything else is plain vLLM: ``llm.llm`` is the ``vllm.LLM``, started by ``starting.start_llm`` (on CPU a KV cache
+sized when none was chosen; an engine that cannot start raises one ``EngineStartError`` naming the cause and the knob).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ class SteeredLLM:
     def __init__(self, model: str, saes: list[dict] | None = None, max_edits: int = 16, capture: bool = False,
                  max_slots: int | None = None, max_readout: int | None = None, max_top_k: int | None = None,
                  readout_memory_mb: int | None = None, vector_hooks: list[str] | None = None, **llm_kwargs):
-        from vllm import LLM
-
         import vllm_patches
         from reason_plugins.models import resolve_model
+        from vllm_patches.starting import start_llm
 
         model = resolve_model(model)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
 
@@ -43,7 +43,7 @@ class SteeredLLM:
                             ("readout_memory_mb", readout_memory_mb)):
             if value is not None:
                 extra[CONFIG_KEY][name] = value
-        self.llm = LLM(model, additional_config=extra, **llm_kwargs)
+        self.llm = start_llm(model, additional_config=extra, **llm_kwargs)
 
     @property
     def dtype(self) -> str:

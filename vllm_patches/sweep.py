@@ -58,7 +58,7 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
               condition: dict | None = None, **llm_kwargs) -> dict:
     """Run the sweep and write ``sweep.json`` / ``sweep.png`` under ``out_dir``; returns
     ``{"json", "png", "summary", "outputs"}``. ``llm``: an existing ``SteeredLLM`` configured with this
-    SAE at ``hook`` (else one is started; ``eager`` skips torch.compile for a faster start). The
+    SAE at ``hook`` (else one is started; ``eager`` skips torch.compile: on CPU the answer comes soonest). The
     specs are validated against the SAE and the model's config first (``vllm_patches.preflight``;
     ``force_hook`` allows a hook other than the SAE's own)."""
     from reason_plugins.figures import write_figure_atomic
@@ -83,6 +83,7 @@ def run_sweep(model_dir, sae_dir, hook, feature, values, prompts, out_dir, *, sa
 
         llm_kwargs.setdefault("dtype", "float32")
         llm_kwargs.setdefault("seed", 0)
+        llm_kwargs.setdefault("max_num_seqs", len(requests))  # one batch: the KV cache is sized for it
         if max_model_len:
             llm_kwargs["max_model_len"] = max_model_len
         llm = SteeredLLM(str(model_dir), saes=[{"sae": str(sae_dir), "sae_id": sae_id, "hook": hook}], enforce_eager=eager, **llm_kwargs)

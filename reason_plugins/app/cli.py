@@ -75,6 +75,11 @@ def is_user_error(exc: BaseException) -> bool:
 
     if isinstance(exc, (UserError, UnknownNameError)):  # an unknown plugin name (vocabulary, loader, ...) too
         return True
+    if type(exc).__name__ == "EngineStartError":  # an engine that cannot start (vllm_patches.starting): cause + knob
+        from vllm_patches.starting import EngineStartError
+
+        if isinstance(exc, EngineStartError):
+            return True
     if not isinstance(exc, _REFUSALS):
         return False
     tb = exc.__traceback__
@@ -99,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
+    if debug:  # engine processes keep their tracebacks too (vllm_patches.starting)
+        os.environ[DEBUG_ENV] = "1"
     args = build_parser(argv).parse_args(argv)
     try:
         if isinstance(getattr(args, "model", None), str):  # `--model smollm2-135m-instruct` -> its cached folder

@@ -196,7 +196,6 @@ def steer_in_vllm(model_dir: Path, out: Path, feature: int, value: float, max_ac
     """Baseline vs steered greedy generations of the demo prompts in the real vLLM engine, then a
     sweep over strengths (0-4 x max activation) on the same engine. Eager, as in the real demo: a tiny
     model gains nothing from torch.compile but its start-up time (the compiled path is held by the tests)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
     from reason_plugins.vocabulary import count_reasoning_words

@@ -191,7 +191,7 @@ def on_policy_scores(model_dir: str, out: Path, offline, rows: int) -> dict:
            "--dataset", offline.config["data"], "--out", str(target), "--engine", "vllm", "--context-size", "128",
            "--n-samples", str(rows), "--ignore-tokens", "bos,eos,pad", "--top-k", "10", "--max-model-len", "256",
            "--overwrite", "--no-progress"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # the KV cache is sized by the engine start (start_llm)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"on-policy ReasonScore failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
@@ -207,7 +207,6 @@ def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max
                   max_tokens: int, dtype: str):
     """Baseline and each feature steered (set to strength x its max activation) in one batch, then a
     sweep of the first feature over 0..8 x its max activation, on the same engine."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import SamplingParams
 
     from reason_plugins.vocabulary import count_reasoning_words
@@ -215,7 +214,9 @@ def steer_in_vllm(model_dir: str, out: Path, hook: str, features: list[int], max
     from vllm_patches.sweep import run_sweep
 
     sae_dir = str(out / "sae")
-    llm = SteeredLLM(model_dir, saes=[{"sae": sae_dir, "hook": hook}], dtype=dtype, max_model_len=1024, seed=0, enforce_eager=True)
+    # 16 sequences at a time: the KV cache start_llm sizes for them is under 1 GiB
+    llm = SteeredLLM(model_dir, saes=[{"sae": sae_dir, "hook": hook}], dtype=dtype, max_model_len=1024, seed=0, enforce_eager=True,
+                     max_num_seqs=16)
     ran_dtype = str(llm.llm.llm_engine.vllm_config.model_config.dtype).replace("torch.", "")
     prompts = llm.chat_prompts(PROMPTS)
     specs = {f: {"sae": sae_dir, "hook": hook, "edits": [{"feature": f, "mode": "set", "value": strength * max_acts[f]}]} for f in features}

@@ -65,6 +65,9 @@ def add_arguments(parser) -> None:
                         "sums the features where it computes them (any registered activation engine)")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1, help="--engine vllm: ranks (default 1)")
     parser.add_argument("--max-model-len", type=int_at_least(2), default=None, help="--engine vllm: the engine's max_model_len")
+    from reason_plugins.cli_args import add_engine_mode_arguments
+
+    add_engine_mode_arguments(parser)  # --engine vllm: --eager (default) / --compile
     parser.add_argument("--generate", type=int_at_least(1), default=None, metavar="N",
                         help="--engine vllm: score the model's own N continuations of each --prompts prompt instead of --dataset")
     parser.add_argument("--prompts", default=None, help="--generate: a .txt file (one prompt a line) or .jsonl (a 'prompt' field)")
@@ -101,8 +104,8 @@ def check_args(args) -> None:
 
     if args.engine != "hf":
         get("activation_engine", args.engine)  # an unknown engine: one line naming the registered ones
-    elif args.tensor_parallel_size != 1 or args.max_model_len is not None:
-        raise UserError("--tensor-parallel-size / --max-model-len configure an engine: give --engine vllm")
+    elif args.tensor_parallel_size != 1 or args.max_model_len is not None or args.compile:
+        raise UserError("--tensor-parallel-size / --max-model-len / --compile configure an engine: give --engine vllm")
     if args.generate is not None:
         if args.engine == "hf":
             raise UserError("--generate needs --engine vllm: the model writes its own rows in the engine")
@@ -173,7 +176,10 @@ def run(args) -> int:
         ignore = [t.strip() for t in args.ignore_tokens.split(",") if t.strip()]
         engine = {}
         if args.engine != "hf":
+            from reason_plugins.cli_args import enforce_eager
+
             engine = dict(engine=args.engine, engine_options={"tensor_parallel_size": args.tensor_parallel_size,
+                                                              "enforce_eager": enforce_eager(args),
                                                               **({"max_model_len": args.max_model_len} if args.max_model_len else {})})
         if args.generate is not None:
             engine["generate"] = {"prompts": args.prompt_list, "n": args.generate, "max_tokens": args.max_tokens,

@@ -8,7 +8,7 @@ import json
 import shutil
 import textwrap
 
-from reason_plugins.cli_args import finite_float, int_at_least
+from reason_plugins.cli_args import add_engine_mode_arguments, enforce_eager, finite_float, int_at_least
 from reason_plugins.spec import METHODS, MODES
 
 
@@ -53,7 +53,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=finite_float(0), default=0.0, help="default 0: greedy")
     parser.add_argument("--decode-only", action="store_true", help="leave the prompt's tokens unsteered")
     add_condition_arguments(parser)
-    parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
+    add_engine_mode_arguments(parser)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="engine dtype (default auto: vLLM's CPU backend then runs a float32 model in bfloat16); the one that ran is printed")
     parser.add_argument("--readout", default=None, metavar="JSON",
@@ -89,12 +89,15 @@ def run(args) -> int:
     readout = [r.to_dict() for r in parse_readout(args.readout)] if args.readout else None
     # before the engine: a refusal costs seconds, not a start-up
     preflight(args.model, [spec], readouts=readout, force_hook=args.force_hook)
-    from vllm import SamplingParams
-
     from vllm_patches.llm import SteeredLLM
     from vllm_patches.preflight import engine_saes
 
-    llm = SteeredLLM(args.model, saes=engine_saes([spec], readout), enforce_eager=args.eager, dtype=args.dtype)
+    # two requests (baseline, steered): the KV cache is sized for two sequences; an engine that cannot start
+    # for lack of memory is refused before vLLM is imported
+    llm = SteeredLLM(args.model, saes=engine_saes([spec], readout), enforce_eager=enforce_eager(args), dtype=args.dtype,
+                     max_num_seqs=2)
+    from vllm import SamplingParams
+
     prompt = args.prompt if args.raw else llm.chat_prompts([args.prompt])[0]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=0)
     baseline, steered = llm.generate([prompt, prompt], params, steering=(None, spec), readout=readout)

@@ -7,7 +7,7 @@ validated against the SAE and the model's config before the engine starts.
 
 from __future__ import annotations
 
-from reason_plugins.cli_args import check_out_dir, finite_float, float_list, int_at_least
+from reason_plugins.cli_args import add_engine_mode_arguments, check_out_dir, enforce_eager, finite_float, float_list, int_at_least
 
 
 def add_arguments(parser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int_at_least(1), default=128)
     parser.add_argument("--temperature", type=finite_float(0), default=0.0)
     parser.add_argument("--max-model-len", type=int_at_least(1), default=None)
-    parser.add_argument("--eager", action="store_true", help="enforce_eager (skip torch.compile; faster start)")
+    add_engine_mode_arguments(parser)
     parser.add_argument("--force-hook", action="store_true", help="allow --hook to differ from the hook the SAE was trained on")
     from vllm_patches.cli.steer import add_condition_arguments
 
@@ -46,7 +46,7 @@ def run(args) -> int:
         raise SystemExit("--prompt is empty (expected a prompt text)")
     result = run_sweep(args.model, args.sae, args.hook or sae_info(args.sae, args.sae_id)["hook"], args.feature, args.values,
                        args.prompt or default_prompts(), args.out, sae_id=args.sae_id, mode=args.mode, method=args.method,
-                       max_tokens=args.max_tokens, temperature=args.temperature, eager=args.eager, chat_template=not args.raw,
+                       max_tokens=args.max_tokens, temperature=args.temperature, eager=enforce_eager(args), chat_template=not args.raw,
                        max_model_len=args.max_model_len, force_hook=args.force_hook, dtype=args.dtype,
                        condition=condition_fields(args))
     print(markdown_table(result["summary"]), end="")

@@ -9,7 +9,9 @@ refuses loudly when a target moved; every patched name is declared in ``patching
 - ``VllmConfig`` (``patch_config``): engines with steering use the V1 model runner, and their
   compile-cache hash names the version of the code the plugin puts in the compiled graph;
 - workers (``patch_worker``): the ``collective_rpc`` report / readout / capture / stats methods;
-- the scheduler (``patch_scheduler``): steering slots admitted like LoRA adapters (``admission.py``, beside this file).
+- the scheduler (``patch_scheduler``): steering slots admitted like LoRA adapters (``admission.py``, beside this file);
+- engine arguments (``patch_engine_args``): a steered CPU engine whose operator chose no KV size gets one
+  (``starting.size_server_kv_cache``: ``vllm serve``, a plain ``LLM`` with a steering config).
 """
 
 from __future__ import annotations
@@ -206,6 +208,24 @@ def patch_worker(module) -> None:
         module.WorkerBase.reason_steering_sums = reason_steering_sums
 
 
+def patch_engine_args(module) -> None:
+    from vllm_patches.patching.wrapping import wrap_method
+
+    def create_engine_config(original):
+        def wrapper(self, *args, **kwargs):
+            vllm_config = original(self, *args, **kwargs)
+            from vllm_patches.config import config_from
+
+            if config_from(vllm_config) is not None:  # only engines our plugin steers
+                from vllm_patches.starting import size_server_kv_cache
+
+                size_server_kv_cache(vllm_config, getattr(self, "gpu_memory_utilization", None))
+            return vllm_config
+        return wrapper
+
+    wrap_method(module.EngineArgs, "create_engine_config", create_engine_config)
+
+
 # module -> patch, in the order ``register`` arms them
 BY_MODULE = {
     "vllm.v1.worker.gpu_model_runner": patch_runner,
@@ -214,4 +234,5 @@ BY_MODULE = {
     "vllm.v1.worker.worker_base": patch_worker,
     "vllm.config.vllm": patch_config,
     "vllm.v1.core.sched.scheduler": patch_scheduler,
+    "vllm.engine.arg_utils": patch_engine_args,
 }

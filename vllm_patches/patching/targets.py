@@ -69,6 +69,7 @@ TARGETS: tuple[Target, ...] = (
            ("self", "request_id", "prompt", "params"), uses=("vllm_config",)),
     Target("vllm.config.vllm", "VllmConfig", "use_v2_model_runner", kind="property"),
     Target("vllm.config.vllm", "VllmConfig", "compute_hash"),
+    Target("vllm.engine.arg_utils", "EngineArgs", "create_engine_config", ("self", "usage_context"), platform="cpu"),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_report", kind="added", uses=("model_runner",)),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_stats", kind="added", uses=("model_runner",)),
     Target("vllm.v1.worker.worker_base", "WorkerBase", "reason_steering_readout", kind="added", uses=("model_runner",)),
