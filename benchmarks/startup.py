@@ -8,7 +8,7 @@ depend on weights; ``--make-sae DIR`` writes one). A mode is the flag the comman
 ``--eager``, ``compile`` ``--compile``; naming a mode twice runs it twice (the second ``compile`` shows whether vLLM's
 compile cache was reused). ``--env KEY=VALUE`` adds to every command's environment (e.g. the old code needed
 ``VLLM_CPU_KVCACHE_SPACE=1``); ``--pythonpath`` picks the checkout whose code runs; vLLM's and inductor's caches start empty unless ``--keep-caches``. Prints a markdown table: seconds
-from the command's start to its first line on stdout, the total, the exit code, and the 1-minute load before each run.
+from the command's start to its first line of output on stdout (vLLM's log lines skipped), the total, the exit code, and the 1-minute load before each run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ MODEL = "smollm2-135m-instruct"
 HOOK = "blocks.18.hook_resid_post"
 PROMPT = "What is 17 + 25? Think step by step."
 FLAGS = {"default": [], "eager": ["--eager"], "compile": ["--compile"]}
+# vLLM's own log lines (some commands leave vLLM logging to stdout): not the command's output
+LOG_LINE = re.compile(r"^(\(\S+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d ")
 
 
 def make_sae(out: Path) -> Path:
@@ -69,7 +72,7 @@ def timed(cmd: list[str], env: dict, timeout: float) -> dict:
     lines = []
     try:
         for line in proc.stdout:
-            if first is None:
+            if first is None and line.strip() and not LOG_LINE.match(line):
                 first = time.perf_counter() - start
             lines.append(line)
         stderr = proc.communicate(timeout=timeout)[1]

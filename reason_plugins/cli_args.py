@@ -22,7 +22,8 @@ class UserError(ValueError):
 # ---------------------------------------------------------------- engine mode
 def add_engine_mode_arguments(parser) -> None:
     """``--eager`` (the default) / ``--compile`` for commands that start a vLLM engine, run one batch and exit:
-    on a CPU machine eager reaches the answer soonest (``benchmarks/startup.py``, ``benchmarks/RESULTS.md``)."""
+    on a CPU machine eager reaches the answer soonest (``benchmarks/startup.py``, ``benchmarks/RESULTS.md``);
+    ``enforce_eager(args)`` reads them when the engine starts."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--eager", dest="compile", action="store_false",
                        help="run the model eagerly (default: this command runs one batch, and on CPU an eager engine "
@@ -34,7 +35,10 @@ def add_engine_mode_arguments(parser) -> None:
 
 
 def enforce_eager(args) -> bool:
-    """The engine's ``enforce_eager`` from ``add_engine_mode_arguments``'s options."""
+    """The engine's ``enforce_eager`` from ``add_engine_mode_arguments``'s options. A one-shot command's engine core
+    also runs in the command's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the user set it): two
+    fewer processes that each import torch and vLLM before the first token."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return not getattr(args, "compile", False)
 
 

@@ -176,9 +176,11 @@ def test_steered_vllm_starts_its_engine_through_start_llm(monkeypatch, llama_dir
     assert host.LLM is vllm.LLM  # put back
 
 
-def test_one_shot_commands_run_eagerly_unless_asked_to_compile():
+def test_one_shot_commands_run_eagerly_unless_asked_to_compile(monkeypatch):
     from reason_plugins.app.cli import build_parser
     from reason_plugins.cli_args import enforce_eager
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's choice is kept (and restored after the test)
 
     base = ["--model", "m", "--sae", "s", "--feature", "1", "--value", "2", "--prompt", "p"]
     assert enforce_eager(build_parser(["steer"]).parse_args(["steer", *base]))
@@ -186,6 +188,10 @@ def test_one_shot_commands_run_eagerly_unless_asked_to_compile():
     assert enforce_eager(build_parser(["steer"]).parse_args(["steer", *base, "--eager"]))
     with pytest.raises(SystemExit):
         build_parser(["steer"]).parse_args(["steer", *base, "--eager", "--compile"])
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    enforce_eager(build_parser(["steer"]).parse_args(["steer", *base]))
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # unset: the engine core runs in the command's process
     for cmd in ("steer", "sweep", "score"):
         parser = build_parser([cmd])
         text = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[cmd].format_help()
@@ -237,11 +243,12 @@ def test_an_engine_that_cannot_start_is_one_line_from_the_cli(llama_dir, sae_dir
 
 
 @pytest.mark.slow
-def test_an_engine_that_cannot_start_is_one_engine_start_error_from_python(llama_dir, sae_dirs):
+def test_an_engine_that_cannot_start_is_one_engine_start_error_from_python(llama_dir, sae_dirs, monkeypatch):
     from vllm_patches.llm import SteeredLLM
     from vllm_patches.starting import EngineStartError
 
-    # vLLM's 0.92 of all memory made impossible: refused before the engine starts
+    # vLLM's 0.92 of all memory made impossible (0.9999 here): refused before the engine starts
+    monkeypatch.delenv(em.ENV_KNOB, raising=False)
     saes = [{"sae": str(sae_dirs["standard"]), "hook": "blocks.2.hook_resid_post"}]
     with pytest.raises(EngineStartError, match="gpu_memory_utilization=0.9999 of all memory.*VLLM_CPU_KVCACHE_SPACE"):
         SteeredLLM(str(llama_dir), saes=saes, gpu_memory_utilization=0.9999)
@@ -262,3 +269,25 @@ def test_an_engine_that_cannot_start_is_one_engine_start_error_from_python(llama
     line = next(line for line in res.stdout.splitlines() if line.startswith("ERROR"))
     assert "ValueError: To serve at least one request with the model's max seq len (4096)" in line and "max_model_len" in line
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+def test_a_steered_engine_built_from_engine_args_gets_the_size_vllm_serve_included(llama_dir, monkeypatch, capsys):
+    """What ``vllm serve`` runs: ``EngineArgs.create_engine_config`` (patched) sizes a steered CPU engine's KV cache
+    when the operator set no knob, and leaves unsteered engines and the operator's choices alone."""
+    import vllm_patches
+
+    vllm_patches.register()
+    from vllm.engine.arg_utils import EngineArgs
+
+    monkeypatch.delenv(em.ENV_KNOB, raising=False)
+    steering = {"reason_steering": {"saes": [{"sae": "unused", "hook": "blocks.2.hook_resid_post"}]}}
+
+    def kv(**kwargs):
+        args = EngineArgs(model=str(llama_dir), dtype="float32", max_model_len=256, max_num_seqs=4, **kwargs)
+        return args.create_engine_config().cache_config.kv_cache_memory_bytes
+
+    assert kv(additional_config=steering) == 2 << 20  # 4 x 256 x 2 KiB = 2 MiB
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("reason-plugins: KV cache")]
+    assert kv() is None  # no steering config: vLLM's own behaviour
+    assert kv(additional_config=steering, gpu_memory_utilization=0.5) is None
+    assert kv(additional_config=steering, kv_cache_memory_bytes=3 << 20) == 3 << 20

@@ -181,6 +181,8 @@ def run(args) -> int:
             engine = dict(engine=args.engine, engine_options={"tensor_parallel_size": args.tensor_parallel_size,
                                                               "enforce_eager": enforce_eager(args),
                                                               **({"max_model_len": args.max_model_len} if args.max_model_len else {})})
+            if args.generate is None:  # the engine reads --batch-size rows at a time: its KV cache is sized for them
+                engine["engine_options"]["max_num_seqs"] = args.batch_size
         if args.generate is not None:
             engine["generate"] = {"prompts": args.prompt_list, "n": args.generate, "max_tokens": args.max_tokens,
                                   "temperature": args.temperature, "seed": args.gen_seed}
