@@ -80,9 +80,9 @@ class EngineReplica:
             args.update(kv_cache_kwargs(model, args, replicas_per_node))
             self.llm = start_llm(model, **args)
         except Exception as exc:  # the worker's traceback stays in its log; the cause travels, in one line
-            from reason_plugins.ray_actors import failure_text
+            from reason_plugins.ray_actors import ActorStartError, failure_text
 
-            raise RuntimeError(failure_text(exc)) from None
+            raise ActorStartError(failure_text(exc)) from None
         return os.getpid()
 
     def generate(self, requests: list, params: list, lora_request=None):
@@ -160,7 +160,7 @@ class Replicas:
             if isinstance(exc, ray.exceptions.RayActorError):  # it died: stop rather than report part of the requests
                 raise RuntimeError(f"steered_vllm: {replica} died before it could {what}: {failure_text(exc)}") from None
             if what == "start":
-                raise RuntimeError(f"steered_vllm: {replica} could not start its engine: {failure_text(exc)}") from None
+                raise RuntimeError(f"steered_vllm: {replica} did not start: {failure_text(exc)}") from None
             raise exc.as_instanceof_cause() from None  # a replica's own error (e.g. an arm ran unsteered): re-raised as is
 
     @staticmethod

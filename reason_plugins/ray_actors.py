@@ -13,7 +13,8 @@ shown by its state API; workers read their own login) and the variables that des
 own node or process (``NODE_LOCAL``).
 
 ``failure_text`` turns an exception (ours, or Ray's ``RayTaskError`` / ``ActorDiedError``, whose text
-holds the worker's whole traceback) into one line: the root cause's type and first lines. Ray is
+holds the worker's whole traceback) into one line: the root cause's type and first lines (the message
+alone for ``ActorStartError`` and the engine's ``EngineStartError``, whose message is already the cause). Ray is
 imported only inside functions: the hub stays importable without it.
 """
 
@@ -26,6 +27,11 @@ ENV_PREFIXES = ("VLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM", "REAS
 SECRET_PARTS = frozenset({"TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIALS"})
 NODE_LOCAL = ("VLLM_HOST_IP", "VLLM_PORT", "VLLM_DP_")  # the driver's address and data-parallel rank
 MAX_CHARS = 1000
+CAUSE_CARRIERS = ("ActorStartError", "EngineStartError")  # exceptions whose message already is the root cause
+
+
+class ActorStartError(RuntimeError):
+    """An actor could not start (its engine, its model); the message is the root cause, one line."""
 
 
 def driver_env(environ: dict | None = None) -> dict[str, str]:
@@ -76,8 +82,12 @@ def _root_lines(text: str) -> list[str]:
         text = text.split(sep, 1)[0]
     lines = [ln.rstrip() for ln in text.strip().splitlines()]
     last_frame = max((i for i, ln in enumerate(lines) if ln.startswith((" ", "\t"))), default=-1)
-    tail = [ln for ln in lines[last_frame + 1:] if ln.strip()]
-    return tail or [ln for ln in lines if ln.strip()][-1:]
+    tail = [ln for ln in lines[last_frame + 1:] if ln.strip()] or [ln for ln in lines if ln.strip()][-1:]
+    if tail:  # a carrier's message is the cause itself: without its (module-qualified) class name
+        head, sep, rest = tail[0].partition(": ")
+        if sep and head.rpartition(".")[2] in CAUSE_CARRIERS:
+            tail[0] = rest
+    return tail
 
 
 def _one_line(lines: list[str], max_lines: int) -> str:
@@ -94,6 +104,9 @@ def failure_text(exc: BaseException, max_lines: int = 3) -> str:
     except ImportError:  # pragma: no cover - Ray is installed with the project
         rex = None
     if rex is not None and isinstance(exc, rex.RayTaskError):  # also the dual RayTaskError(Cause) instances
+        cause = exc.__dict__.get("cause")
+        if type(cause).__name__ in CAUSE_CARRIERS and str(cause).strip():
+            return failure_text(cause, max_lines)
         return _one_line(_root_lines(exc.__dict__.get("traceback_str") or str(exc)), max_lines)
     if rex is not None and isinstance(exc, rex.RayActorError):
         text = getattr(exc, "error_msg", None) or str(exc)
@@ -102,4 +115,6 @@ def failure_text(exc: BaseException, max_lines: int = 3) -> str:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("\t")]  # without the id fields
         return _one_line(lines, max_lines)
     message = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    if type(exc).__name__ in CAUSE_CARRIERS and message:
+        return _one_line(message, max_lines)
     return _one_line([f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__, *message[1:]], max_lines)

@@ -36,7 +36,7 @@ class SteeredBatchGenerator:
         from vllm import SamplingParams
 
         from reason_plugins.engine_memory import kv_cache_kwargs
-        from reason_plugins.ray_actors import failure_text, node_capacity
+        from reason_plugins.ray_actors import ActorStartError, failure_text, node_capacity
         from vllm_patches.llm import SteeredLLM
 
         llm_kwargs = dict(llm_kwargs or {})
@@ -44,7 +44,7 @@ class SteeredBatchGenerator:
             share = node_capacity(pool["replicas"], pool["per_replica"], pool["kind"]) if pool and pool["replicas"] > 1 else 1
             self.llm = SteeredLLM(model, saes=saes, **llm_kwargs, **kv_cache_kwargs(model, llm_kwargs, share))
         except Exception as exc:  # one line with the root cause, not the worker's traceback (which stays in its log)
-            raise RuntimeError(f"steer_dataset: a replica (pid {os.getpid()}) could not start its engine: {failure_text(exc)}") from None
+            raise ActorStartError(f"steer_dataset: a replica (pid {os.getpid()}) could not start its engine: {failure_text(exc)}") from None
         self.params = SamplingParams(**{"temperature": 0.0, "max_tokens": 64, **(sampling or {})})
 
     def __call__(self, batch: dict) -> dict:

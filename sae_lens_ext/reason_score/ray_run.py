@@ -34,7 +34,7 @@ class BatchScorer:
     one row of partial float64 sums (``sum_pos``, ``sum_neg``, ``sum_groups``, counts, batch indices)."""
 
     def __init__(self, setup: dict):
-        from reason_plugins.ray_actors import failure_text
+        from reason_plugins.ray_actors import ActorStartError, failure_text
         from reason_plugins.saes import load_sae
         from sae_lens_ext.inputs.activations import ActivationSource, FeatureEncoder, load_model
 
@@ -44,7 +44,7 @@ class BatchScorer:
                 sae = load_sae(sae["sae"], sae["sae_id"], setup["device"], sae["loader"])
             model = load_model(setup["model"], setup["hook"], setup["backend"], setup["device"])
         except Exception as exc:  # one line with the root cause, not the worker's traceback (which stays in its log)
-            raise RuntimeError(f"ReasonScore: a Ray worker (pid {os.getpid()}) could not load the model or the SAE: {failure_text(exc)}") from None
+            raise ActorStartError(f"a Ray worker (pid {os.getpid()}) could not load the model or the SAE: {failure_text(exc)}") from None
         self.source = ActivationSource(model, setup["hook"])
         self.encoder = FeatureEncoder(sae, setup["feature_chunk_size"])
         self.setup = setup
@@ -192,7 +192,8 @@ def _score_batches(prepared, stats, todo, checkpoint, *, address, workers, progr
     except ray.exceptions.RayError as exc:  # a worker failed or died: one line with its cause (what was added is saved)
         if checkpoint is not None and since_save:
             stats.save(checkpoint)
-        raise RuntimeError(f"ReasonScore on Ray: {failure_text(exc)} (rerun to resume from the checkpoint)") from None
+        resume = " (rerun to resume from the checkpoint)" if checkpoint is not None and done_batches(stats) else ""
+        raise RuntimeError(f"ReasonScore on Ray: {failure_text(exc)}{resume}") from None
     finally:
         bar.close()
 
