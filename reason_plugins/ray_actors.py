@@ -9,8 +9,9 @@ silently not reach the engines. ``runtime_env`` carries the engine-relevant part
 environment (``ENV_PREFIXES``) to the actors through Ray's ``runtime_env={"env_vars": ...}``, merged
 under whatever ``runtime_env`` the user gave (the user's variables win). Left out: names that look
 like credentials (``HF_TOKEN``, ``VLLM_API_KEY``: a runtime_env is stored in the cluster's GCS and
-shown by its state API; workers read their own login) and the variables that describe the driver's
-own node or process (``NODE_LOCAL``).
+shown by its state API; workers read their own login), the variables that describe the driver's
+own node or process (``NODE_LOCAL``), and empty ones (unset, to the driver's engine; vLLM would try to
+parse ``VLLM_CPU_KVCACHE_SPACE=`` as a number).
 
 ``failure_text`` turns an exception (ours, or Ray's ``RayTaskError`` / ``ActorDiedError``, whose text
 holds the worker's whole traceback) into one line: the root cause's type and first lines (the message
@@ -37,8 +38,8 @@ class ActorStartError(RuntimeError):
 def driver_env(environ: dict | None = None) -> dict[str, str]:
     """The engine-relevant variables of ``environ`` (default: this process's environment)."""
     environ = os.environ if environ is None else environ
-    return {k: str(v) for k, v in sorted(environ.items())
-            if k.startswith(ENV_PREFIXES) and not SECRET_PARTS & set(k.split("_")) and not k.startswith(NODE_LOCAL)}
+    return {k: str(v) for k, v in sorted(environ.items())  # an empty value reads as unset: not carried (vLLM would parse it)
+            if k.startswith(ENV_PREFIXES) and str(v).strip() and not SECRET_PARTS & set(k.split("_")) and not k.startswith(NODE_LOCAL)}
 
 
 def runtime_env(user: dict | None = None, environ: dict | None = None) -> dict | None:

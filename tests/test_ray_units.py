@@ -121,7 +121,7 @@ def test_actors_get_the_drivers_engine_settings_under_the_users_runtime_env():
                "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "REASON_STEERING_REPORT": "/tmp/r.json",
                "HF_TOKEN": "hf_secret", "VLLM_API_KEY": "k", "VLLM_HOST_IP": "10.0.0.1", "VLLM_DP_RANK": "1", "VLLM_PORT": "1234",
                "RAY_ADDRESS": "127.0.0.1:6379", "RAY_AUTH_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s", "PATH": "/usr/bin", "HOME": "/root",
-               "OMP_NUM_THREADS": "2", "PYTHONPATH": "/x"}
+               "OMP_NUM_THREADS": "2", "PYTHONPATH": "/x", "HF_HUB_CACHE": " "}
     kept = {"VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE",
             "TOKENIZERS_PARALLELISM", "REASON_STEERING_REPORT"}
     assert driver_env(environ) == {k: environ[k] for k in kept}
