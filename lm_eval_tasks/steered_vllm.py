@@ -24,7 +24,8 @@ active over the output and its think section, ``features.py``) and the results g
 means (``reason_features``). ``reason-sae compare --features`` sets them beside correctness.
 
 ``data_parallel_size=N`` runs N engines as Ray actors (``replicas.py``; ``ray_address=``, else ``RAY_ADDRESS``,
-else a local cluster; ``ray_timeout=`` bounds every wait): CPUs are reserved where the cluster has no
+else a local cluster; ``ray_timeout=`` bounds every wait; ``ray_runtime_env=`` JSON, Ray's runtime_env, under
+which the driver's ``VLLM_*`` / ``HF_*`` / ... settings are passed on): CPUs are reserved where the cluster has no
 GPUs, each replica checks its own requests' steering, and the summaries add up across replicas.
 
 Without steering args it is ``--model vllm`` exactly (same constructor arguments to ``vllm.LLM``, same
@@ -60,7 +61,7 @@ GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to Sampli
 
 class SteeredVLLM(VLLM):
     def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, readout=None, ray_address=None,
-                 ray_timeout: float = 86400.0, **kwargs):
+                 ray_timeout: float = 86400.0, ray_runtime_env=None, **kwargs):
         from reason_plugins.models import resolve_model
 
         pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
@@ -115,7 +116,8 @@ class SteeredVLLM(VLLM):
         if self.data_parallel_size > 1:  # our own replicas (lm-eval's would reserve GPUs only and skip the checks)
             from lm_eval_tasks.replicas import Replicas
 
-            self.replicas = Replicas(self.model_args, self.data_parallel_size, self.tensor_parallel_size, ray_address, float(ray_timeout))
+            self.replicas = Replicas(self.model_args, self.data_parallel_size, self.tensor_parallel_size, ray_address, float(ray_timeout),
+                                     ray_runtime_env)
 
     # -- arms: route each request to its arm ----------------------------------------------------------
     def _arm_of(self, req) -> Arm:

@@ -3,13 +3,19 @@ loopback-only namespace, reserving CPUs on this machine without GPUs. A multi-ar
 clamp arm) over a generation task and a log-likelihood (multiple-choice) task gives the same results,
 samples and per-sample feature summaries (``readout=``) as ``data_parallel_size=1`` (greedy), with the
 per-arm applied summary merged across the replicas; a single-spec DP=2 run equals that run's steered arm; and a request Ray cannot grant
-(2 replicas x 2 tensor-parallel ranks on 2 CPUs) fails in one line within seconds instead of waiting."""
+(2 replicas x 2 tensor-parallel ranks on 2 CPUs) fails in one line within seconds instead of waiting.
+
+The head is started plainly (``netns.ray_head``: no ``VLLM_*`` / ``HF_*`` in its environment, so vLLM's CPU
+memory check would refuse every engine it spawned); the replicas have only the driver's settings, carried
+by Ray's runtime_env (issue 30). A replica whose engine cannot start (the driver asks for a KV cache no
+machine has) fails the run in one line naming the replica and the worker's root cause."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -58,7 +64,9 @@ def runs(tmp_path_factory, llama_dir, sae_dirs):
 
     (root / "readout.json").write_text(json.dumps({"sae": str(sae_dirs["standard"]), "hook": "blocks.2.hook_resid_post", "features": [5, 9]}))
     arms = {"arms": str(root / "arms.json"), "readout": str(root / "readout.json")}
-    job = {"runs": [lm_eval("too_big", arms, data_parallel_size=2, tensor_parallel_size=2),
+    dies = lm_eval("dies", {"steer_path": str(root / "spec.json")}, data_parallel_size=2)
+    dies["env"]["VLLM_CPU_KVCACHE_SPACE"] = "100000"  # GiB: more than any machine has, so each replica's engine refuses to start
+    job = {"runs": [lm_eval("too_big", arms, data_parallel_size=2, tensor_parallel_size=2), dies,
                     lm_eval("arms_dp1", arms), lm_eval("arms_dp2", arms, data_parallel_size=2),
                     lm_eval("single_dp2", {"steer_path": str(root / "spec.json")}, data_parallel_size=2)]}
     done = run_job(root, job, "ray_lm_eval_job.py", timeout=1500)
@@ -115,3 +123,15 @@ def test_a_request_ray_cannot_grant_fails_at_once(runs):
     got = runs["too_big"]
     assert got["returncode"] not in (0, "timeout") and got["seconds"] < 120, got
     assert "2 replica(s) x 2 CPU(s) = 4 CPUs, but the Ray cluster has 2" in got["stderr"], got["stderr"][-2000:]
+
+
+def test_a_replica_that_cannot_start_says_why_in_one_line(runs):
+    got = runs["dies"]
+    assert got["returncode"] not in (0, "timeout"), got
+    line = next((ln for ln in got["stderr"].splitlines() if "steered_vllm: data-parallel replica" in ln), None)
+    assert line is not None, got["stderr"][-3000:]
+    # the worker's root cause (the memory the driver's VLLM_CPU_KVCACHE_SPACE asks for: the setting reached the replica), in one line
+    assert " of 2 did not start: " in line and "VLLM_CPU_KVCACHE_SPACE" in line and "memory" in line and "available" in line.lower(), line
+    assert re.search(r"\(100000(\.0+)? GiB\)", line), line
+    assert line.count("did not start") == 1 and "EngineStartError" not in line and "ActorStartError" not in line, line
+    assert "^^^" not in line and "File " not in line and "Traceback" not in line, line

@@ -2,7 +2,8 @@
 (none, a clamp at block 2, a two-feature edit) and two with a readout, through two ``SteeredLLM``
 replicas under ``map_batches`` in a loopback-only namespace; every row's text, token ids, steered
 token count and spec hash equal the same request sent to one engine, and its readout too (to float32
-rounding)."""
+rounding). The head is started plainly (no engine settings): the replicas get the driver's through
+Ray's runtime_env; one whose engine cannot start ends the pipeline with its root cause."""
 
 from __future__ import annotations
 
@@ -58,3 +59,13 @@ def test_rows_carry_what_was_applied_and_read(pipeline):
     assert len({got[r["prompt"]]["spec_hash"] for r in pipeline["rows"] if r["steering"]}) == 2  # two distinct specs
     read = json.loads(got[PROMPTS[1]]["readout"])
     assert len(read["activations"]) == len(read["token_ids"]) and len(read["activations"][0]) == 2
+
+
+def test_a_replica_that_cannot_start_names_its_cause(pipeline):
+    """The user's runtime_env (a 100000 GiB KV cache) reached the replica over the driver's setting, and the
+    error the user gets ends with one line naming the replica and the engine's reason."""
+    failed = pipeline["failed"]
+    assert failed is not None, "the pipeline ran although its replica's engine could not start"
+    last = failed["message"].strip().splitlines()[-1]
+    assert "steer_dataset: a replica (pid " in last and "could not start its engine: " in last, failed["message"][-2000:]
+    assert "VLLM_CPU_KVCACHE_SPACE" in last and "100000" in last and "EngineStartError" not in last, last

@@ -112,3 +112,88 @@ def test_each_replica_checks_its_own_steering_and_names_the_arm():
     assert [o.request_id for o in outputs] == ["0", "1", "2"] and records[0] == {"tokens": 4}
     assert unsteered([None, {"tokens": 2}], [STEERING_LABEL, STEERING_LABEL]) == {STEERING_LABEL: [0]}
     assert str(unsteered_error({STEERING_LABEL: [0]}, ["r0"])) == "steered_vllm: 1 request(s) asked to be steered ran unsteered: ['r0']"
+
+
+def test_actors_get_the_drivers_engine_settings_under_the_users_runtime_env():
+    from reason_plugins.ray_actors import driver_env, runtime_env
+
+    environ = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1", "HF_HOME": "/data/hf",
+               "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "REASON_STEERING_REPORT": "/tmp/r.json",
+               "HF_TOKEN": "hf_secret", "VLLM_API_KEY": "k", "VLLM_HOST_IP": "10.0.0.1", "VLLM_DP_RANK": "1", "VLLM_PORT": "1234",
+               "RAY_ADDRESS": "127.0.0.1:6379", "RAY_AUTH_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s", "PATH": "/usr/bin", "HOME": "/root",
+               "OMP_NUM_THREADS": "2", "PYTHONPATH": "/x", "HF_HUB_CACHE": " "}
+    kept = {"VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE",
+            "TOKENIZERS_PARALLELISM", "REASON_STEERING_REPORT"}
+    assert driver_env(environ) == {k: environ[k] for k in kept}
+    assert runtime_env(None, {"PATH": "/usr/bin"}) is None  # nothing to carry: Ray's default
+    user = {"pip": ["x"], "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": "4"}}
+    merged = runtime_env(user, environ)
+    assert merged["pip"] == ["x"] and merged["env_vars"] == {**{k: environ[k] for k in kept}, "VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": "4"}
+    assert user["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "2", "OMP_NUM_THREADS": "4"}  # the user's dict is left as given
+    assert runtime_env({"working_dir": "."}, {})["working_dir"] == "." and "env_vars" not in runtime_env({"working_dir": "."}, {})
+    with pytest.raises(TypeError, match="runtime_env must be a dict"):
+        runtime_env("env_vars", environ)
+
+
+def _worker_traceback() -> str:
+    """A traceback as a Ray worker formats it: a memory error wrapped by another (a chain), with carets."""
+    import traceback
+
+    def check():
+        raise ValueError("Available memory on node 0 (20.98/23.54 GiB) on kv cache allocation is less than requested memory\n"
+                         "for kv (97656.25 GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce memory use.")
+
+    try:
+        try:
+            check()
+        except ValueError as exc:
+            raise RuntimeError("Engine core initialization failed. See root cause above.") from exc
+    except RuntimeError:
+        return traceback.format_exc()
+
+
+def test_a_dead_actor_or_failed_task_is_told_by_its_root_cause_in_one_line():
+    from ray.exceptions import ActorDiedError, RayTaskError, UserCodeException
+
+    from reason_plugins.ray_actors import failure_text
+
+    tb = _worker_traceback()
+    assert "direct cause" in tb and tb.count("Traceback") == 2  # a chain: the root cause comes first
+    want = ("ValueError: Available memory on node 0 (20.98/23.54 GiB) on kv cache allocation is less than requested memory "
+            "for kv (97656.25 GiB). Decrease --kv-cache-memory-bytes, VLLM_CPU_KVCACHE_SPACE, or reduce memory use.")
+    task = RayTaskError("EngineReplica.start", tb, RuntimeError("Engine core initialization failed."), pid=7, ip="127.0.0.1")
+    assert failure_text(task) == want
+    assert failure_text(task.as_instanceof_cause()) == want  # the dual RayTaskError(RuntimeError) instance too
+    wrapped = RayTaskError("MapWorker.submit", tb, UserCodeException("UDF failed to process a data block."), pid=7, ip="127.0.0.1")
+    assert failure_text(wrapped.as_instanceof_cause()) == want
+    died = ActorDiedError(RayTaskError("EngineReplica.__init__", tb, RuntimeError("x"), pid=7, ip="127.0.0.1"))
+    assert died.actor_init_failed and str(died).startswith("The actor died because of an error raised in its creation task")
+    assert failure_text(died) == want
+    assert failure_text(ActorDiedError()) == "The actor died unexpectedly before finishing this task."
+    assert failure_text(ValueError("bad\nsecond\nthird\nfourth")) == "ValueError: bad second third"
+    assert failure_text(KeyError()) == "KeyError" and len(failure_text(ValueError("x" * 5000))) == 1000
+
+
+def test_replicas_sharing_a_node_are_counted():
+    from reason_plugins.ray_actors import per_node
+
+    assert per_node(["a", "b", "a", "c", "a"]) == [3, 1, 3, 1, 3] and per_node([]) == []
+
+
+def test_an_error_that_carries_its_cause_is_not_wrapped_twice():
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from reason_plugins.ray_actors import ActorStartError, failure_text
+
+    class EngineStartError(RuntimeError):  # as vllm_patches.starting's: the message is the root cause
+        pass
+
+    cause = "ValueError: Available memory on node 0 (19.47/23.54 GiB) ... less than requested memory for kv (100000.0 GiB)."
+    assert failure_text(EngineStartError(cause)) == cause
+    carried = ActorStartError(failure_text(EngineStartError(cause)))
+    tb = f"Traceback (most recent call last):\n  File \"replicas.py\", line 1, in start\nreason_plugins.ray_actors.ActorStartError: {cause}\n"
+    task = RayTaskError("EngineReplica.start", tb, carried, pid=7, ip="127.0.0.1")
+    assert failure_text(task) == failure_text(task.as_instanceof_cause()) == cause
+    init_tb = tb.replace("ActorStartError: ", "ActorStartError: a Ray worker (pid 7) could not load the model: ")
+    died = ActorDiedError(RayTaskError("MapWorker.__init__", init_tb, carried, pid=7, ip="127.0.0.1"))  # a Ray Data actor's __init__
+    assert failure_text(died) == f"a Ray worker (pid 7) could not load the model: {cause}"

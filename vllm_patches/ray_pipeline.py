@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 
 OUTPUT_COLUMNS = ("text", "token_ids", "steered_tokens", "spec_hash", "readout")
 
@@ -30,12 +31,20 @@ OUTPUT_COLUMNS = ("text", "token_ids", "steered_tokens", "spec_hash", "readout")
 class SteeredBatchGenerator:
     """A Ray Data actor holding one ``SteeredLLM``; ``__call__`` generates a batch of rows."""
 
-    def __init__(self, model: str, saes: list[dict], sampling: dict | None = None, llm_kwargs: dict | None = None):
+    def __init__(self, model: str, saes: list[dict], sampling: dict | None = None, llm_kwargs: dict | None = None,
+                 pool: dict | None = None):
         from vllm import SamplingParams
 
+        from reason_plugins.engine_memory import kv_cache_kwargs
+        from reason_plugins.ray_actors import ActorStartError, failure_text, node_capacity
         from vllm_patches.llm import SteeredLLM
 
-        self.llm = SteeredLLM(model, saes=saes, **(llm_kwargs or {}))
+        llm_kwargs = dict(llm_kwargs or {})
+        try:  # pool: {"replicas", "per_replica", "kind"}: size the KV cache for as many replicas as this node could hold
+            share = node_capacity(pool["replicas"], pool["per_replica"], pool["kind"]) if pool and pool["replicas"] > 1 else 1
+            self.llm = SteeredLLM(model, saes=saes, **llm_kwargs, **kv_cache_kwargs(model, llm_kwargs, share))
+        except Exception as exc:  # one line with the root cause, not the worker's traceback (which stays in its log)
+            raise ActorStartError(f"steer_dataset: a replica (pid {os.getpid()}) could not start its engine: {failure_text(exc)}") from None
         self.params = SamplingParams(**{"temperature": 0.0, "max_tokens": 64, **(sampling or {})})
 
     def __call__(self, batch: dict) -> dict:
@@ -79,20 +88,24 @@ def _readout_json(read) -> str:
 
 
 def steer_dataset(ds, model: str, saes: list[dict], *, replicas: int = 1, batch_size: int = 8, sampling: dict | None = None,
-                  tensor_parallel_size: int = 1, **llm_kwargs):
+                  tensor_parallel_size: int = 1, runtime_env: dict | None = None, **llm_kwargs):
     """``ds`` (rows with ``prompt`` and optional ``steering`` / ``readout``) through ``replicas`` steered
     engines; returns the lazy dataset with ``OUTPUT_COLUMNS`` added. Each replica reserves
     ``tensor_parallel_size`` GPUs when the cluster has GPUs, else CPUs (refused at once when it could
-    never grant them)."""
+    never grant them), runs with this process's engine settings (``VLLM_*``, ``HF_*``, ...) added to
+    ``runtime_env`` (Ray's; ``reason_plugins.ray_actors``) and sizes its KV cache for as many replicas
+    as its node could hold."""
     import ray
 
     from reason_plugins.cli_args import check_int
+    from reason_plugins.ray_actors import runtime_env as actor_env
     from reason_plugins.ray_cluster import device_resources
 
     check_int("replicas", replicas, 1)
     check_int("batch_size", batch_size, 1)
     resources = device_resources(dict(ray.cluster_resources()), tensor_parallel_size, replicas, f"steer_dataset replicas={replicas}")
     kwargs = {**llm_kwargs, **({"tensor_parallel_size": tensor_parallel_size} if tensor_parallel_size > 1 else {})}
+    pool = {"replicas": replicas, "per_replica": tensor_parallel_size, "kind": "GPU" if "num_gpus" in resources else "CPU"}
     return ds.map_batches(SteeredBatchGenerator, fn_constructor_kwargs={"model": str(model), "saes": saes, "sampling": sampling,
-                                                                        "llm_kwargs": kwargs},
-                          batch_size=batch_size, batch_format="numpy", concurrency=replicas, **resources)
+                                                                        "llm_kwargs": kwargs, "pool": pool},
+                          batch_size=batch_size, batch_format="numpy", concurrency=replicas, runtime_env=actor_env(runtime_env), **resources)

@@ -34,13 +34,17 @@ class BatchScorer:
     one row of partial float64 sums (``sum_pos``, ``sum_neg``, ``sum_groups``, counts, batch indices)."""
 
     def __init__(self, setup: dict):
+        from reason_plugins.ray_actors import ActorStartError, failure_text
         from reason_plugins.saes import load_sae
         from sae_lens_ext.inputs.activations import ActivationSource, FeatureEncoder, load_model
 
-        sae = setup["sae"]
-        if isinstance(sae, dict):
-            sae = load_sae(sae["sae"], sae["sae_id"], setup["device"], sae["loader"])
-        model = load_model(setup["model"], setup["hook"], setup["backend"], setup["device"])
+        try:
+            sae = setup["sae"]
+            if isinstance(sae, dict):
+                sae = load_sae(sae["sae"], sae["sae_id"], setup["device"], sae["loader"])
+            model = load_model(setup["model"], setup["hook"], setup["backend"], setup["device"])
+        except Exception as exc:  # one line with the root cause, not the worker's traceback (which stays in its log)
+            raise ActorStartError(f"a Ray worker (pid {os.getpid()}) could not load the model or the SAE: {failure_text(exc)}") from None
         self.source = ActivationSource(model, setup["hook"])
         self.encoder = FeatureEncoder(sae, setup["feature_chunk_size"])
         self.setup = setup
@@ -92,11 +96,12 @@ def _partial_stats(row, groups, d_sae):
 
 def run_on_ray(prepared: PreparedRun, checkpoint=None, *, address=None, workers: int = 1, progress: bool = True,
                require_matches: bool = True, num_cpus: int | None = None, temp_dir: str | None = None,
-               batches_per_task: int | None = None, _interrupt_after=None, _on_partial=None):
+               batches_per_task: int | None = None, runtime_env: dict | None = None, _interrupt_after=None, _on_partial=None):
     """Score ``prepared`` with ``workers`` Ray actors (see the module docstring); returns a ``ReasonScoreResult``.
     ``address``: a running cluster (``HOST:PORT``, ``ray://HOST:PORT``, ``auto``) or None to start a local
     one (``num_cpus``, ``temp_dir``). ``batches_per_task``: token batches per actor call (default: enough
-    calls to keep every actor busy, at most ``checkpoint_every``)."""
+    calls to keep every actor busy, at most ``checkpoint_every``). The actors run with this process's
+    ``HF_*`` / ``TRANSFORMERS_*`` / ... settings added to ``runtime_env`` (Ray's; ``reason_plugins.ray_actors``)."""
     from tqdm.auto import tqdm
 
     from reason_plugins.cli_args import check_int
@@ -126,7 +131,7 @@ def run_on_ray(prepared: PreparedRun, checkpoint=None, *, address=None, workers:
     todo = [(i, b) for i, b in enumerate(batches) if i not in done]
     if todo:
         _score_batches(prepared, stats, todo, checkpoint, address=address, workers=workers, progress=progress, tqdm=tqdm,
-                       num_cpus=num_cpus, temp_dir=temp_dir, batches_per_task=batches_per_task,
+                       num_cpus=num_cpus, temp_dir=temp_dir, batches_per_task=batches_per_task, runtime_env=runtime_env,
                        interrupt_after=_interrupt_after, on_partial=_on_partial)
     missing = set(range(len(batches))) - done_batches(stats)
     if missing:
@@ -140,10 +145,12 @@ def run_on_ray(prepared: PreparedRun, checkpoint=None, *, address=None, workers:
 
 
 def _score_batches(prepared, stats, todo, checkpoint, *, address, workers, progress, tqdm, num_cpus, temp_dir,
-                   batches_per_task, interrupt_after, on_partial) -> None:
+                   batches_per_task, runtime_env, interrupt_after, on_partial) -> None:
     """Stream ``todo`` [(index, batch)] through the actor pool, adding each partial into ``stats`` once."""
     import ray
 
+    from reason_plugins.ray_actors import failure_text
+    from reason_plugins.ray_actors import runtime_env as actor_env
     from reason_plugins.ray_cluster import connect, device_resources
 
     cluster = connect(address, num_cpus=num_cpus, temp_dir=temp_dir)
@@ -156,7 +163,8 @@ def _score_batches(prepared, stats, todo, checkpoint, *, address, workers, progr
     with warnings.catch_warnings():  # bounded restarts have no named parameter in ray 2.60 (the pinned release)
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(BatchScorer, fn_constructor_kwargs={"setup": _worker_setup(prepared)}, batch_size=per_task,
-                            batch_format="numpy", concurrency=workers, max_restarts=RETRIES, max_task_retries=RETRIES, **resources)
+                            batch_format="numpy", concurrency=workers, max_restarts=RETRIES, max_task_retries=RETRIES,
+                            runtime_env=actor_env(runtime_env), **resources)
     every, since_save = prepared.opts["checkpoint_every"], 0
     bar = tqdm(total=sum(len(b) for _, b in todo), desc=f"ReasonScore on Ray ({workers} workers)", unit="row", disable=not progress)
     try:
@@ -181,6 +189,11 @@ def _score_batches(prepared, stats, todo, checkpoint, *, address, workers, progr
                 raise KeyboardInterrupt(f"interrupted after {len(done_batches(stats))} batches (test hook)")
         if checkpoint is not None and since_save:
             stats.save(checkpoint)
+    except ray.exceptions.RayError as exc:  # a worker failed or died: one line with its cause (what was added is saved)
+        if checkpoint is not None and since_save:
+            stats.save(checkpoint)
+        resume = " (rerun to resume from the checkpoint)" if checkpoint is not None and done_batches(stats) else ""
+        raise RuntimeError(f"ReasonScore on Ray: {failure_text(exc)}{resume}") from None
     finally:
         bar.close()
 

@@ -5,7 +5,9 @@
 all die with the command (also when the test times out and kills it). ``ray_head`` is used *inside*
 such a namespace (by the job scripts next to this file): it starts a head with a fixed CPU count, its
 temp dir under a short path (Ray's unix sockets must fit 107 bytes), dashboard and usage stats off,
-and stops it on the way out, also on failure. Every wait has a timeout.
+and stops it on the way out, also on failure. The head gets none of the engine settings the drivers
+have (``head_env``: no ``VLLM_*``, ``HF_*``, ``TRANSFORMERS_*``), as a head a user starts with a plain
+``ray start --head``: the actors must get them from their driver. Every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def ray_env(**extra: str) -> dict:
     token = os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32)  # this run's own token, never ~/.ray/auth_token
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT), **extra}
+
+
+def head_env() -> dict:
+    """``ray_env()`` without the engine settings (a plainly started head's raylet, and so its workers, lack them)."""
+    return {k: v for k, v in ray_env().items() if not k.startswith(("VLLM_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM"))}
 
 
 def run_in_netns(argv: list[str], *, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +73,7 @@ def ray_head(num_cpus: int = 2, timeout: float = 90):
     try:
         subprocess.run([RAY, "start", "--head", f"--port={HEAD_PORT}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
                         "--num-gpus=0", f"--temp-dir={temp}", "--include-dashboard=false", "--disable-usage-stats",
-                        "--object-store-memory=300000000"], check=True, timeout=timeout, capture_output=True, env=ray_env())
+                        "--object-store-memory=300000000"], check=True, timeout=timeout, capture_output=True, env=head_env())
         yield address
     except BaseException:
         traceback.print_exc()  # now: stopping the head may end this process before the traceback is shown

@@ -2,9 +2,10 @@
 
 Job JSON: ``model``, ``saes`` (the engine's SAE config), ``rows`` (prompt, steering JSON or None,
 readout JSON or None), ``sampling``. Starts a Ray head (2 CPUs), runs the rows through
-``steer_dataset`` with two replicas, then the same requests through one ``SteeredLLM`` in this
+``steer_dataset`` with two replicas, then one row through a replica whose engine cannot start (its
+``runtime_env`` asks for a 100000 GiB KV cache), then the same requests through one ``SteeredLLM`` in this
 process. Writes JSON: ``pipeline`` and ``direct`` rows (text, token ids, steered tokens, spec hash,
-readout), and the wall seconds of each (engine starts included).
+readout), the failed run's exception (type, message), and the wall seconds of each (engine starts included).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def main(job_path: str, out_path: str) -> None:
         result["pipeline_seconds"] = time.perf_counter() - start
         result["pipeline"] = {r["prompt"]: {k: (list(map(int, r[k])) if k == "token_ids" else r[k] if not hasattr(r[k], "item") else r[k].item())
                                             for k in ("text", "token_ids", "steered_tokens", "spec_hash", "readout")} for r in rows}
+        try:  # a replica whose engine cannot start: the user's runtime_env asks for a KV cache no machine has (it wins over ours)
+            steer_dataset(ray.data.from_items(job["rows"][:1]), job["model"], job["saes"], replicas=1, sampling=job["sampling"],
+                          runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "100000"}}, **llm_kwargs).take_all()
+            result["failed"] = None
+        except Exception as exc:  # noqa: BLE001 - what the user sees, kept for the test
+            result["failed"] = {"type": type(exc).__name__, "message": str(exc)}
         ray.shutdown()
     start = time.perf_counter()
     one = SteeredBatchGenerator(job["model"], job["saes"], job["sampling"], llm_kwargs)  # the same request to one engine
