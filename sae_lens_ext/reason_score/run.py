@@ -342,9 +342,9 @@ def _check_generate(generate, engine, tokens):
 
 
 def _hidden_size(model_dir: str) -> int:
-    from transformers import AutoConfig
+    from reason_plugins.models import load_config
 
-    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg = load_config(model_dir)
     return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
 
 
