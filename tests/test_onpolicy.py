@@ -172,3 +172,19 @@ def test_a_row_that_cannot_fit_the_context_is_refused_before_generating(llama_di
         score_to_dir(str(llama_dir), str(sae_dirs["standard"]), None, tmp_path / "out", engine="vllm", progress=False,  # prompt 1 is longer
                      engine_options={"max_model_len": 128}, generate={**GENERATE, "max_tokens": 120}, **OPTIONS)
     assert started == [] and not (tmp_path / "out" / "transcripts.jsonl").exists()
+
+
+def test_rows_with_a_scored_mask_are_read_by_the_hf_path_and_refused_by_ray(llama_dir, sae_dirs, tmp_path):
+    """A generated run's saved rows: the HF path counts the masked positions only; the Ray path, which would count every
+    position, refuses them before any cluster is touched."""
+    import datasets
+
+    from sae_lens_ext.inputs.token_data import token_batches
+    from sae_lens_ext.reason_score.outputs import score_to_dir
+
+    data = tmp_path / "rows"
+    datasets.Dataset.from_dict({"tokens": [[1, 5, 6, 7], [1, 8, 9, 2]], "scored": [[0, 0, 1, 1], [0, 1, 1, 0]]}).save_to_disk(str(data))
+    (tokens, scored), = token_batches(str(data), None, batch_size=2, with_scored=True)
+    assert tokens.tolist() == [[1, 5, 6, 7], [1, 8, 9, 2]] and scored.tolist() == [[False, False, True, True], [False, True, True, False]]
+    with pytest.raises(ValueError, match="holds a generated run's rows .* score it without ray"):
+        score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data), tmp_path / "out", ray="local", progress=False)
