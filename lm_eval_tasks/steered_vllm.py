@@ -330,6 +330,8 @@ def _check_parallel_args(kwargs: dict) -> None:
     """``data_parallel_size`` / ``tensor_parallel_size``: whole numbers >= 1 (lm-eval would start an engine for 0)."""
     for name in ("data_parallel_size", "tensor_parallel_size"):
         value = kwargs.get(name, 1)
+        if isinstance(value, str) and value.strip().isdigit():  # "2" in a JSON --model_args: lm-eval takes int() of it
+            value = kwargs[name] = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"steered_vllm: {name}={value!r} is impossible (expected a whole number >= 1: the number of "
                             f"{'engine replicas' if name.startswith('data') else 'ranks per engine'})")
