@@ -492,3 +492,11 @@ def test_the_stock_lm_eval_command_prints_one_line_for_a_bad_steer_path(env, tmp
     assert "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last == f"lm_eval --model steered_vllm: error: steer_path '{tmp_path}/nope.json' is not a file", last
+
+
+def test_steered_vllm_takes_a_parallel_size_given_as_a_numeric_string():
+    from lm_eval_tasks.steered_vllm import _check_parallel_args
+
+    kwargs = {"data_parallel_size": "2", "tensor_parallel_size": 1}
+    _check_parallel_args(kwargs)
+    assert kwargs == {"data_parallel_size": 2, "tensor_parallel_size": 1}
