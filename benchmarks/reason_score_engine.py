@@ -41,12 +41,12 @@ def build(root: Path, d_sae: int):
 
 def rows_of(model: str, n: int):
     import torch
-    from transformers import AutoTokenizer
 
+    from reason_plugins.models import load_tokenizer
     from reason_plugins.tiny_models import training_texts
     from sae_lens_ext.inputs.token_data import tokens_dataset
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = load_tokenizer(model)
     ds = tokens_dataset(tok, training_texts(tok, n=max(64, n * 2), seed=5), context_size=128)
     return torch.tensor(ds["tokens"][:n])
 

@@ -24,13 +24,13 @@ BASE = "decode_only edit"
 
 
 def child(args) -> None:
-    from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from reason_plugins.conditions import think_token_ids
+    from reason_plugins.models import load_tokenizer
     from vllm_patches.llm import SteeredLLM
 
-    think = think_token_ids(AutoTokenizer.from_pretrained(args.model))
+    think = think_token_ids(load_tokenizer(args.model))
     prompts = [{"prompt_token_ids": [0] + [(7 * i + j) % 800 + 10 for j in range(24)] + [think[0]]} for i in range(args.prompts)]
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True)
     llm = SteeredLLM(args.model, saes=[{"sae": args.sae, "hook": args.hook}], dtype="float32", max_model_len=512, seed=0)

@@ -60,11 +60,37 @@ GEN_ONLY_KWARGS = ("cutoff_token",)  # read by the tasks, never passed to Sampli
 
 
 class SteeredVLLM(VLLM):
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's constructor from ``--model_args``; under the stock CLI a refusal of our arguments (a bad
+        ``steer_path``, an impossible ``data_parallel_size``, ...) is one line and exit code 2 (``cli_refusals``)."""
+        try:
+            return super().create_from_arg_string(arg_string, additional_config)
+        except Exception as exc:
+            from lm_eval_tasks.cli_refusals import refuse
+
+            refuse("lm_eval --model steered_vllm", exc)
+            raise
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """As ``create_from_arg_string``, for ``--model_args`` given as one JSON object."""
+        try:
+            return super().create_from_arg_obj(arg_dict, additional_config)
+        except Exception as exc:
+            from lm_eval_tasks.cli_refusals import refuse
+
+            refuse("lm_eval --model steered_vllm", exc)
+            raise
+
     def __init__(self, pretrained: str, steer_max_edits: int = 16, arms=None, readout=None, ray_address=None,
                  ray_timeout: float = 86400.0, ray_runtime_env=None, **kwargs):
         from reason_plugins.models import resolve_model
 
+        _check_parallel_args(kwargs)  # before anything is loaded or started
         pretrained = resolve_model(pretrained)  # a registered name (e.g. smollm2-135m-instruct) -> its cached folder
+        if isinstance(kwargs.get("tokenizer"), str):
+            kwargs["tokenizer"] = resolve_model(kwargs["tokenizer"])  # the same for a separate tokenizer=
         args = {k: kwargs.pop(k) for k in STEERING_ARGS if k in kwargs}
         self.readout = _readout_arg(readout)
         self.sample_features: dict[tuple, list] = {}  # (task name, doc_id) -> per repeat: the feature summary
@@ -303,6 +329,17 @@ class SteeredVLLM(VLLM):
                     s["spec_hashes"], s["layers"], s["requests"], s["tokens"], s["mean_abs_delta"])
         if os.environ.get(REPORT_ENV):
             _write_json(os.environ[REPORT_ENV], {"steering": self.steering, **s})
+
+
+def _check_parallel_args(kwargs: dict) -> None:
+    """``data_parallel_size`` / ``tensor_parallel_size``: whole numbers >= 1 (lm-eval would start an engine for 0)."""
+    for name in ("data_parallel_size", "tensor_parallel_size"):
+        value = kwargs.get(name, 1)
+        if isinstance(value, str) and value.strip().isdigit():  # "2" in a JSON --model_args: lm-eval takes int() of it
+            value = kwargs[name] = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"steered_vllm: {name}={value!r} is impossible (expected a whole number >= 1: the number of "
+                            f"{'engine replicas' if name.startswith('data') else 'ranks per engine'})")
 
 
 def _empty_summary() -> dict:

@@ -10,13 +10,18 @@ run's ``model_args`` — ``pretrained``, ``tokenizer`` — into every task's met
 - ``reasoning_tokens``: tokens up to and including the think-end token (the whole generation when the
   think section never closes); ``total_tokens``: tokens of the whole generation; ``think_closed``:
   fraction of samples that closed their think section. Counts re-tokenise the generated text with
-  the model's tokenizer (``add_special_tokens=False``), so any tokenizer with a think token works;
+  the model's tokenizer (``add_special_tokens=False``), so any tokenizer with a think token works.
+  The tokenizer is found as every other entry point finds a model (``reason_plugins.models.load_tokenizer``:
+  a registered name such as ``smollm2-135m-instruct``, a folder, a cached hub name); a run whose tokenizer
+  cannot be had is refused before any request is built (lengths are never counted in another unit);
 - ``extracted_answers`` (bypass): what was extracted, for the samples log.
 
 Task metadata knobs: ``answer_kind`` ("math" | "choice"), ``length_think_end`` (default ``</think>``),
 ``length_tokenizer`` (default: the model's ``tokenizer`` / ``pretrained``). The reference's
 ``--gen_kwargs cutoff_token=ID`` (e.g. 128014, R1-Llama's ``</think>``) names the think-end token by
-id instead; ``steered_vllm`` keeps it out of vLLM's ``SamplingParams``.
+id instead; ``steered_vllm`` keeps it out of vLLM's ``SamplingParams``. An id outside the tokenizer's
+vocabulary is refused before any request is built, naming the vocabulary size and the model's own
+think-end id (when it has one).
 Do not pass lm-eval's ``think_end_token`` model arg: it strips the think section before scoring.
 """
 
@@ -53,14 +58,12 @@ class KeepAll(Filter):
 
 @lru_cache(maxsize=4)
 def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    from reason_plugins.models import load_tokenizer as hub_tokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    return hub_tokenizer(name)
 
 
 def count_tokens(text: str, tokenizer) -> int:
-    if tokenizer is None:  # no tokenizer known: whitespace words (warned once by the caller)
-        return len(text.split())
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -74,31 +77,40 @@ def reasoning_length(text: str, tokenizer, think_end: str = DEFAULT_THINK_END) -
             "think_closed": 1}
 
 
+class LengthUnitError(ValueError):
+    """The run cannot count reasoning length in the model's tokens (no tokenizer, or a ``cutoff_token`` that
+    is no token of it): refused before any request is built."""
+
+
+def think_end_note(tokenizer) -> str:
+    from reason_plugins.conditions import think_token_ids
+
+    ids = think_token_ids(tokenizer)
+    return f"its own think-end token '</think>' is {ids[1]}" if ids else "it has no think tokens (no '</think>' token)"
+
+
 class ReasoningTask(ConfigurableTask):
     def __init__(self, config: dict | None = None, **kwargs):
         config = dict(config or {})
         config.pop("class", None)  # the factory passes the YAML's `class:` key along
         super().__init__(config=config, **kwargs)
-        self._warned = False
 
     def _meta(self) -> dict:
         meta = self.config.metadata
         return meta if isinstance(meta, dict) else {}
 
     def _tokenizer(self):
+        """The model's tokenizer (cached); ``LengthUnitError`` when there is none to be had."""
         meta = self._meta()
         name = meta.get("length_tokenizer") or meta.get("tokenizer") or meta.get("pretrained")
-        if name:
-            try:
-                return load_tokenizer(str(name))
-            except Exception as exc:
-                error = exc
-        else:
-            error = "no 'pretrained' / 'tokenizer' in model_args and no 'length_tokenizer' in --metadata"
-        if not self._warned:
-            logger.warning("%s: reasoning length counted in whitespace words, not tokens (%s)", self.config.task, error)
-            self._warned = True
-        return None
+        if not name:
+            raise LengthUnitError(f"{self.config.task}: reasoning_tokens / total_tokens need the model's tokenizer: give "
+                                  "'pretrained' or 'tokenizer' in --model_args, or 'length_tokenizer' in --metadata")
+        try:
+            return load_tokenizer(str(name))
+        except ValueError as exc:
+            raise LengthUnitError(f"{self.config.task}: reasoning_tokens / total_tokens are counted in the model's tokens; "
+                                  f"{exc}") from None
 
     def _think_end(self, tokenizer) -> str:
         """The think-end text: ``cutoff_token`` (a token id in generation_kwargs) decoded, else the metadata's."""
@@ -107,13 +119,26 @@ class ReasoningTask(ConfigurableTask):
             return self._meta().get("length_think_end", DEFAULT_THINK_END)
         try:
             token_id = int(cutoff)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.config.task}: cutoff_token must be a token id (an int), got {cutoff!r}") from exc
-        if tokenizer is None:
-            raise ValueError(f"{self.config.task}: cutoff_token={token_id} needs the model's tokenizer ('pretrained' in model_args)")
+        except (TypeError, ValueError):
+            raise LengthUnitError(f"{self.config.task}: cutoff_token must be a token id (an int), got {cutoff!r}") from None
         if not 0 <= token_id < len(tokenizer):
-            raise ValueError(f"{self.config.task}: cutoff_token {token_id} is outside the tokenizer's vocabulary (size {len(tokenizer)})")
+            raise LengthUnitError(f"{self.config.task}: cutoff_token={token_id} is outside the model's vocabulary (size "
+                                  f"{len(tokenizer)}; {think_end_note(tokenizer)})")
         return tokenizer.decode([token_id])
+
+    def check_length_unit(self) -> None:
+        """The tokenizer and ``cutoff_token`` this task will count lengths with, checked before any work."""
+        self._think_end(self._tokenizer())
+
+    def build_all_requests(self, *args, **kwargs):
+        try:  # lm-eval builds every task's requests before the model generates anything
+            self.check_length_unit()
+        except LengthUnitError as exc:
+            from lm_eval_tasks.cli_refusals import refuse
+
+            refuse("lm_eval", exc)  # under the stock CLI: one line, exit 2
+            raise
+        return super().build_all_requests(*args, **kwargs)
 
     def process_results(self, doc, results):
         responses = results[0] if results and isinstance(results[0], (list, tuple)) else list(results)

@@ -19,6 +19,11 @@ class UserError(ValueError):
     """Bad input from the user: shown as one line, exit code 2."""
 
 
+class ExplainedFailure(Exception):
+    """A failure whose message already names its cause and the fix (e.g. an engine that cannot start:
+    ``vllm_patches.starting.EngineStartError``): shown as one line, exit code 2, like bad input."""
+
+
 # ---------------------------------------------------------------- engine mode
 def add_engine_mode_arguments(parser) -> None:
     """``--eager`` (the default) / ``--compile`` for commands that start a vLLM engine, run one batch and exit:
@@ -40,6 +45,30 @@ def enforce_eager(args) -> bool:
     fewer processes that each import torch and vLLM before the first token."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return not getattr(args, "compile", False)
+
+
+# exception types our own code raises to refuse bad input (raised from a frame outside these
+# packages, e.g. deep inside numpy, they are bugs and keep their traceback)
+_REFUSALS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+             PermissionError)
+_OUR_PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / p) + os.sep  # the repository (or site-packages) root
+                      for p in ("reason_plugins", "sae_lens_ext", "vllm_patches", "lm_eval_tasks"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A refusal of bad input (one line, exit 2) rather than a bug (traceback): a ``UserError``, an unknown
+    plugin name, a plugin that fails to load, or a ``ValueError`` / file error raised by our own code."""
+    from reason_plugins.manager import PluginError, UnknownNameError
+
+    # an unknown plugin name (vocabulary, loader, ...) or an installed plugin that fails to load: named in one line
+    if isinstance(exc, (UserError, UnknownNameError, PluginError, ExplainedFailure)):
+        return True
+    if not isinstance(exc, _REFUSALS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OUR_PACKAGES)
 
 
 # ---------------------------------------------------------------- numbers

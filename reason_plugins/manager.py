@@ -56,9 +56,10 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # any failure must name the culprit
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise PluginError(
-                f"reason_plugins plugin {ep.name!r} ({ep.value}, from {dist}) failed to load: "
-                f"{type(exc).__name__}: {exc}"
+                f"reason_plugins plugin {ep.name!r} (entry point {ep.name} = {ep.value}, from {dist}) failed to load: "
+                f"{cause} (fix or uninstall {dist})"
             ) from exc
 
 

@@ -6,7 +6,10 @@ The first use turns that GGUF into a plain HF folder (safetensors + tokenizer wi
 template) under the project's cache (``$REASON_PLUGINS_CACHE`` or ``~/.cache/reason-plugins``),
 once, atomically, and checks the saved folder's logits against the GGUF-loaded model's; every later
 use is a directory lookup. ``resolve_model(name_or_path)`` is what every model-loading entry point
-calls: a registered name becomes its cached folder, anything else passes through unchanged.
+calls: a registered name becomes its cached folder, anything else passes through unchanged; every
+place that needs a model's tokenizer or config without its weights (lm-eval tasks, ``reason-sae data``,
+the views, preflight checks, benchmarks) goes through ``load_tokenizer`` / ``load_config``, which
+resolve the same way and fail in one line naming what was given.
 
 No host library is imported here at module level (transformers only inside the conversion).
 """
@@ -80,6 +83,40 @@ def resolve_model(model, dtype: str = "float32", cache: str | Path | None = None
     if not is_registered(model):
         return model
     return str(ensure_converted(model, dtype=dtype, cache=cache, progress=progress))
+
+
+class ModelNotFoundError(ValueError):
+    """A model or tokenizer reference that is no registered name, no local folder holding it, and
+    not in the local HF cache (the project runs offline)."""
+
+
+def _not_found(model, what: str, exc: BaseException) -> ModelNotFoundError:
+    cause = " ".join(str(exc).split())[:200]
+    return ModelNotFoundError(f"cannot load the {what} of {str(model)!r}: expected one of the registered names "
+                              f"{sorted(REGISTERED)}, a local model folder, or a hub name already in the HF cache ({cause})")
+
+
+def load_tokenizer(model, **kwargs):
+    """The tokenizer of a model given by registered name, local folder or hub name (``AutoTokenizer``), after
+    ``resolve_model``; anything that cannot be had raises ``ModelNotFoundError`` in one line."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(str(model))
+    try:
+        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(model, "tokenizer", exc) from exc
+
+
+def load_config(model, **kwargs):
+    """The HF config (``AutoConfig``) of a model given by registered name, local folder or hub name."""
+    from transformers import AutoConfig
+
+    path = resolve_model(str(model))
+    try:
+        return AutoConfig.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _not_found(model, "config", exc) from exc
 
 
 def ensure_converted(name: str, dtype: str = "float32", cache: str | Path | None = None, progress: bool = True) -> Path:

@@ -415,3 +415,88 @@ def test_compare_features_refuses_runs_without_summaries_or_correctness(tmp_path
     no_summaries = {arm: {"t": {0: {"exact_match": 1.0}}} for arm in ("baseline", "steered")}
     with pytest.raises(ValueError, match="arm 'baseline' task 't' has no reason_features"):
         feature_report(no_summaries, "baseline")
+
+
+def test_compare_features_think_on_a_model_without_think_tokens_says_so(tmp_path, capsys):
+    """Summaries of a model without think tokens have no think section: ``--think`` says that, not "no arm shares
+    problems with the baseline"."""
+    summary = {"features": [3], "hook": FIXTURE_HOOK, "output": {"n_tokens": 2, "mean": [1.0], "max": [1.0], "frac_active": [1.0]}}
+    for arm, correct in (("base", 1.0), ("steer", 0.0)):
+        folder = tmp_path / arm / "model"
+        folder.mkdir(parents=True)
+        rows = [{"doc_id": i, "doc_hash": f"h{i}", "exact_match": correct if i % 2 else 1 - correct, "reasoning_tokens": 5.0 + i,
+                 "reason_features": [summary]} for i in range(4)]
+        (folder / "samples_t_2026-01-01T00-00-00.000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["compare", str(tmp_path / "base"), str(tmp_path / "steer"), "--out", str(tmp_path / "cmp.png"), "--n-boot", "100",
+            "--features"]
+    assert main(argv) == 0 and (tmp_path / "cmp_features.json").is_file()
+    capsys.readouterr()
+    assert main(argv + ["--think"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the model has no think tokens (its tokenizer has no '</think>')" in err[0], err
+    assert "shares problems" not in err[0]
+
+
+def test_a_plugin_that_fails_to_import_is_one_line_naming_its_entry_point(tmp_path, monkeypatch, capsys):
+    from reason_plugins import manager
+
+    (tmp_path / "broken_reason_plugin.py").write_text("raise ImportError('no module named gpu_backend')\n")
+    info = tmp_path / "broken-reason-plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-reason-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[reason_plugins]\nbroken = broken_reason_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manager.reset()
+    try:
+        assert main(["plugins"]) == 2
+    finally:
+        manager.reset()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reason-sae plugins: error: reason_plugins plugin 'broken' (entry point broken = "
+                                               "broken_reason_plugin, from broken-reason-plugin) failed to load: ImportError"), err
+
+
+@pytest.mark.parametrize("args, message", [
+    ("steer_path=/no/spec.json", "steer_path '/no/spec.json' is not a file"),
+    ("data_parallel_size=0", "data_parallel_size=0 is impossible (expected a whole number >= 1"),
+    ("data_parallel_size=two", "data_parallel_size='two' is impossible"),
+    ("tensor_parallel_size=-1", "tensor_parallel_size=-1 is impossible"),
+])
+def test_steered_vllm_refusals_are_one_line_exit_2_under_the_lm_eval_cli(env, monkeypatch, capsys, args, message):
+    """From Python a clear exception; under the stock ``lm_eval`` command one line and exit 2, before any engine."""
+    from lm_eval.models.vllm_causallms import VLLM
+
+    import lm_eval_tasks.cli_refusals as refusals
+    from lm_eval_tasks.steered_vllm import SteeredVLLM
+    from reason_plugins.spec import SpecError
+
+    monkeypatch.setattr(VLLM, "__init__", lambda *a, **k: (_ for _ in ()).throw(StartedWork("engine started")))
+    arg_string = f"pretrained={env['model']},{args}"
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        SteeredVLLM.create_from_arg_string(arg_string)
+    monkeypatch.setattr(refusals, "under_lm_eval_cli", lambda: True)
+    with pytest.raises(SystemExit) as stop:
+        SteeredVLLM.create_from_arg_string(arg_string)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lm_eval --model steered_vllm: error: {err[0].split('error: ', 1)[1]}"] and message in err[0]
+    assert not err[0].split("error: ", 1)[1].startswith("steered_vllm:")  # said once
+
+
+def test_the_stock_lm_eval_command_prints_one_line_for_a_bad_steer_path(env, tmp_path):
+    exe = Path(sys.executable).with_name("lm_eval")
+    res = subprocess.run([str(exe), "--model", "steered_vllm", "--model_args", f"pretrained={env['model']},steer_path={tmp_path}/nope.json",
+                          "--tasks", "tiny_arith", "--include_path", __import__("lm_eval_tasks").TASKS_DIR],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == f"lm_eval --model steered_vllm: error: steer_path '{tmp_path}/nope.json' is not a file", last
+
+
+def test_steered_vllm_takes_a_parallel_size_given_as_a_numeric_string():
+    from lm_eval_tasks.steered_vllm import _check_parallel_args
+
+    kwargs = {"data_parallel_size": "2", "tensor_parallel_size": 1}
+    _check_parallel_args(kwargs)
+    assert kwargs == {"data_parallel_size": 2, "tensor_parallel_size": 1}

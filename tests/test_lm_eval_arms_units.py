@@ -96,13 +96,13 @@ def test_sweep_without_a_max_activation_for_a_feature(sae_dirs):
 
 
 # -- task copies ------------------------------------------------------------------------------
-def test_tasks_are_copied_once_per_arm(tmp_path):
+def test_tasks_are_copied_once_per_arm(tmp_path, tokenizer_dir):
     from lm_eval.tasks import TaskManager
 
     from lm_eval_tasks import TASKS_DIR
     from lm_eval_tasks.arms.evaluate import expand_tasks, split_task_name
 
-    loaded = TaskManager(include_path=TASKS_DIR, include_defaults=False, metadata={"n": 3}).load(["tiny_arith"])
+    loaded = TaskManager(include_path=TASKS_DIR, include_defaults=False, metadata={"n": 3, "pretrained": str(tokenizer_dir)}).load(["tiny_arith"])
     expanded, arm_of = expand_tasks(loaded, ["baseline", "f5_s2"])
     assert list(expanded["tasks"]) == ["tiny_arith@baseline", "tiny_arith@f5_s2"] and arm_of["tiny_arith@f5_s2"] == "f5_s2"
     twin = expanded["tasks"]["tiny_arith@f5_s2"]
@@ -279,7 +279,8 @@ def test_cutoff_token_names_the_think_end_for_reasoning_tokens(tmp_path, tokeniz
     moved = task.process_results(doc, [[text]])
     assert moved["reasoning_tokens"] != default["reasoning_tokens"] or moved["think_closed"] != default["think_closed"]
     task.set_config(key="generation_kwargs", value={"cutoff_token": 10**9}, update=True)
-    with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
+    with pytest.raises(ValueError, match=r"cutoff_token=1000000000 is outside the model's vocabulary \(size \d+; its own think-end "
+                                         f"token '</think>' is {think_end}\\)"):
         task.process_results(doc, [[text]])
 
 

@@ -86,7 +86,7 @@ def _hf_run(model: str, model_args: dict, task_dir: Path) -> dict:
 
     out = lm_eval.simple_evaluate(model=model, model_args={**model_args, "dtype": "float32", "device": "cpu"},
                                   tasks=[GEN_TASK, MC_TASK], limit=LIMIT, log_samples=True,
-                                  task_manager=TaskManager(include_path=str(task_dir)))
+                                  task_manager=TaskManager(include_path=str(task_dir), metadata=model_args))  # as the CLI merges them
     return {task: _samples(out["samples"][task], task) for task in (GEN_TASK, MC_TASK)}
 
 

@@ -1,7 +1,9 @@
 """ReasonScore from what the vLLM engine computes (``engine="vllm"``): equal to the HF path on the same
 rows for every architecture we steer (<= 1e-5 relative on scores, same top-20), with two tensor-parallel
-ranks, sharded and merged, interrupted and resumed; and over the model's own generations, whose
-transcripts are written beside the scores and reopen like any run. The engine runs in one child
+ranks, sharded and merged, interrupted and resumed; and over the model's own generations: only the
+generated tokens are scored (the prompt is context, in no token set), equal to a naive float64 computation
+over those positions alone (HF forward + SAELens encode), with transcripts written beside the scores and
+a run that reopens like any other; a row that cannot fit the engine's context is refused before generating. The engine runs in one child
 process (``tests/support/onpolicy_job.py``); the HF references run here."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.support.cores import machine_cores
 from tests.support.vllm_jobs import run_job
@@ -90,8 +93,21 @@ def test_the_models_own_generations_are_scored_written_and_reopened(engine_runs,
     assert [(t["prompt_index"], t["choice"]) for t in transcripts] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(len(t["token_ids"]) == GENERATE["max_tokens"] or t["token_ids"][-1] in (1, 2) for t in transcripts)
     config = json.loads((run / "run_config.json").read_text())
-    assert config["identity"]["generate"] == {k: v for k, v in {**GENERATE, "chat_template": True}.items() if k != "prompts"}
+    assert config["identity"]["generate"] == {**{k: v for k, v in {**GENERATE, "chat_template": True}.items() if k != "prompts"},
+                                              "scored": "output"}
     assert config["data"] == str((run / "data").resolve())
+    import datasets
+
+    rows = datasets.load_from_disk(config["data"])  # one row per continuation: the engine's prompt ids, then its own tokens
+    assert sorted(rows.column_names) == ["scored", "tokens"] and len(rows) == len(transcripts)
+    width = max(len(t["prompt_token_ids"]) + len(t["token_ids"]) for t in transcripts)
+    as_saved = list(zip(rows["tokens"], rows["scored"]))
+    for t in transcripts:
+        n_prompt, n_out = len(t["prompt_token_ids"]), len(t["token_ids"])
+        assert any(tok[:n_prompt + n_out] == t["prompt_token_ids"] + t["token_ids"] and
+                   sc == [0] * n_prompt + [1] * n_out + [0] * (width - n_prompt - n_out) for tok, sc in as_saved)
+    counted = config["counts"]["positive"] + config["counts"]["negative"]
+    assert 0 < counted <= sum(len(t["token_ids"]) for t in transcripts)  # generated tokens only (EOS ignored)
     # the HF path over the very rows the engine scored gives the same scores
     hf = score_to_dir(str(llama_dir), str(sae_dirs["standard"]), config["data"], tmp_path / "hf", progress=False, **OPTIONS)
     _assert_same_scores(_scores(run), hf.scores, 1e-5)
@@ -100,3 +116,75 @@ def test_the_models_own_generations_are_scored_written_and_reopened(engine_runs,
                           "--out", str(tmp_path / "ctx")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len((tmp_path / "ctx" / "contexts.jsonl").read_text().splitlines()) == 2
+
+
+def test_generated_scores_equal_a_naive_float64_computation_over_the_generated_positions(engine_runs, hf_model, sae_dirs):
+    """The oracle: each transcript's prompt + output ids through the HF model in float64, the standard SAE's own
+    ``encode`` (decoder norms folded, as ReasonScore reads features), masks found over the whole row but counted
+    on the generated positions only, and the score from its definition."""
+    import copy
+
+    import numpy as np
+    from sae_lens import SAE
+
+    from tests.support.references import naive_scores
+
+    out, _ = engine_runs
+    run = out / "generated"
+    config = json.loads((run / "run_config.json").read_text())
+    transcripts = [json.loads(line) for line in (run / "transcripts.jsonl").read_text().splitlines()]
+    model = copy.deepcopy(hf_model).double()
+    sae = SAE.load_from_disk(str(sae_dirs["standard"])).double().eval()
+    sae.fold_W_dec_norm()
+    layer = int(config["hook"].split(".")[1])
+    width = max(len(t["prompt_token_ids"]) + len(t["token_ids"]) for t in transcripts)
+    rows, scored, acts = [], [], np.zeros((len(transcripts), width, int(config["d_sae"])))
+    with torch.no_grad():
+        for b, t in enumerate(transcripts):
+            ids = t["prompt_token_ids"] + t["token_ids"]
+            resid = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+            acts[b, :len(ids)] = sae.encode(resid).numpy()
+            rows.append(ids + [-1] * (width - len(ids)))
+            scored.append([False] * len(t["prompt_token_ids"]) + [True] * len(t["token_ids"]) + [False] * (width - len(ids)))
+    seqs = list(config["vocabulary"].values())
+    ref = naive_scores(rows, acts, seqs, tuple(config["expand_range"]), config["ignore_tokens"], config["alpha"], scored=scored)
+    assert (config["counts"]["positive"], config["counts"]["negative"]) == (ref["count_pos"], ref["count_neg"])
+    assert ref["count_pos"] > 0 and ref["count_neg"] > 0
+    ours = _scores(run).double().numpy()
+    err = float(np.abs(ours - ref["scores"]).max() / np.abs(ref["scores"]).max())
+    assert err <= 1e-4, f"max |difference| {err:.2e} of the largest |score|"
+    prompt_only = naive_scores(rows, acts, seqs, tuple(config["expand_range"]), config["ignore_tokens"], config["alpha"],
+                               scored=[[not s and tok >= 0 for s, tok in zip(sc, row)] for sc, row in zip(scored, rows)])
+    assert np.abs(prompt_only["scores"] - ref["scores"]).max() > 10 * err * np.abs(ref["scores"]).max()  # the mask matters
+
+
+def test_a_row_that_cannot_fit_the_context_is_refused_before_generating(llama_dir, sae_dirs, tmp_path, monkeypatch):
+    """No engine starts: the prompt is rendered and counted first."""
+    from reason_plugins import manager
+    from sae_lens_ext.reason_score.outputs import score_to_dir
+
+    started = []
+    monkeypatch.setattr(manager, "get", lambda kind, name, _get=manager.get: (lambda *a, **k: started.append(a)) if kind == "activation_engine"
+                        else _get(kind, name))
+    with pytest.raises(ValueError, match=r"generate: prompt 1 renders to \d+ tokens; with max_tokens=120 its row needs \d+ tokens "
+                                         r"\(one more to read it back\), beyond the engine's context length 128 \(max_model_len\): "
+                                         r"lower --max-tokens to \d+ or raise --max-model-len"):
+        score_to_dir(str(llama_dir), str(sae_dirs["standard"]), None, tmp_path / "out", engine="vllm", progress=False,  # prompt 1 is longer
+                     engine_options={"max_model_len": 128}, generate={**GENERATE, "max_tokens": 120}, **OPTIONS)
+    assert started == [] and not (tmp_path / "out" / "transcripts.jsonl").exists()
+
+
+def test_rows_with_a_scored_mask_are_read_by_the_hf_path_and_refused_by_ray(llama_dir, sae_dirs, tmp_path):
+    """A generated run's saved rows: the HF path counts the masked positions only; the Ray path, which would count every
+    position, refuses them before any cluster is touched."""
+    import datasets
+
+    from sae_lens_ext.inputs.token_data import token_batches
+    from sae_lens_ext.reason_score.outputs import score_to_dir
+
+    data = tmp_path / "rows"
+    datasets.Dataset.from_dict({"tokens": [[1, 5, 6, 7], [1, 8, 9, 2]], "scored": [[0, 0, 1, 1], [0, 1, 1, 0]]}).save_to_disk(str(data))
+    (tokens, scored), = token_batches(str(data), None, batch_size=2, with_scored=True)
+    assert tokens.tolist() == [[1, 5, 6, 7], [1, 8, 9, 2]] and scored.tolist() == [[False, False, True, True], [False, True, True, False]]
+    with pytest.raises(ValueError, match="holds a generated run's rows .* score it without ray"):
+        score_to_dir(str(llama_dir), str(sae_dirs["standard"]), str(data), tmp_path / "out", ray="local", progress=False)

@@ -33,12 +33,12 @@ def model_shape(model: str) -> dict:
     elif looks_local(str(model)):
         raise UserError(f"model {str(model)!r} does not exist (expected a local model directory or a hub name ORG/NAME)")
     else:
-        from transformers import AutoConfig
+        from reason_plugins.models import load_config
 
         try:
-            cfg = AutoConfig.from_pretrained(str(model)).to_dict()
-        except OSError as exc:
-            raise UserError(f"cannot read the config of model {str(model)!r} ({' '.join(str(exc).split())[:200]})") from None
+            cfg = load_config(str(model)).to_dict()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     cfg = cfg.get("text_config") or cfg
     missing = [k for k in ("num_hidden_layers", "hidden_size") if not isinstance(cfg.get(k), int)]
     if missing:
@@ -121,11 +121,10 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
 
 @lru_cache(maxsize=8)
 def _think_ids(model: str):
-    from transformers import AutoTokenizer
-
     from reason_plugins.conditions import think_token_ids
+    from reason_plugins.models import load_tokenizer
 
-    return think_token_ids(AutoTokenizer.from_pretrained(model))
+    return think_token_ids(load_tokenizer(model))
 
 
 def engine_config(specs, readouts=None) -> dict:

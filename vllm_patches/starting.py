@@ -28,13 +28,16 @@ import logging
 import os
 import tempfile
 
+from reason_plugins.cli_args import ExplainedFailure
+
 ERRORS_ENV = "REASON_ENGINE_ERRORS"
 PARENT_ENV = "REASON_ENGINE_PARENT"  # the pid of the process running start_llm (its children mute themselves)
 DEBUG_ENV = "REASON_SAE_DEBUG"
 
 
-class EngineStartError(RuntimeError):
-    """A vLLM engine could not start: the message is the root cause and what to change."""
+class EngineStartError(RuntimeError, ExplainedFailure):
+    """A vLLM engine could not start: the message is the root cause and what to change (the CLI shows it as
+    one line, exit 2)."""
 
 
 def debugging() -> bool:

@@ -11,8 +11,9 @@ the think section):
   problem (``stats.paired_test``): does steering move the feature?
 
 All p-values of one report are adjusted together (Holm by default, ``stats.adjust_pvalues``); a
-forest plot shows every difference with its interval. A task without a correctness metric, or runs
-without readout summaries, are refused with a message naming them.
+forest plot shows every difference with its interval. A task without a correctness metric, runs
+without readout summaries, or ``--think`` on a model without think tokens are refused with a message
+naming them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def feature_report(arms: dict, baseline: str, tasks=None, stats=("mean",), secti
             first = next((s for r in docs.values() for s in (r.get("reason_features") or []) if s), None)
             if first is None:
                 raise ValueError(f"arm {arm!r} task {task!r} has no reason_features in its samples: run steered_vllm with readout=")
+            if "think" in sections and "think" not in first:  # summarise() writes a think section only for think tokens
+                raise ValueError(f"--think: arm {arm!r} task {task!r} has no think section to compare: the model has no think "
+                                 "tokens (its tokenizer has no '</think>'), so its summaries cover the whole output; drop --think")
             if not all("exact_match" in r for r in docs.values()):
                 raise ValueError(f"task {task!r} has no correctness metric (exact_match) in its samples: feature activity "
                                  "cannot be set beside outcomes")

@@ -16,15 +16,10 @@ import importlib
 import os
 import sys
 import traceback
-from pathlib import Path
+
+from reason_plugins.cli_args import is_user_error
 
 DEBUG_ENV = "REASON_SAE_DEBUG"
-# exception types our own code raises to refuse bad input (raised from a frame outside these
-# packages, e.g. deep inside numpy, they are bugs and keep their traceback)
-_REFUSALS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-             PermissionError)
-_OUR_PACKAGES = tuple(str(Path(__file__).resolve().parents[2] / p) + os.sep  # the repository (or site-packages) root
-                      for p in ("reason_plugins", "sae_lens_ext", "vllm_patches", "lm_eval_tasks"))
 
 # name -> (module with add_arguments/run, one-line help)
 SUBCOMMANDS = {
@@ -66,26 +61,6 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         if name == chosen:
             importlib.import_module(module_name).add_arguments(p)
     return parser
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """A refusal of bad input (one line, exit 2) rather than a bug (traceback)."""
-    from reason_plugins.cli_args import UserError
-    from reason_plugins.manager import UnknownNameError
-
-    if isinstance(exc, (UserError, UnknownNameError)):  # an unknown plugin name (vocabulary, loader, ...) too
-        return True
-    if type(exc).__name__ == "EngineStartError":  # an engine that cannot start (vllm_patches.starting): cause + knob
-        from vllm_patches.starting import EngineStartError
-
-        if isinstance(exc, EngineStartError):
-            return True
-    if not isinstance(exc, _REFUSALS):
-        return False
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_OUR_PACKAGES)
 
 
 def error_line(command: str, exc: BaseException | str) -> str:

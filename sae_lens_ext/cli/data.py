@@ -50,9 +50,9 @@ def run(args) -> int:
         raise UserError(f"--max-tokens {args.max_tokens} is smaller than one row (expected >= --context-size {args.context_size})")
     parse_ratio(args.ratio)
     check_ref(args.tokenizer, "--tokenizer", "model/tokenizer directory")
-    from transformers import AutoTokenizer
+    from reason_plugins.models import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)  # a registered name (smollm2-135m-instruct), a folder or a cached hub name
     system = None if args.system_prompt == "none" else args.system_prompt
     meta = prepare(tokenizer, args.out, lmsys=args.lmsys, openthoughts=args.openthoughts, ratio=args.ratio,
                    context_size=args.context_size, max_tokens=args.max_tokens, scoring_samples=args.scoring_samples,

@@ -9,9 +9,12 @@
 Rerunning the same command after an interruption resumes from ``DIR/checkpoint.safetensors`` when
 the run's identity (SAE weights, model, data fingerprint, vocabulary, options) matches, and says so;
 a different run into the same ``--out`` is refused with the difference named (``--overwrite``
-starts over). Every option is checked before the model, SAE or data is loaded. With ``--generate`` the
-continuations are written to ``DIR/transcripts.jsonl`` and the scored rows to ``DIR/data``, so
-``contexts``, ``dashboard`` and ``control`` reopen the run as any other.
+starts over). Every option is checked before the model, SAE or data is loaded. With ``--generate`` only the
+model's own tokens are scored: each continuation is one row (its prompt's token ids, kept as context but in no
+token set, then the generated ones); a prompt whose row cannot fit the engine's context (prompt + ``--max-tokens``
++ 1 > ``--max-model-len`` or the model's own limit) is refused before generating. The continuations (prompts
+kept) are written to ``DIR/transcripts.jsonl`` and the scored rows, with their ``scored`` mask, to ``DIR/data``,
+so ``contexts``, ``control`` and ``diff`` reopen the run as any other (and skip the prompts too).
 """
 
 from __future__ import annotations
@@ -69,9 +72,10 @@ def add_arguments(parser) -> None:
 
     add_engine_mode_arguments(parser)  # --engine vllm: --eager (default) / --compile
     parser.add_argument("--generate", type=int_at_least(1), default=None, metavar="N",
-                        help="--engine vllm: score the model's own N continuations of each --prompts prompt instead of --dataset")
+                        help="--engine vllm: score the model's own N continuations of each --prompts prompt instead of --dataset "
+                        "(the generated tokens only; each prompt is their context)")
     parser.add_argument("--prompts", default=None, help="--generate: a .txt file (one prompt a line) or .jsonl (a 'prompt' field)")
-    parser.add_argument("--max-tokens", type=int_at_least(1), default=256, help="--generate: tokens per continuation (default 256)")
+    parser.add_argument("--max-tokens", type=int_at_least(1), default=256, help="--generate: tokens per continuation (default 256; prompt + this + 1 must fit the engine's context)")
     parser.add_argument("--temperature", type=finite_float(0), default=0.6, help="--generate: sampling temperature (default 0.6)")
     parser.add_argument("--gen-seed", type=int_at_least(0), default=0, help="--generate: sampling seed (default 0)")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",

@@ -186,9 +186,9 @@ def load_model(model, hook: str | None = None, backend: str = "auto", device: st
 def model_tokenizer(model, tokenizer=None):
     if tokenizer is not None:
         if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
+            from reason_plugins.models import load_tokenizer
 
-            return AutoTokenizer.from_pretrained(str(tokenizer))
+            return load_tokenizer(str(tokenizer))  # a registered name, a folder or a cached hub name
         return tokenizer
     if getattr(model, "tokenizer", None) is not None:
         return model.tokenizer

@@ -129,33 +129,48 @@ def tokens_dataset(tokenizer, texts: list[str], context_size: int, prepend_bos: 
 
 
 def _token_rows(data, tokenizer, context_size, prepend_bos, seed, text_column):
-    """Every token row of the data, in order (documents shuffled by ``seed`` when it is a dataset)."""
+    """Every token row of the data, in order (documents shuffled by ``seed`` when it is a dataset), each with
+    its ``scored`` mask (a dataset's ``scored`` column, 1 where a position may be counted) or None."""
     import torch
 
     if isinstance(data, torch.Tensor) or (isinstance(data, list) and data and isinstance(data[0], (list, tuple))):
-        yield from (list(map(int, row)) for row in data)
+        yield from ((list(map(int, row)), None) for row in data)
         return
     ds = load_data(data)
     if seed is not None:
         ds = ds.shuffle(seed=seed)
     for col in ("tokens", "input_ids"):
         if col in ds.column_names:
+            masked = SCORED_COLUMN in ds.column_names
             for start in range(0, len(ds), 256):
-                yield from ds[start:start + 256][col]
+                part = ds[start:start + 256]
+                yield from zip(part[col], part[SCORED_COLUMN] if masked else [None] * len(part[col]))
             return
     if text_column not in ds.column_names:
         raise ValueError(f"dataset has no {text_column!r} column and no 'tokens' column; columns: {ds.column_names}")
     texts = (text for start in range(0, len(ds), 64) for text in ds[start:start + 64][text_column])
-    yield from pack_texts(texts, tokenizer, context_size, prepend_bos=prepend_bos, batch_size=64)
+    yield from ((row, None) for row in pack_texts(texts, tokenizer, context_size, prepend_bos=prepend_bos, batch_size=64))
+
+
+SCORED_COLUMN = "scored"  # beside "tokens": 1 where a position may be counted (a generated token), 0 for context / padding
 
 
 def token_batches(data, tokenizer, *, batch_size=8, context_size=1024, prepend_bos=True, n_samples=None,
-                  seed=None, text_column="text", num_chunks=1, chunk_index=0):
-    """Batches [B, T] of this shard's rows: row i of the first ``n_samples`` goes to shard i % num_chunks."""
+                  seed=None, text_column="text", num_chunks=1, chunk_index=0, with_scored=False):
+    """Batches [B, T] of this shard's rows: row i of the first ``n_samples`` goes to shard i % num_chunks.
+    ``with_scored``: ``(tokens, scored)`` pairs instead, ``scored`` [B, T] bool from the dataset's ``scored``
+    column (rows of the model's own continuations: the prompt is context, not data), or None without one."""
     import torch
 
-    batch = []
-    for i, row in enumerate(_token_rows(data, tokenizer, context_size, prepend_bos, seed, text_column)):
+    batch, masks = [], []
+
+    def done():
+        tokens = torch.tensor(batch, dtype=torch.long)
+        if not with_scored:
+            return tokens
+        return tokens, (torch.tensor(masks, dtype=torch.bool) if all(m is not None for m in masks) else None)
+
+    for i, (row, mask) in enumerate(_token_rows(data, tokenizer, context_size, prepend_bos, seed, text_column)):
         if n_samples is not None and i >= n_samples:
             break
         if i % num_chunks != chunk_index:
@@ -163,8 +178,9 @@ def token_batches(data, tokenizer, *, batch_size=8, context_size=1024, prepend_b
         if batch and len(row) != len(batch[0]):
             raise ValueError(f"token rows must all have one length; got {len(batch[0])} and {len(row)} (row {i})")
         batch.append(row)
+        masks.append(mask)
         if len(batch) == batch_size:
-            yield torch.tensor(batch, dtype=torch.long)
-            batch = []
+            yield done()
+            batch, masks = [], []
     if batch:
-        yield torch.tensor(batch, dtype=torch.long)
+        yield done()

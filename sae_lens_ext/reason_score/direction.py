@@ -48,10 +48,10 @@ def diff_of_means(model, tokens, hook: str, vocabulary="paper", expand_range=(1,
     sums = torch.zeros(2, d, dtype=torch.float64)
     counts = torch.zeros(2, dtype=torch.float64)
     batches = token_batches(tokens, tok, batch_size=batch_size, context_size=context_size, prepend_bos=prepend_bos,
-                            n_samples=n_samples, seed=seed, text_column=text_column)
-    for batch in tqdm(batches, desc="difference of means", disable=not progress):
+                            n_samples=n_samples, seed=seed, text_column=text_column, with_scored=True)
+    for batch, scored in tqdm(batches, desc="difference of means", disable=not progress):
         acts = source(batch).double().cpu()
-        _, positive, negative = rsm.token_masks(batch, list(seqs.values()), expand_range, ignore)
+        _, positive, negative = rsm.token_masks(batch, list(seqs.values()), expand_range, ignore, scored)
         for i, mask in enumerate((positive, negative)):
             sums[i] += acts[mask].sum(0)
             counts[i] += mask.sum()

@@ -7,7 +7,8 @@ the same code. Must not import transformer_lens, sae_lens or transformers.
 
 Definitions (the paper's, with its defects fixed):
   positive tokens = union over vocabulary groups of matched spans widened by ``expand_range``;
-  negative tokens = every other token; ``ignore_ids`` tokens are in neither, nor in any group.
+  negative tokens = every other token; ``ignore_ids`` tokens (and positions a ``scored`` mask leaves out)
+  are in neither, nor in any group.
   mu+, mu-, mu_g = mean activation of each feature over those token sets.
   p_ig = mu_ig / (sum_g mu_ig + eps);  H_i = -sum_g p_ig log p_ig / log(G)  (1 when G == 1)
   score_i = mu+_i / (sum_k mu+_k + eps) * H_i ** alpha - mu-_i / (sum_k mu-_k + eps)
@@ -69,11 +70,14 @@ def _widened_matches(tokens: torch.Tensor, seq: tuple[int, ...], left: int, righ
 
 
 def token_masks(tokens: torch.Tensor, group_seqs: Sequence[Sequence[tuple[int, ...]]],
-                expand_range: tuple[int, int] = (0, 0), ignore_ids: Iterable[int] = ()):
+                expand_range: tuple[int, int] = (0, 0), ignore_ids: Iterable[int] = (), scored: torch.Tensor | None = None):
     """Masks for one batch of token rows [B, T].
 
     Returns ``(groups [G, B, T], positive [B, T], negative [B, T])`` (bool); ignored tokens are
-    False everywhere. Spans never cross rows (each row is its own context).
+    False everywhere. Spans never cross rows (each row is its own context). ``scored`` [B, T] (bool,
+    optional) marks the positions that may be counted at all: the rest (a prompt kept as context for
+    the model's own continuation, padding) are False everywhere too, though matches are found over
+    the whole row.
     """
     left, right = (int(v) for v in expand_range)
     if left < 0 or right < 0:
@@ -82,6 +86,8 @@ def token_masks(tokens: torch.Tensor, group_seqs: Sequence[Sequence[tuple[int, .
     ignore = list(ignore_ids or ())
     keep = ~torch.isin(tokens, torch.tensor(ignore, dtype=torch.long, device=tokens.device)) if ignore \
         else torch.ones_like(tokens, dtype=torch.bool)
+    if scored is not None:
+        keep = keep & torch.as_tensor(scored, dtype=torch.bool, device=tokens.device)
     groups = torch.zeros(len(group_seqs), *tokens.shape, dtype=torch.bool, device=tokens.device)
     for g, seqs in enumerate(group_seqs):
         for seq in seqs:

@@ -109,6 +109,12 @@ def score_to_dir(model, sae, data, out_dir, *, top_k: int = 20, overwrite: bool 
         from reason_plugins.ray_cluster import check_reachable, check_version
 
         check_int("workers", workers, 1)
+        if isinstance(data, (str, Path)) and Path(str(data)).exists():
+            from sae_lens_ext.inputs.token_data import SCORED_COLUMN, load_data
+
+            if SCORED_COLUMN in (getattr(load_data(data), "column_names", None) or []):
+                raise ValueError(f"data {str(data)!r} holds a generated run's rows (a {SCORED_COLUMN!r} mask keeps their prompts out "
+                                 "of the token sets), which the Ray path does not read: score it without ray")
         check_version()
         check_reachable(ray)
     checkpoint = Path(kwargs.pop("checkpoint", None) or out / "checkpoint.safetensors")

@@ -27,6 +27,7 @@ from sae_lens_ext.inputs.activations import (
     model_tokenizer,
 )
 from sae_lens_ext.inputs.token_data import load_data, token_batches
+from sae_lens_ext.reason_score.generated import SCORED_POSITIONS, check_generate, check_generation_room, generated_rows
 
 
 def _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
@@ -71,7 +72,7 @@ class PreparedRun:
         _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,
                        feature_chunk_size, context_size)
         engine_factory = _engine_factory(engine, model)  # unknown engine, or a loaded model for an engine: refused now
-        generate = _check_generate(generate, engine, tokens)
+        generate = check_generate(generate, engine, tokens)
         model_ref = str(model) if isinstance(model, (str, Path)) else None
         if isinstance(tokens, (str, Path)):  # a path or name: opened (not read) now, so bad data fails before the model loads
             if len(load_data(tokens)) == 0:
@@ -128,7 +129,8 @@ class PreparedRun:
         if engine_factory is not None:  # other arithmetic, other numbers (the HF path's identity stays as it was)
             self.identity["engine"] = {"name": engine, "dtype": (engine_options or {}).get("dtype", "float32")}
         if generate is not None:  # the rows are the model's own continuations of these prompts, sampled so
-            self.identity["generate"] = {k: v for k, v in generate.items() if k != "prompts"}
+            self.identity["generate"] = {**{k: v for k, v in generate.items() if k != "prompts"}, "scored": SCORED_POSITIONS}
+            check_generation_room(generate, tok, model, engine_options)  # before any engine starts
         job = hashlib.sha256(json.dumps(self.identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.config.update(job=job, fingerprint=f"{job}-{chunk_index}of{num_chunks}", identity=self.identity)
         self.model, self.sae, self.tokens, self.tokenizer, self.source, self.encoder = model, sae, tokens, tok, source, encoder
@@ -169,8 +171,11 @@ class PreparedRun:
         session = None
         if self.generate is not None:  # the model writes the rows first (kept beside the checkpoint for a resume)
             session = self._transcribe(checkpoint)
-        rows = o["n_samples"] if o["n_samples"] is not None else len(self.tokens) if isinstance(self.tokens, (torch.Tensor, list)) else None
-        total = None if rows is None else -(-len(range(o["chunk_index"], rows, o["num_chunks"])) // o["batch_size"])
+        rows = o["n_samples"] if o["n_samples"] is not None else None
+        if isinstance(self.tokens, (torch.Tensor, list)) or self.generate is not None:  # rows known: the bar counts real ones
+            rows = len(self.tokens) if rows is None else min(rows, len(self.tokens))
+        shard_rows = None if rows is None else len(range(o["chunk_index"], rows, o["num_chunks"]))  # the rows this process scores
+        total = None if rows is None else -(-shard_rows // o["batch_size"])
         if checkpoint is not None and Path(checkpoint).is_file():
             saved = rsm.ReasonStats.load(checkpoint)
             self.check_against(saved.extra, f"checkpoint {str(checkpoint)!r}", "delete it, choose another output, or start over (--overwrite)")
@@ -181,20 +186,25 @@ class PreparedRun:
         group_seqs = list(self.seqs.values())
         batches = token_batches(self.tokens, self.tokenizer, batch_size=o["batch_size"], context_size=o["context_size"],
                                 prepend_bos=o["prepend_bos"], n_samples=o["n_samples"], seed=o["seed"],
-                                text_column=o["text_column"], num_chunks=o["num_chunks"], chunk_index=o["chunk_index"])
+                                text_column=o["text_column"], num_chunks=o["num_chunks"], chunk_index=o["chunk_index"],
+                                with_scored=True)
         sae_device = next(self.encoder.sae.parameters()).device
+        bar = tqdm(total=shard_rows, desc="ReasonScore", unit="row", disable=not progress)  # real rows, not a guess
         try:
-            for i, batch in enumerate(tqdm(batches, total=total, desc="ReasonScore", disable=not progress)):
+            for i, (batch, scored) in enumerate(batches):
                 if i in done:
+                    bar.update(batch.shape[0])
                     continue  # resumed: these batches are already in the checkpoint
                 if self.engine_factory is None:
-                    add_hf_batch(stats, self.source, self.encoder, batch, group_seqs, o["expand_range"], self.ignore, sae_device)
+                    add_hf_batch(stats, self.source, self.encoder, batch, group_seqs, o["expand_range"], self.ignore, sae_device,
+                                 scored=scored)
                 else:
                     if session is None:  # started once there is work for it (a finished resume starts none)
                         session = self._session()
-                    masks = rsm.token_masks(batch, group_seqs, o["expand_range"], self.ignore)
+                    masks = rsm.token_masks(batch, group_seqs, o["expand_range"], self.ignore, scored)
                     stats.add_counts(*masks)
-                    self._add_engine_sums(stats, session, batch, masks)
+                    self._add_engine_sums(stats, session, batch, masks, scored)
+                bar.update(batch.shape[0])
                 if DONE_KEY in stats.extra:  # a checkpoint a Ray run wrote: its batches need not be a prefix
                     stats.extra[DONE_KEY] = batch_ranges(done_batches(stats) | {i})
                 if checkpoint is not None and stats.n_batches % o["checkpoint_every"] == 0:
@@ -202,6 +212,7 @@ class PreparedRun:
                 if _interrupt_after is not None and stats.n_batches >= _interrupt_after:
                     raise KeyboardInterrupt(f"interrupted after {stats.n_batches} batches (test hook)")
         finally:
+            bar.close()
             if session is not None:
                 session.close()
         if stats.n_tokens == 0:
@@ -238,19 +249,25 @@ class PreparedRun:
             if path is not None:
                 write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in saved))
         self.transcripts = saved
-        self.tokens = datasets.Dataset.from_dict({self.opts["text_column"]: [row["text"] for row in saved]})
+        self.tokens = datasets.Dataset.from_dict(generated_rows(saved, self.tokenizer))
         return session
 
-    def _add_engine_sums(self, stats, session, batch, masks) -> None:
+    def _add_engine_sums(self, stats, session, batch, masks, scored=None) -> None:
         """One batch through the activation engine: per position a bitmask (positive, negative, then one
-        bit per group), summed in the engine over every feature; folded like the HF path's activations."""
+        bit per group), summed in the engine over every feature; folded like the HF path's activations.
+        Rows with a ``scored`` mask are sent up to their last scored position (causal attention: what
+        follows it, the right padding, changes nothing before it)."""
         import torch
 
         groups, positive, negative = masks
         bits = positive.long() | negative.long() << 1
         for g in range(groups.shape[0]):
             bits |= groups[g].long() << (2 + g)
-        sums, counts = session.feature_sums(batch.tolist(), bits.tolist(), 2 + groups.shape[0])
+        rows, row_bits = batch.tolist(), bits.tolist()
+        if scored is not None:
+            ends = [int(s.nonzero().max()) + 1 if s.any() else 1 for s in scored]
+            rows, row_bits = [r[:e] for r, e in zip(rows, ends)], [b[:e] for b, e in zip(row_bits, ends)]
+        sums, counts = session.feature_sums(rows, row_bits, 2 + groups.shape[0])
         expected = [int(positive.sum()), int(negative.sum()), *(int(c) for c in groups.flatten(1).sum(1))]
         if [int(round(c)) for c in counts] != expected:
             raise RuntimeError(f"the activation engine summed {[int(round(c)) for c in counts]} tokens per set, expected "
@@ -284,13 +301,15 @@ def batch_ranges(indices) -> list[list[int]]:
     return out
 
 
-def add_hf_batch(stats, source, encoder, batch, group_seqs, expand_range, ignore, sae_device) -> None:
+def add_hf_batch(stats, source, encoder, batch, group_seqs, expand_range, ignore, sae_device, scored=None) -> None:
     """One token batch [B, T] through the model (forward hook) and the SAE, into ``stats``: what the
-    one-process run and every Ray worker do per batch, so both add the same numbers."""
+    one-process run and every Ray worker do per batch, so both add the same numbers. ``scored`` [B, T]:
+    the positions that count (a generated run's rows: not the prompt, not the right padding)."""
     from sae_lens_ext.reason_score import metric as rsm
 
     acts = source(batch).to(sae_device)
-    masks = rsm.token_masks(batch.to(sae_device), group_seqs, expand_range, ignore)
+    masks = rsm.token_masks(batch.to(sae_device), group_seqs, expand_range, ignore,
+                            None if scored is None else scored.to(sae_device))
     stats.add_counts(*masks)
     flat = acts.reshape(-1, acts.shape[-1])
     for start, chunk_acts in encoder.chunks(flat):
@@ -309,42 +328,10 @@ def _engine_factory(engine: str, model):
     return factory
 
 
-def _check_generate(generate, engine, tokens):
-    """``generate={"prompts", "n", "max_tokens", "temperature", "seed", "chat_template"}``, checked before any
-    loading; the rows are then the model's own continuations, so there are no ``tokens`` to give."""
-    import math
-
-    if generate is None:
-        if tokens is None:
-            raise ValueError("no data to score: give token rows or a dataset, or generate= prompts (with an engine)")
-        return None
-    if engine in (None, "hf"):
-        raise ValueError("generate= needs an activation engine (engine='vllm'): the HF path scores given rows only")
-    if tokens is not None:
-        raise ValueError("generate= writes the rows itself: give prompts, not tokens/data too")
-    if not isinstance(generate, dict):
-        raise ValueError(f"generate must be a dict of prompts, n, max_tokens, temperature, seed; got {generate!r}")
-    prompts = generate.get("prompts")
-    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise ValueError(f"generate['prompts'] must be a non-empty list of non-empty texts, got {prompts!r}")
-    unknown = set(generate) - {"prompts", "n", "max_tokens", "temperature", "seed", "chat_template"}
-    if unknown:
-        raise ValueError(f"generate: unknown option(s) {sorted(unknown)}")
-    g = {"prompts": list(prompts), "n": generate.get("n", 1), "max_tokens": generate.get("max_tokens", 256),
-         "temperature": generate.get("temperature", 0.6), "seed": generate.get("seed", 0),
-         "chat_template": bool(generate.get("chat_template", True))}
-    for name, low in (("n", 1), ("max_tokens", 1), ("seed", 0)):
-        check_int(f"generate['{name}']", g[name], low)
-    t = g["temperature"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
-        raise ValueError(f"generate['temperature']={t!r} is invalid (expected a finite number >= 0)")
-    return g
-
-
 def _hidden_size(model_dir: str) -> int:
-    from transformers import AutoConfig
+    from reason_plugins.models import load_config
 
-    cfg = AutoConfig.from_pretrained(model_dir)
+    cfg = load_config(model_dir)
     return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
 
 

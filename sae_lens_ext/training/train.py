@@ -82,11 +82,9 @@ def champ_tokens_dataset(tokenizer, context_size: int, tokens: int | None = None
     from reason_plugins.champ import chat_texts
 
     if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
+        from reason_plugins.models import load_tokenizer
 
-        from reason_plugins.models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(tokenizer)))
+        tokenizer = load_tokenizer(str(tokenizer))  # a registered name, a folder or a cached hub name
     n = 20_000 if tokens is None else max(50, min(20_000, int(tokens) // 350))  # ~450 tokens per transcript
     return tokens_dataset(tokenizer, chat_texts(tokenizer, n=n, seed=seed), context_size=context_size, progress=True)
 

@@ -87,10 +87,11 @@ class FeatureActivations:
         from sae_lens_ext.inputs.token_data import token_batches
 
         rows = token_batches(data, self.tokenizer, batch_size=batch_size, context_size=self.context_size,
-                             prepend_bos=self.prepend_bos, n_samples=n_samples, seed=seed, text_column=text_column)
+                             prepend_bos=self.prepend_bos, n_samples=n_samples, seed=seed, text_column=text_column, with_scored=True)
         total = -(-n_samples // batch_size) if n_samples else None
-        for tokens in tqdm(rows, total=total, desc=desc, disable=not progress):
-            yield tokens, self.encode(tokens), self.keep_mask(tokens)
+        for tokens, scored in tqdm(rows, total=total, desc=desc, disable=not progress):
+            keep = self.keep_mask(tokens)  # a run of the model's own continuations: its prompts are context only
+            yield tokens, self.encode(tokens), keep if scored is None else keep & scored
 
     def texts(self, texts, *, batch_size=8, progress=False, desc="texts"):
         """Each text its own row (BOS prepended as configured), right-padded; padding is not kept.

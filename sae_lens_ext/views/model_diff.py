@@ -42,9 +42,10 @@ def activation_stats(model, sae, data, *, sae_id=None, hook=None, n_samples: int
     d = encoder.d_sae
     fired, total, mx, n = torch.zeros(d, dtype=torch.int64), torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
     rows = token_batches(data, tok, batch_size=batch_size, context_size=int(context_size or sae.cfg.metadata.context_size or 128),
-                         prepend_bos=bool(sae.cfg.metadata.get("prepend_bos", True)), n_samples=n_samples, seed=seed, text_column=text_column)
-    for tokens in tqdm(rows, total=-(-n_samples // batch_size) if n_samples else None, desc=f"activation stats {label}".strip(), disable=not progress):
-        keep = ~torch.isin(tokens, ignore).reshape(-1)
+                         prepend_bos=bool(sae.cfg.metadata.get("prepend_bos", True)), n_samples=n_samples, seed=seed, text_column=text_column,
+                         with_scored=True)
+    for tokens, scored in tqdm(rows, total=-(-n_samples // batch_size) if n_samples else None, desc=f"activation stats {label}".strip(), disable=not progress):
+        keep = (~torch.isin(tokens, ignore) & (True if scored is None else scored)).reshape(-1)  # a generated run: its outputs only
         x = source(tokens).reshape(-1, source.d_model)[keep.to(source.device)]
         n += int(keep.sum())
         for start, acts in encoder.chunks(x.to(next(encoder.sae.parameters()).device)):

@@ -13,7 +13,7 @@ import torch
 EPS = 1e-12
 
 
-def naive_masks(rows, group_seqs, expand, ignore):
+def naive_masks(rows, group_seqs, expand, ignore, scored=None):
     left, right = expand
     n_rows, length = len(rows), len(rows[0])
     groups = [[[False] * length for _ in range(n_rows)] for _ in group_seqs]
@@ -24,19 +24,21 @@ def naive_masks(rows, group_seqs, expand, ignore):
                     if tuple(row[p:p + len(seq)]) == tuple(seq):
                         for q in range(max(0, p - left), min(length - 1, p + len(seq) - 1 + right) + 1):
                             groups[g][b][q] = True
+    counted = [[tok not in ignore and (scored is None or bool(scored[b][t])) for t, tok in enumerate(row)] for b, row in enumerate(rows)]
     for g in range(len(group_seqs)):
-        for b, row in enumerate(rows):
-            for t, tok in enumerate(row):
-                if tok in ignore:
+        for b in range(n_rows):
+            for t in range(length):
+                if not counted[b][t]:
                     groups[g][b][t] = False
     pos = [[any(groups[g][b][t] for g in range(len(group_seqs))) for t in range(length)] for b in range(n_rows)]
-    neg = [[not pos[b][t] and rows[b][t] not in ignore for t in range(length)] for b in range(n_rows)]
+    neg = [[not pos[b][t] and counted[b][t] for t in range(length)] for b in range(n_rows)]
     return groups, pos, neg
 
 
-def naive_scores(rows, acts, group_seqs, expand, ignore, alpha=0.7):
-    """acts: float64 numpy [rows, T, F]. Returns dict of numpy arrays."""
-    groups, pos, neg = naive_masks(rows, group_seqs, expand, set(ignore))
+def naive_scores(rows, acts, group_seqs, expand, ignore, alpha=0.7, scored=None):
+    """acts: float64 numpy [rows, T, F]; ``scored`` (optional, [rows][T] of bools): the positions that may count at
+    all (the rest, e.g. a prompt kept as context, are in no set). Returns dict of numpy arrays."""
+    groups, pos, neg = naive_masks(rows, group_seqs, expand, set(ignore), scored)
     flat = acts.reshape(-1, acts.shape[-1])
 
     def idx(mask):
