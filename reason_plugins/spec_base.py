@@ -36,8 +36,11 @@ _SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 3, 80, 60, 40
 _SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 8
 
 
-def show(value) -> str:
-    """A short ``repr`` of any value a client sent (nested, huge or long values elided), for messages."""
+def show(value, text: int = 80) -> str:
+    """A short ``repr`` of any value a client sent (nested, huge or long values elided), for messages;
+    a string of at most ``text`` characters is shown whole."""
+    if isinstance(value, str) and len(value) <= text:
+        return repr(value)
     try:
         return _SHOW.repr(value)
     except (ValueError, RecursionError, TypeError):  # e.g. an int past Python's digit limit for str()

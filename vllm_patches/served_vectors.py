@@ -48,7 +48,7 @@ def refusal(reference: str, config: SteeringConfig, where: str) -> SpecError:
     offer = f"one of the names this server's operator registered: {names}" if names else \
         "a registered name (this server's operator registered none)"
     opt_in = "; or a file inside the operator's allowed_vector_dir" if config.allowed_vector_dir else ""
-    return SpecError(f"{where}: vector {show(reference)} is not served here: send the vector as a list of numbers, or "
+    return SpecError(f"{where}: vector {show(reference, 300)} is not served here: send the vector as a list of numbers, or "
                      f"{offer}{opt_in} (the server opens no file a request names)")
 
 
