@@ -77,7 +77,8 @@ def canonical_hook(name, where: str = "hook") -> str:
     """``blocks.N.hook_resid_post`` for any name of the residual stream after decoder layer N: ours,
     lm-eval's / HF's module name (``layers.N``, ``model.layers.N``) or a control vector's
     ``direction.N``. Anything else is a ``SpecError`` naming both accepted forms."""
-    text = str(name).strip() if isinstance(name, (str, int)) and not isinstance(name, bool) else None
+    small_int = isinstance(name, int) and not isinstance(name, bool) and abs(name) < 10**9
+    text = name.strip() if isinstance(name, str) else str(name) if small_int else None
     if text is not None and hook_layer(text) is not None:
         return text
     m = _MODULE.match(text) if text is not None else None
