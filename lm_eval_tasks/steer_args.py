@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, canonical_hook, check_feature_index, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, canonical_hook, check_feature_index, parse_spec
 from reason_plugins.vector_files import SUFFIXES
 
 REFERENCE_ARGS = ("sae_release", "sae_id", "sae_feature_idx", "sae_strength", "sae_max_activation")
@@ -149,7 +149,9 @@ def steering_from_args(args: dict) -> list[SteeringSpec]:
     if path.suffix.lower() == ".csv":
         return csv_specs(path)
     if path.suffix.lower() == ".json":
-        return parse_steering(read_json(path, "steer_path", SpecError))
+        from reason_plugins.vector_files import read_steering
+
+        return read_steering(read_json(path, "steer_path", SpecError))  # vector files it names are read here
     if path.suffix.lower() in SUFFIXES:
         from reason_plugins.vector_files import vector_specs
 

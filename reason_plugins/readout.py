@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, parse_many, sae_at_hook
+from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, parse_many, sae_at_hook, show
 
 POSITIONS = ("prompt", "output", "all")
 AT = ("before", "after")
@@ -64,7 +64,7 @@ class ReadoutSpec(AtHook):
 
 def _int(value, where: str, what: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SpecError(f"{where}: {what} must be an integer >= {low}, got {value!r}")
+        raise SpecError(f"{where}: {what} must be an integer >= {low}, got {show(value)}")
     return value
 
 
@@ -78,37 +78,37 @@ def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
                         f"not {' and '.join(given) if given else 'none of them'}")
     if features is not None:
         if not isinstance(features, list) or not features:
-            raise SpecError(f"{where}: 'features' must be a non-empty list of feature ids, got {features!r}")
+            raise SpecError(f"{where}: 'features' must be a non-empty list of feature ids, got {show(features)}")
         features = tuple(_int(f, where, "each feature", 0) for f in features)
         if len(set(features)) != len(features):
-            raise SpecError(f"{where}: a feature is listed twice: {list(features)}")
+            raise SpecError(f"{where}: a feature is listed twice: {show(list(features))}")
     elif top_k is not None:
         top_k = _int(top_k, where, "top_k", 1)
     else:
         sums = _sums(sums, where)
     positions, at = obj.get("positions", "all"), obj.get("at", "after")
     if positions not in POSITIONS:
-        raise SpecError(f"{where}: positions {positions!r} is not one of {POSITIONS}")
+        raise SpecError(f"{where}: positions {show(positions)} is not one of {POSITIONS}")
     if at not in AT:
-        raise SpecError(f"{where}: at {at!r} is not one of {AT}")
+        raise SpecError(f"{where}: at {show(at)} is not one of {AT}")
     return ReadoutSpec(sae=sae, hook=hook, features=features, top_k=top_k, sums=sums, sae_id=sae_id, positions=positions, at=at)
 
 
 def _sums(obj, where: str) -> tuple:
     if not isinstance(obj, dict) or set(obj) - {"job", "bits", "masks"}:
-        raise SpecError(f"{where}: 'sums' must be {{\"job\": str, \"bits\": int, \"masks\": [int per position]}}, got {obj!r}")
+        raise SpecError(f"{where}: 'sums' must be {{\"job\": str, \"bits\": int, \"masks\": [int per position]}}, got {show(obj)}")
     job, bits, masks = obj.get("job"), obj.get("bits"), obj.get("masks")
     if not isinstance(job, str) or not job:
-        raise SpecError(f"{where}: sums 'job' must be a non-empty string, got {job!r}")
+        raise SpecError(f"{where}: sums 'job' must be a non-empty string, got {show(job)}")
     bits = _int(bits, where, "sums 'bits'", 1)
     if bits > MAX_BITS:
         raise SpecError(f"{where}: sums 'bits' must be at most {MAX_BITS}, got {bits}")
     if not isinstance(masks, list) or not masks:
-        raise SpecError(f"{where}: sums 'masks' must be a non-empty list of integers (one per position), got {masks!r}")
+        raise SpecError(f"{where}: sums 'masks' must be a non-empty list of integers (one per position), got {show(masks)}")
     limit = 1 << bits
     for m in masks:
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < limit:
-            raise SpecError(f"{where}: sums mask {m!r} is not an integer in 0..{limit - 1} ({bits} bits)")
+            raise SpecError(f"{where}: sums mask {show(m)} is not an integer in 0..{limit - 1} ({bits} bits)")
     return job, bits, tuple(masks)
 
 

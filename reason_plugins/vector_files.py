@@ -14,9 +14,13 @@ Three formats, chosen by the file's suffix:
 - ``.safetensors``: ``{hook: vector}`` under either hook naming; ``reason-sae vector`` writes this,
   with its run identity in the file's metadata (``save_vectors``).
 
-``read_vector(path, hook)`` is what a request's ``"vector": "<path>"`` resolves through;
-``vector_specs(path)`` turns a whole file into specs (the ``.pt``'s own coefficients and actions;
-``add`` with ``coefficient`` for the other two). Every failure is a ``SpecError`` naming the file.
+This is the edge where a *local* user's vector references become numbers: ``resolve_files(specs)``
+(``read_steering(value)``: parse, then resolve) reads each spec's ``"vector": "<path>"`` through
+``read_vector(path, hook)``, for the CLI, the Python API (``SteeredLLM``), lm-eval's ``steer_path`` /
+``arms`` and preflight. The spec contract itself reads no file (``reason_plugins.spec``), and a server
+never opens a path a client sends (``vllm_patches.served_vectors`` resolves its operator's names with
+these readers). ``vector_specs(path)`` turns a whole file into specs (the ``.pt``'s own coefficients
+and actions; ``add`` with ``coefficient`` for the other two). Every failure is a ``SpecError`` naming the file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from reason_plugins.spec import SpecError, canonical_hook
+from reason_plugins.spec import SpecError, canonical_hook, parse_steering, parse_vector_spec, resolve_vectors
 
 SUFFIXES = (".pt", ".pth", ".gguf", ".safetensors")
 
@@ -147,11 +151,20 @@ def read_vector(path, hook: str, where: str = "vector spec"):
     return entries[hook]["vector"]
 
 
+def resolve_files(specs: list, what: str = "steering") -> list:
+    """Parsed specs with every vector reference read as a local file (``read_vector``): for a local
+    user's own specs (CLI, Python API), never for a request that came over a network."""
+    return resolve_vectors(specs, read_vector, what)
+
+
+def read_steering(value) -> list:
+    """``parse_steering(value)`` with its vector files read (``resolve_files``)."""
+    return resolve_files(parse_steering(value))
+
+
 def vector_specs(path, coefficient: float | None = None, where: str = "steer_path") -> list:
     """A whole vector file as specs, one per hook: a ``.pt``'s own coefficient / action / bias;
     ``add`` x ``coefficient`` (default 1) for GGUF and safetensors vectors."""
-    from reason_plugins.spec import parse_vector_spec
-
     specs = []
     for hook, entry in sorted(read_file(path, where).items()):
         coef = entry["coefficient"] if coefficient is None or Path(str(path)).suffix.lower() in (".pt", ".pth") else coefficient

@@ -81,7 +81,7 @@ def _lm_eval_pt(path, **entries):
 def test_the_three_readers_give_the_vectors_under_our_hook_names(tmp_path):
     from safetensors.torch import save_file
 
-    from reason_plugins.vector_files import read_file, read_vector, vector_specs
+    from reason_plugins.vector_files import read_file, read_vector, resolve_files, vector_specs
 
     a, b = _vec(1), _vec(2)
     _lm_eval_pt(tmp_path / "s.pt", **{"layers.1": (a, 3.0, "add", None, None), "model.layers.2": (b, -2.0, "clamp", 0.5 * a, None)})
@@ -99,8 +99,10 @@ def test_the_three_readers_give_the_vectors_under_our_hook_names(tmp_path):
     assert torch.allclose(torch.tensor(clamp.bias, dtype=torch.float64), 0.5 * a.double())
     gguf = vector_specs(tmp_path / "c.gguf", coefficient=4.0)
     assert [(s.hook, s.action, s.coefficient) for s in gguf] == [("blocks.1.hook_resid_post", "add", 4.0), ("blocks.4.hook_resid_post", "add", 4.0)]
-    spec = parse_vector_spec({"vector": str(tmp_path / "c.gguf"), "hook": "layers.4", "coefficient": 2.0})
-    assert spec.vector == tuple(b.tolist()) and spec.source == str(tmp_path / "c.gguf")
+    reference = parse_vector_spec({"vector": str(tmp_path / "c.gguf"), "hook": "layers.4", "coefficient": 2.0})
+    assert reference.vector == str(tmp_path / "c.gguf") and not reference.resolved  # parsing opens no file
+    (spec,) = resolve_files([reference])  # the local user's edge reads it
+    assert spec.vector == tuple(b.tolist()) and spec.source == str(tmp_path / "c.gguf") and spec.resolved
 
 
 def test_reader_refusals_name_the_file(tmp_path):

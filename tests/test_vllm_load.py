@@ -22,19 +22,15 @@ specs and readouts get HTTP 400 and the server keeps serving; the HTTP report
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from reason_plugins.spec import parse_steering, specs_hash
 from tests.support.references import hf_greedy
+from tests.support.serve import vllm_server
 from tests.support.vllm_jobs import run_job
 
 pytestmark = pytest.mark.slow
@@ -252,47 +248,12 @@ def _check_readouts(requests, readouts_of, outputs, aborted, hf_model, saes, sam
 
 
 # -- vllm serve --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(llama_dir, layer_saes, engine_run, plain_tokens, tmp_path_factory):
-    """``vllm serve`` exactly as the README's server section runs it (eager, small KV cache)."""
-    port = _free_port()
-    vllm = str(Path(sys.executable).parent / "vllm")
-    cmd = [vllm, "serve", str(llama_dir), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
-           "--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--seed", "0", "--max-num-seqs", "16",
-           "--max-num-batched-tokens", "64", "--block-size", "32", "--num-gpu-blocks-override", "24",
-           "--enable-prefix-caching", "--additional-config", json.dumps({"reason_steering": _steering_config(layer_saes)})]
-    env = dict(os.environ, VLLM_PLUGINS="reason_steering,reason_steering_report", VLLM_CPU_KVCACHE_SPACE="1")
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("vllm serve did not start:\n" + Path(log.name).read_text()[-6000:])
-        time.sleep(2)
-    yield base, proc, Path(log.name)
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    """``vllm serve`` exactly as the README's server section runs it (eager, small KV cache), with prefix caching."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with vllm_server(llama_dir, _steering_config(layer_saes), log, "--enable-prefix-caching") as (base, proc):
+        yield base, proc, log
 
 
 @pytest.fixture(scope="module")

@@ -245,15 +245,23 @@ def test_a_vector_and_a_feature_edit_at_one_layer_read_the_same_stream(engine, h
     ({"vector": [1.0] * 128, "hook": "model.layers.x"}, "names no residual stream"),
     ({"vector": "/nope/v.pt", "hook": "layers.0"}, "vector file '/nope/v.pt' does not exist"),
     ({"vector": "BADPT", "hook": "layers.0"}, "not an lm-eval steering .pt file"),
+    ({"vector": "/nope/v.pt", "hook": "layers.0", "plain": True}, r"vector '/nope/v.pt' is not served here: .* registered none"),
 ])
 def test_bad_vectors_fail_the_request_before_it_is_queued(engine, prompts, tmp_path, bad, message):
+    """Files are the local user's: ``SteeredLLM.generate`` reads them (and names a bad one); a path in a plain
+    request's ``extra_args`` reaches the engine's front-end, which opens no file (``served_vectors``)."""
     from reason_plugins.spec import SpecError
 
     if isinstance(bad, dict) and bad["vector"] == "BADPT":
         (tmp_path / "bad.pt").write_bytes(b"not a torch file")
         bad = {**bad, "vector": str(tmp_path / "bad.pt")}
+    plain = isinstance(bad, dict) and bad.get("plain", False)
+    bad = {k: v for k, v in bad.items() if k != "plain"} if isinstance(bad, dict) else bad
     with pytest.raises(SpecError, match=message):
-        engine.llm.generate([{"prompt_token_ids": prompts[0]}], _params_with(bad))
+        if plain:
+            engine.llm.generate([{"prompt_token_ids": prompts[0]}], _params_with(bad))
+        else:
+            generate(engine, prompts[:1], [bad])
     assert len(generate(engine, prompts[:1], [None])[0].outputs[0].token_ids) == MAX_TOKENS  # engine still serves
 
 

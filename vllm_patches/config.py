@@ -24,6 +24,21 @@ loaded; a vector at a layer that has an SAE shares that SAE's op and its ``max_s
 (one distinct vector = one slot, like one distinct feature).
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).
+
+What a client may name (``vllm_patches/served_vectors.py``): ``vectors`` registers the operator's
+vector files under names, ``{"name": "FILE"}`` (``.pt`` / ``.gguf`` / ``.safetensors``, read once when
+the engine starts); a request's ``"vector": "name"`` takes that file's vector for the spec's hook.
+Any other string is refused with one message, whether or not such a file exists, unless the operator
+opts in with ``allowed_vector_dir``: then a file whose real path (symlinks resolved) lies inside that
+directory is read too, if it is at most ``max_vector_file_mb`` (default 64) MB. SAEs are never opened
+from a request: a spec's ``sae`` must be one of ``saes`` above, compared as text.
+
+Bounds, checked before a request's specs are parsed (``vllm_patches/request_bounds.py``), each refusal
+an HTTP 400 naming the bound: ``max_spec_bytes`` (default 4 MiB) for each of ``steering`` and
+``readout`` (their JSON text, or the object's size), JSON nested at most ``MAX_DEPTH`` (8) deep,
+``max_specs`` (default 64) specs in one request's list, at most ``max_edits`` edits in one spec, at most
+``max_readout`` features listed in one readout (when ``max_readout`` > 0), and an inline vector no
+longer than the model's width.
 """
 
 from __future__ import annotations
@@ -41,6 +56,9 @@ DEFAULT_MAX_SLOTS = 64
 DEFAULT_MAX_READOUT = 64
 DEFAULT_MAX_TOP_K = 64
 DEFAULT_READOUT_MEMORY_MB = 256
+DEFAULT_MAX_VECTOR_FILE_MB = 64
+DEFAULT_MAX_SPEC_BYTES = 4 << 20
+DEFAULT_MAX_SPECS = 64
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,11 @@ class SteeringConfig:
     max_top_k: int = DEFAULT_MAX_TOP_K
     readout_memory_mb: int = DEFAULT_READOUT_MEMORY_MB
     vector_hooks: tuple[str, ...] = ()
+    vectors: tuple[tuple[str, str], ...] = ()  # (name, file) the operator registered
+    allowed_vector_dir: str | None = None
+    max_vector_file_mb: int = DEFAULT_MAX_VECTOR_FILE_MB
+    max_spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
+    max_specs: int = DEFAULT_MAX_SPECS
 
     @property
     def op_hooks(self) -> dict[str, tuple]:
@@ -117,7 +140,9 @@ def parse_config(raw) -> SteeringConfig:
         raise SpecError(f"steering config: max_slots must be an integer >= max_edits ({max_edits}), got {max_slots!r}")
     sizes = {}
     for name, default, low in (("max_readout", DEFAULT_MAX_READOUT, 0), ("max_top_k", DEFAULT_MAX_TOP_K, 0),
-                               ("readout_memory_mb", DEFAULT_READOUT_MEMORY_MB, 1)):
+                               ("readout_memory_mb", DEFAULT_READOUT_MEMORY_MB, 1),
+                               ("max_vector_file_mb", DEFAULT_MAX_VECTOR_FILE_MB, 1), ("max_spec_bytes", DEFAULT_MAX_SPEC_BYTES, 256),
+                               ("max_specs", DEFAULT_MAX_SPECS, 1)):
         value = sizes[name] = raw.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise SpecError(f"steering config: {name} must be an integer >= {low}, got {value!r}")
@@ -125,12 +150,19 @@ def parse_config(raw) -> SteeringConfig:
     if not isinstance(vector_hooks, list):
         raise SpecError(f"steering config: vector_hooks must be a list of hooks, got {vector_hooks!r}")
     vector_hooks = tuple(dict.fromkeys(canonical_hook(h, "steering config vector_hooks") for h in vector_hooks))
-    known = ("saes", "vector_hooks", "max_edits", "max_slots", "capture", *sizes)
+    vectors = raw.get("vectors") or {}
+    if not isinstance(vectors, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in vectors.items()):
+        raise SpecError(f"steering config: vectors must be {{\"name\": \"FILE\"}} (names and files as strings), got {vectors!r}")
+    allowed = raw.get("allowed_vector_dir")
+    if allowed is not None and (not isinstance(allowed, str) or not Path(allowed).expanduser().is_dir()):
+        raise SpecError(f"steering config: allowed_vector_dir must name an existing directory, got {allowed!r}")
+    known = ("saes", "vector_hooks", "max_edits", "max_slots", "capture", "vectors", "allowed_vector_dir", *sizes)
     unknown = set(raw) - set(known)
     if unknown:
         raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected {', '.join(known)}")
     return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots, **sizes,
-                          vector_hooks=vector_hooks)
+                          vector_hooks=vector_hooks, vectors=tuple(sorted(vectors.items())),
+                          allowed_vector_dir=None if allowed is None else str(Path(allowed).expanduser()))
 
 
 def config_from(vllm_config) -> SteeringConfig | None:

@@ -14,11 +14,18 @@ and hook must be one the engine loads, every listed feature < d_sae and at most 
 them, ``top_k`` in 1..min(d_sae, ``max_top_k``), and no ``top_k`` on an engine that replays CUDA
 graphs (the top-k read runs eagerly on the rows that asked).
 
+What a request may name, and how much it may send: a string ``vector`` / ``bias`` is resolved only
+as one of the operator's registered names (or, opted in, a file inside ``allowed_vector_dir``;
+``served_vectors.py``), never as a path of the client's choosing; an SAE only as one of the config's
+``saes`` (compared as text: an unconfigured path is never opened). Both fields are bounded before they
+are parsed (``request_bounds.py``).
+
 ``prepare_request`` runs where requests enter vLLM (``InputProcessor.process_inputs``:
 ``LLM.generate`` and the OpenAI-compatible server alike). A refused spec raises
 ``SteeringRequestError``: a ``SpecError`` for Python callers and a ``VLLMValidationError`` for the
 server, which answers it with HTTP 400 and the spec error's text (not a 500 that clients retry).
-An accepted spec is normalised into ``extra_args["steering"]`` and salts the prefix cache with its
+Anything else a malformed value might raise while it is checked is answered the same way (and
+logged as unexpected), so a client never gets a 500. An accepted spec is normalised into ``extra_args["steering"]`` and salts the prefix cache with its
 hash, so steered and unsteered requests never share KV blocks computed under the other's steering.
 A readout that reads prompt positions salts the cache with the request's own id: its prompt is
 computed, never served from blocks another request computed (so every prompt position is read).
@@ -27,6 +34,7 @@ computed, never served from blocks another request computed (so every prompt pos
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from functools import lru_cache
 
@@ -36,8 +44,11 @@ from reason_plugins.readout import ReadoutSpec, check_against, parse_readout
 from reason_plugins.spec import METHODS, SpecError, VectorSpec, check_feature_index, parse_steering, specs_hash
 from reason_plugins.steering import needs_full_sae, per_feature_refusal
 from vllm_patches.config import SteeringConfig
+from vllm_patches.request_bounds import bounded
+from vllm_patches.served_vectors import resolve_served
 
 SALT_PREFIX = "reason-steering:"
+logger = logging.getLogger("reason_plugins.vllm")
 
 
 class SteeringRequestError(SpecError, VLLMValidationError):
@@ -90,11 +101,12 @@ def _check_condition(spec, config: SteeringConfig, think: tuple | None | bool) -
 def check_specs(raw, config: SteeringConfig | None, d_model: int | None = None, think=True) -> list:
     """Parse and validate a request's steering against the engine config (``d_model``: the model's width,
     which vector lengths must equal; ``think``: the model's (<think>, </think>) ids, None if it has none);
-    returns the specs. Raises ``reason_plugins.spec.SpecError`` naming the bad value and what was expected."""
-    specs = parse_steering(raw)
-    if specs and config is None:
+    returns the specs, vector references resolved (``served_vectors``). Raises ``reason_plugins.spec.SpecError``
+    naming the bad value and what was expected."""
+    if raw is not None and config is None:
         raise SpecError("this request asks for steering but the engine was started without a steering config "
                         "(additional_config={'reason_steering': {...}} or REASON_STEERING)")
+    specs = resolve_served(parse_steering(bounded("steering", raw, config, d_model)), config)
     edits_at: dict[str, int] = {}
     for spec in specs:
         edits_at[spec.hook] = edits_at.get(spec.hook, 0) + (1 if isinstance(spec, VectorSpec) else len(spec.edits))
@@ -134,10 +146,10 @@ def replays_graphs(vllm_config) -> bool:
 def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -> list[ReadoutSpec]:
     """Parse and validate a request's readout against the engine config; returns the specs.
     ``graphs``: the engine replays CUDA graphs (no top-k there). Raises ``SpecError`` naming the value."""
-    specs = parse_readout(raw)
-    if specs and config is None:
+    if raw is not None and config is None:
         raise SpecError("this request asks for a feature readout but the engine was started without a steering config "
                         "(additional_config={'reason_steering': {...}} or REASON_STEERING)")
+    specs = parse_readout(bounded("readout", raw, config))
     if specs and not (config.max_readout or config.max_top_k):
         raise SpecError("this engine was started with readout off (max_readout=0 and max_top_k=0 in its steering config)")
     for spec in specs:
@@ -153,8 +165,8 @@ def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -
 def prepare_request(params, config: SteeringConfig | None, request_id: str | None = None, graphs: bool = False,
                     d_model: int | None = None, think=True) -> str | None:
     """Validate and normalise ``params.extra_args["steering"]`` and ``["readout"]`` in place; returns
-    the prefix-cache salt (None: the request may share cached blocks with any other). A vector given
-    as a file path is read here: the engine gets its numbers."""
+    the prefix-cache salt (None: the request may share cached blocks with any other). A vector named by
+    a registered name is resolved here: the engine gets its numbers."""
     extra = getattr(params, "extra_args", None)
     if not extra:
         return None
@@ -169,6 +181,10 @@ def prepare_request(params, config: SteeringConfig | None, request_id: str | Non
             raise
         except SpecError as exc:
             raise SteeringRequestError(str(exc), parameter=field) from exc
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError, RecursionError) as exc:
+            # a value our checks missed: still the client's 400, and a line for the operator to report
+            logger.warning("reason-steering: unexpected %s while checking a request's %s: %s", type(exc).__name__, field, exc)
+            raise SteeringRequestError(f"{field}: malformed ({type(exc).__name__} while checking it)", parameter=field) from exc
         extra[field] = json.dumps([s.to_dict() for s in specs], sort_keys=True)
         if field == "steering":
             salts.append(SALT_PREFIX + specs_hash(specs))

@@ -69,7 +69,7 @@ class SteeredLLM:
             else:
                 per_prompt[name] = [value] * n
         base = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * n
-        params, checked = [], set()
+        params, checked = [], {}
         for i, sp in enumerate(base):
             sp = copy.deepcopy(sp)
             for name, (_, parse) in fields.items():
@@ -77,9 +77,8 @@ class SteeredLLM:
                 if value is None:
                     continue
                 if id(value) not in checked:  # fail fast, before anything is queued (once per distinct spec)
-                    parse(value)
-                    checked.add(id(value))
-                sp.extra_args = {**(sp.extra_args or {}), name: value}
+                    checked[id(value)] = _local_files_read(value, parse(value))
+                sp.extra_args = {**(sp.extra_args or {}), name: checked[id(value)]}
             params.append(sp)
         return self.llm.generate(prompt_list, params, **kwargs)
 
@@ -135,6 +134,18 @@ class SteeredLLM:
         import torch
 
         return torch.tensor(self.llm.collective_rpc("reason_steering_capture", args=(hook, num_tokens))[0])
+
+
+def _local_files_read(value, specs: list):
+    """``value`` as the engine gets it: as given, unless a vector spec names a file (this process's user's
+    own): then the specs with that file's numbers (the engine's front-end opens no file, see
+    ``vllm_patches.served_vectors``)."""
+    from reason_plugins.spec import VectorSpec
+    from reason_plugins.vector_files import resolve_files
+
+    if all(not isinstance(s, VectorSpec) or s.resolved for s in specs):
+        return value
+    return [s.to_dict() for s in resolve_files(specs)]
 
 
 def _choice_index(internal: str) -> int:

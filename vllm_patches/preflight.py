@@ -18,7 +18,7 @@ from pathlib import Path
 
 from reason_plugins.cli_args import UserError, looks_local
 from reason_plugins.files import read_json
-from reason_plugins.spec import SteeringSpec, VectorSpec, check_feature_index, hook_layer, parse_steering
+from reason_plugins.spec import SteeringSpec, VectorSpec, check_feature_index, hook_layer
 
 
 def model_shape(model: str) -> dict:
@@ -78,10 +78,11 @@ def preflight(model: str, specs, *, readouts=None, force_hook: bool = False, max
     ``model`` and their SAEs; returns the parsed steering specs. Raises a one-line ``UserError`` /
     ``SpecError`` naming the bad value."""
     from reason_plugins.readout import parse_readout
+    from reason_plugins.vector_files import read_steering
     from vllm_patches.config import parse_config
     from vllm_patches.frontend import check_readout, check_specs
 
-    parsed, reads = parse_steering(specs or None), parse_readout(readouts)
+    parsed, reads = read_steering(specs or None), parse_readout(readouts)  # a local user's vector files are read here
     shape = model_shape(model)
     infos: dict[tuple, dict] = {}
     for spec in [*parsed, *reads]:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reason_plugins.files import read_json
-from reason_plugins.spec import SpecError, SteeringSpec, VectorSpec, parse_spec, parse_steering
+from reason_plugins.spec import SpecError, SteeringSpec, VectorSpec, parse_spec
+from reason_plugins.vector_files import read_steering
 
 BASELINE = "baseline"
 _NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
@@ -96,6 +97,7 @@ def control_spec(kind: str, sae: str, sae_id: str | None, feature: int, value: f
     from lm_eval_tasks.steer_args import hook_of
     from reason_plugins.saes import load_sae
     from reason_plugins.spec import check_feature_index, parse_vector_spec
+    from reason_plugins.vector_files import resolve_files
 
     if kind not in CONTROLS:
         raise SpecError(f"{where}: control kind {kind!r} is not one of {sorted(CONTROLS)}")
@@ -112,7 +114,9 @@ def control_spec(kind: str, sae: str, sae_id: str | None, feature: int, value: f
     else:
         if vector is None:
             raise SpecError(f"{where}: a diff_means control needs 'vector' (a `reason-sae vector` .safetensors file)")
-        direction = torch.tensor(parse_vector_spec({"vector": vector, "hook": hook}, where).vector, dtype=torch.float64)
+        (read,) = resolve_files([parse_vector_spec({"vector": str(vector) if isinstance(vector, Path) else vector, "hook": hook},
+                                                   where)], where)
+        direction = torch.tensor(read.vector, dtype=torch.float64)
         meta["vector"] = str(vector) if isinstance(vector, (str, Path)) else "inline"
     if len(direction) != int(sae_obj.cfg.d_in) or float(direction.norm()) == 0.0:
         raise SpecError(f"{where}: the {kind} direction has {len(direction)} values and norm {float(direction.norm()):g}; "
@@ -212,7 +216,7 @@ def _from_list(entries, defaults: dict) -> list[Arm]:
             if "steering" not in entry:
                 raise SpecError(f"{where} ({entry['name']}): no 'steering' (use null for the baseline)")
             try:
-                specs = tuple(parse_steering(entry["steering"]))
+                specs = tuple(read_steering(entry["steering"]))  # vector files the arm names are read here
             except SpecError as exc:
                 raise SpecError(f"{where} ({entry['name']}): {exc}") from exc
         arms.append(Arm(str(entry["name"]), specs, meta))

@@ -40,8 +40,10 @@ FAILED_ATTR = "reason_steering_failed"
 # so ``collective_rpc("reason_steering_stats")`` can read them where the workers run.
 STATS_ATTR = "reason_steering_stats"
 # counters for tests and operators: steps, preemptions, waiting requests held back for slots,
-# requests finished with an error, most steering slots and most read slots in use at one layer
-STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0, "peak_read_slots": 0}
+# requests finished with an error, most steering slots and most read slots in use at one layer; and gauges
+# of the last scheduled step: steering / read slots its batch holds (summed over layers)
+STATS = {"steps": 0, "preemptions": 0, "held_for_slots": 0, "failed": 0, "peak_slots": 0, "peak_read_slots": 0,
+         "slots_in_use": 0, "read_slots_in_use": 0}
 
 
 def attach_failed(model_runner_output, pending: set) -> None:
@@ -153,6 +155,8 @@ def install(module) -> None:
                 STATS["preemptions"] += len(getattr(output, "preempted_req_ids", None) or ())
                 STATS["peak_slots"] = max([STATS["peak_slots"], *(len(v) for k, v in used.items() if k[-1] != "read")])
                 STATS["peak_read_slots"] = max([STATS["peak_read_slots"], *(len(v) for k, v in used.items() if k[-1] == "read")])
+                STATS["slots_in_use"] = sum(len(v) for k, v in used.items() if k[-1] != "read")  # with this step's admissions
+                STATS["read_slots_in_use"] = sum(len(v) for k, v in used.items() if k[-1] == "read")
                 setattr(output, STATS_ATTR, dict(STATS))
                 return output
             return original(self, *args, **kwargs)

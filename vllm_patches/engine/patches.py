@@ -134,13 +134,17 @@ def patch_config(module) -> None:
     def use_v2_model_runner(self) -> bool:
         from vllm_patches.config import config_from
 
-        if config_from(self) is None:
+        config = config_from(self)
+        if config is None:
             return original.fget(self)
         # steering is installed by, and reads the batch of, the V1 runner; the earliest point an
-        # engine start with a steering config reaches us (the input processor asks): check every target
+        # engine start with a steering config reaches us (the input processor asks): check every target,
+        # and read the operator's registered vectors (once per process: a bad file fails the start)
         from vllm_patches.patching.wrapping import current_platform, note_v1_switch, require_targets
+        from vllm_patches.served_vectors import load
 
         require_targets(current_platform())
+        load(config)
         note_v1_switch(original.fget, self)
         return False
 
@@ -195,7 +199,8 @@ def patch_worker(module) -> None:
 
     def reason_steering_stats(self):
         runtime = getattr(self.model_runner, "reason_steering", None)
-        return {} if runtime is None else dict(runtime.scheduler_stats)  # sent along by the scheduler
+        # the scheduler's counters (sent along with each step) and what this worker holds now
+        return {} if runtime is None else {**runtime.scheduler_stats, "worker_held": runtime.held()}
 
     reason_steering_report.__reason_steering__ = reason_steering_capture.__reason_steering__ = True
     reason_steering_stats.__reason_steering__ = reason_steering_readout.__reason_steering__ = True

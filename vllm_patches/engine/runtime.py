@@ -523,6 +523,11 @@ class SteeringRuntime:
         total = sum(op.gate_passed[index].cpu().double() for op in self.ops.values())
         return {r: int(round(v)) for r, v in zip(gated, total.tolist())}
 
+    def held(self) -> dict:
+        """Requests this worker keeps steering / readout state and request numbers for (all 0 once every
+        request has finished or been aborted)."""
+        return {"steered": len(self._specs), "reading": len(self._reads), "numbers": len(self._numbers)}
+
     def finish(self, req_ids) -> None:
         self._count_layout_steps()
         for req_id in req_ids:
