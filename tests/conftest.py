@@ -107,6 +107,14 @@ def scored_run(tmp_path_factory, llama_dir, sae_dirs, scored_data):
     return out
 
 
+@pytest.fixture(scope="session")
+def readme_world(fixture_root):
+    """The fake hub and input files the README's examples run on (``tests/support/readme_world.py``)."""
+    from tests.support.readme_world import build_world
+
+    return build_world(fixture_root)
+
+
 # Seconds each long module took in `make test` (2 workers, measured 2026-12; the Ray modules (issue 26) on a busy
 # machine; only the order matters):
 # the longest start first, so that with `--dist loadscope` no long module starts last on a worker.
