@@ -20,7 +20,7 @@ def test_every_example_is_fenced_with_a_known_language():
 def test_the_rules_catch_what_they_should():
     text = "    indented\n\n```py\nx\n```\n\n```python\nx\n```\n\n```text session=a\nx\n```\n\n```python session=a serve\nx\n```\n"
     problems = "\n".join(rx.fence_problems(text))
-    for expected in ("line 1: indented", "'py'", "line 8: a python block without session", "directives on a text block",
+    for expected in ("line 1: indented", "'py'", "line 7: a python block without session", "directives on a text block",
                      "serve on a python block"):
         assert expected in problems, problems
 
@@ -37,9 +37,9 @@ def test_every_substitution_still_matches_its_session():
     assert rx.used_in_text() == [], "stale entries in readme_examples.SUBSTITUTIONS"
 
 
-def test_sessions_run_offline(readme_world):
-    env = rx.session_env(readme_world)
-    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"].startswith(str(readme_world))
+def test_sessions_run_offline(tmp_path):
+    env = rx.session_env(tmp_path)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"].startswith(str(tmp_path))
 
 
 @pytest.mark.slow

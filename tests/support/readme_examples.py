@@ -8,7 +8,8 @@ the language the fence carries the runner's directives, which GitHub does not sh
   (a fresh temp dir holding the world's input files) and one environment (the fake hub of
   ``readme_world``, offline); each maximal run of consecutive python blocks of a session (blocks of
   other sessions and descriptive blocks in between do not count) is executed as ONE script, so what
-  one block defines (``llm``, ``spec``) is there in the next. Each bash block is one ``bash -e`` script.
+  one block defines (``llm``, ``spec``) is there in the next; consecutive bash blocks likewise make one
+  ``bash -e`` script (a shell variable set in one is there in the next).
 - ``serve`` (bash only): the block runs in the background, started before the session's other blocks,
   until ``/health`` answers (bounded wait); it is stopped when the session ends.
 
@@ -57,6 +58,30 @@ SUBSTITUTIONS = (
     Sub("train", "--override sae.k=64 --out", "--override sae.k=64 --override dataset_path=data/llama8b/mixed-tokenized "
         + _SMALL_TRAINING + " --out", "the recipe's dataset is a hub dataset: the one `reason-sae data` made above; size"),
     Sub("loading", '"/models/r1-qwen-1.5b"', '"r1-qwen-1.5b"', "a local snapshot: the world's copy of that model"),
+    Sub("score", "--top-k 100", "--top-k 3", "size: 3 dashboard pages, not 100"),
+    Sub("score", "--top-k 20", "--top-k 3", "size: contexts and token control of 3 features"),
+    Sub("steer", "max_tokens=4096", "max_tokens=32", "size"),
+    Sub("steer", "torch.randn(4096)", "torch.randn(128)", "the fake model's width"),
+    Sub("server", "--served-model-name r1", "--served-model-name r1 --host 127.0.0.1 --port {port} --enforce-eager",
+        "loopback only, a free port (the machine is shared); eager: no compile on 2 cores"),
+    Sub("server", "127.0.0.1:8000", "127.0.0.1:{port}", "the server's free port"),
+    Sub("lmeval", "--tasks aime2024_nofigures,math500,gpqa_diamond_openai", "--tasks champ --limit 2",
+        "the three benchmarks are hub datasets: the offline CHAMP task, 2 problems"),
+    Sub("lmeval", "--tasks aime2024_nofigures --include_path", "--tasks champ --limit 2 --include_path", "the same"),
+    Sub("lmeval", "--apply_chat_template --log_samples --output_path runs/",
+        "--gen_kwargs max_gen_toks=16 --apply_chat_template --log_samples --output_path runs/", "size: 16 tokens, not 512"),
+    Sub("lmeval", "max_gen_toks=32768,cutoff_token=128014", "max_gen_toks=16,cutoff_token={think_end}",
+        "size; R1-Llama's </think> id is the tiny tokenizer's"),
+    Sub("lmeval", "dtype=bfloat16", "dtype=bfloat16,enforce_eager=True", "eager: no compile on 2 cores"),
+    Sub("lmeval", '"dtype": "bfloat16"', '"dtype": "bfloat16", "enforce_eager": true', "the same"),
+    Sub("ray", "data_parallel_size=4,tensor_parallel_size=2", "data_parallel_size=2,tensor_parallel_size=1,enforce_eager=True",
+        "2 cores: 2 replicas of 1 CPU each; eager"),
+    Sub("ray", "--tasks aime2024_nofigures --include_path", "--tasks champ --limit 2 --gen_kwargs max_gen_toks=16 --include_path",
+        "a hub benchmark: the offline CHAMP task, 2 problems, 16 tokens"),
+    Sub("ray", "10.0.0.1:6379", "{ray_address}", "the test's own head, on loopback inside a network namespace"),
+    Sub("ray", "--workers 8", "--workers 2", "2 cores"),
+    Sub("ray", "replicas=4,", "replicas=1, enforce_eager=True,", "one engine at a time on 2 cores; eager"),
+    Sub("ray", '"max_tokens": 1024', '"max_tokens": 16', "size"),
     Sub("onpolicy", "--tensor-parallel-size 2", "--tensor-parallel-size 1", "2 cores: one engine process, not two ranks"),
     Sub("onpolicy", '{"tensor_parallel_size": 2}', '{"tensor_parallel_size": 1, "enforce_eager": True}',
         "2 cores; eager: compiling costs more than these few rows"),
@@ -125,13 +150,14 @@ class Step:
 
 
 def steps(session_blocks: list[Block]) -> list[Step]:
-    """The session's scripts in the order they run: a ``serve`` block first, then consecutive python
-    blocks joined into one script, each bash block on its own."""
+    """The session's scripts in the order they run: a ``serve`` block first, then each maximal run of
+    consecutive blocks of one language joined into one script (a python script, or a bash script as
+    typed into one terminal: a variable set in one block is there in the next)."""
     out: list[Step] = [Step("serve", b.code, [b.line]) for b in session_blocks if b.directives.get("serve")]
     for b in session_blocks:
         if b.directives.get("serve"):
             continue
-        if b.lang == "python" and out and out[-1].kind == "python":
+        if out and out[-1].kind == b.lang:
             out[-1].code += f"\n# README.md line {b.line}\n" + b.code
             out[-1].lines.append(b.line)
         else:
@@ -155,13 +181,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def think_end_id(world: Path) -> int:
+    """The ``</think>`` id of the fake R1 model's tokenizer."""
+    import json
+
+    from tests.support.readme_world import LLAMA_8B, REVISION
+
+    snap = world / "hf" / "hub" / f"models--{LLAMA_8B.replace('/', '--')}" / "snapshots" / REVISION
+    added = json.loads((snap / "tokenizer.json").read_text())["added_tokens"]
+    return next(t["id"] for t in added if t["content"] == "</think>")
+
+
 def session_env(world: Path, extra: dict | None = None) -> dict:
     from tests.support.readme_world import world_env
 
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, **world_env(world), "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
            "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+           # engines of scripts and one-shot commands run their core in their own process, as in the other tests
+           # (~20 s less each; not the server: its multi-process path is the one users run)
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     env.pop("VIRTUAL_ENV", None)
     return {**env, **(extra or {})}
 
@@ -191,6 +231,11 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
 
 
+# sessions whose every step runs through a wrapper: Ray only inside a loopback-only namespace, with its own head
+WRAP = {"ray": [str(ROOT / "scripts" / "in_netns.sh"), sys.executable, str(ROOT / "tests" / "support" / "readme_ray.py")]}
+RAY_ADDRESS = "127.0.0.1:6379"  # tests.support.netns.HEAD_PORT, inside the namespace
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -209,7 +254,8 @@ def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 600, 
     for f in (world / "inputs").iterdir():
         (shutil.copytree if f.is_dir() else shutil.copy)(f, workdir / f.name)
     used = set() if used is None else used
-    values = {"port": free_port(), **(values or {})}
+    values = {"port": free_port(), "think_end": think_end_id(world), "ray_address": RAY_ADDRESS, **(values or {})}
+    wrap = WRAP.get(name, []) if wrap is None else wrap
     env = session_env(world, env)
     timings, server = [], None
     try:
@@ -223,7 +269,7 @@ def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 600, 
             started, cpu = time.monotonic(), _children_cpu()
             if step.kind == "serve":
                 log = workdir / "server.log"
-                server = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                server = subprocess.Popen(argv, cwd=workdir, env={**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                           start_new_session=True)
                 _wait_health(server, values["port"], timeout, log)
             else:

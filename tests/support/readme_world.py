@@ -12,7 +12,7 @@ cache that answers the hub names a user types, and the small input files the exa
   standard SAE, d_sae 49152 so feature 46379 exists, small weights) and EleutherAI's sparsify release
   ``EleutherAI/sae-DeepSeek-R1-Distill-Qwen-1.5B-65k`` (one hookpoint, ``layers.12.mlp``, 256 latents);
 - ``inputs/``: the files the examples name (LMSYS / OpenThoughts dumps with the real schemas, traces,
-  prompts, a local model snapshot), copied into each session's working directory by the runner.
+  prompts, steering-vector files, arms, a local model snapshot), copied into each session's working directory by the runner.
 
 The SAE's metadata says what the real one says (hook, model, no BOS) except ``context_size`` (256, not
 1024: rows of a few tiny documents).
@@ -35,7 +35,7 @@ PAPER_HOOK = "blocks.19.hook_resid_post"
 D_SAE = 49152
 SAE_CONTEXT = 256
 REVISION = "0" * 40  # the snapshot every fake repo has
-VERSION = 2  # bump when what is built changes: the world is cached by it
+VERSION = 4  # bump when what is built changes: the world is cached by it
 
 
 def _snapshot(hub: Path, repo: str) -> Path:
@@ -99,10 +99,13 @@ def _sparsify_sae(folder: Path) -> None:
 def _inputs(folder: Path, tokenizer_dir: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
     from transformers import AutoTokenizer
 
     from reason_plugins.corpus import reasoning_examples
+    from reason_plugins.vector_files import save_vectors
     from tests.support.records import lmsys_records, openthoughts_records
+    from tests.support.vector_files import write_control_vector_gguf
 
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(lmsys_records(40)), str(folder / "lmsys-chat-1m.parquet"))
@@ -110,6 +113,14 @@ def _inputs(folder: Path, tokenizer_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     traces = tiny_models.training_texts(tok, n=60, seed=5)
     (folder / "traces.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in traces))
+    g = torch.Generator().manual_seed(3)  # steering-vector files, as repeng and `reason-sae vector` write them
+    write_control_vector_gguf(folder / "happy.gguf", {n: (torch.randn(128, generator=g) * 0.1).numpy() for n in (18, 19)}, "llama")
+    save_vectors(folder / "dom.safetensors", {PAPER_HOOK: torch.randn(128, generator=g) * 0.1}, {})
+    spec = {"sae": PAPER_SAE, "sae_id": PAPER_HOOK, "hook": PAPER_HOOK, "edits": [{"feature": 46379, "mode": "set", "value": 11.68}]}
+    (folder / "arms.json").write_text(json.dumps({"sweep": {"sae": PAPER_SAE, "sae_id": PAPER_HOOK, "hook": PAPER_HOOK,
+                                                            "features": [46379], "strengths": [2, 4], "max_activation": 5.84}}))
+    (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"prompt": "What is 17 + 5?", "steering": json.dumps(spec)}, {"prompt": "Is 91 prime?", "steering": None})))
     problems = [ex["problem"] for ex in reasoning_examples(2, seed=9)]
     (folder / "problems.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in problems))
 
