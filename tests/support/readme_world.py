@@ -35,7 +35,7 @@ PAPER_HOOK = "blocks.19.hook_resid_post"
 D_SAE = 49152
 SAE_CONTEXT = 256
 REVISION = "0" * 40  # the snapshot every fake repo has
-VERSION = 4  # bump when what is built changes: the world is cached by it
+VERSION = 5  # bump when what is built changes: the world is cached by it
 
 
 def _snapshot(hub: Path, repo: str) -> Path:
@@ -111,7 +111,7 @@ def _inputs(folder: Path, tokenizer_dir: Path) -> None:
     pq.write_table(pa.Table.from_pylist(lmsys_records(40)), str(folder / "lmsys-chat-1m.parquet"))
     pq.write_table(pa.Table.from_pylist(openthoughts_records(40)), str(folder / "openthoughts-114k.parquet"))
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    traces = tiny_models.training_texts(tok, n=60, seed=5)
+    traces = tiny_models.training_texts(tok, n=24, seed=5)
     (folder / "traces.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in traces))
     g = torch.Generator().manual_seed(3)  # steering-vector files, as repeng and `reason-sae vector` write them
     write_control_vector_gguf(folder / "happy.gguf", {n: (torch.randn(128, generator=g) * 0.1).numpy() for n in (18, 19)}, "llama")
