@@ -61,6 +61,7 @@ SUBSTITUTIONS = (
     Sub("score", "--top-k 100", "--top-k 3", "size: 3 dashboard pages, not 100"),
     Sub("score", "--top-k 20", "--top-k 3", "size: contexts and token control of 3 features"),
     Sub("steer", "max_tokens=4096", "max_tokens=32", "size"),
+    Sub("steer", "max_tokens=256", "max_tokens=32", "size"),
     Sub("steer", "torch.randn(4096)", "torch.randn(128)", "the fake model's width"),
     Sub("server", "--served-model-name r1", "--served-model-name r1 --host 127.0.0.1 --port {port} --enforce-eager",
         "loopback only, a free port (the machine is shared); eager: no compile on 2 cores"),
@@ -273,9 +274,10 @@ def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 600, 
                                           start_new_session=True)
                 _wait_health(server, values["port"], timeout, log)
             else:
-                res = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-                assert res.returncode == 0, (f"README.md line(s) {step.lines} ({name}) exited {res.returncode}\n--- ran:\n{code}\n"
-                                             f"--- stdout:\n{res.stdout[-3000:]}\n--- stderr:\n{res.stderr[-6000:]}")
+                log = script.with_suffix(".log")  # stdout and stderr as they come: a slow step can be watched
+                with log.open("w") as out:
+                    rc = subprocess.run(argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
+                assert rc == 0, f"README.md line(s) {step.lines} ({name}) exited {rc}\n--- ran:\n{code}\n--- output:\n{log.read_text()[-8000:]}"
             timings.append((f"{step.kind}@{step.lines[0]}", round(time.monotonic() - started, 1), round(_children_cpu() - cpu, 1)))
     finally:
         if server is not None:
