@@ -5,7 +5,8 @@ Every code example in README.md is a fenced block with a language. ``python`` an
 the language the fence carries the runner's directives, which GitHub does not show:
 
 - ``session=NAME``: the blocks of one session run in README order in one shared working directory
-  (a fresh temp dir holding the world's input files) and one environment (the fake hub of
+  (a fresh temp dir holding the world's input files, and links to the checkout's ``scripts/`` and
+  ``benchmarks/``) and one environment (the fake hub of
   ``readme_world``, offline); each maximal run of consecutive python blocks of a session (blocks of
   other sessions and descriptive blocks in between do not count) is executed as ONE script, so what
   one block defines (``llm``, ``spec``) is there in the next; consecutive bash blocks likewise make one
@@ -88,6 +89,10 @@ SUBSTITUTIONS = (
         "2 cores; eager: compiling costs more than these few rows"),
     Sub("onpolicy", "--max-tokens 4096", "--max-tokens 64", "size: 8 generations of 64 tokens make 2 rows"),
 )
+
+
+# names the fake hub does not hold (hub datasets): none may be left in a step after substitution
+HUB_ONLY = ("aime2024_nofigures", "math500", "gpqa_diamond_openai", "lmsys/lmsys-chat-1m", "open-thoughts/OpenThoughts-114k")
 
 
 @dataclass
@@ -254,14 +259,19 @@ def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 600, 
 
     for f in (world / "inputs").iterdir():
         (shutil.copytree if f.is_dir() else shutil.copy)(f, workdir / f.name)
+    for d in ("scripts", "benchmarks"):  # commands that name a checkout's files run as from its root
+        (workdir / d).symlink_to(ROOT / d)
     used = set() if used is None else used
     values = {"port": free_port(), "think_end": think_end_id(world), "ray_address": RAY_ADDRESS, **(values or {})}
     wrap = WRAP.get(name, []) if wrap is None else wrap
     env = session_env(world, env)
+    assert env["HF_HUB_OFFLINE"] == "1", "the README sessions run offline"
     timings, server = [], None
     try:
         for step in steps(sessions()[name]):
             code = substitute(name, step.code, values, used)
+            left = [n for n in HUB_ONLY if n in code]
+            assert not left, f"README.md line(s) {step.lines} ({name}) would reach the hub for {left}: add a substitution"
             suffix = ".py" if step.kind == "python" else ".sh"
             script = Path(tempfile.mkstemp(suffix=suffix, dir=workdir, prefix=f"readme_{step.lines[0]}_")[1])
             script.write_text(code)
