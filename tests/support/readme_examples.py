@@ -249,7 +249,7 @@ def _children_cpu() -> float:
     return use.ru_utime + use.ru_stime
 
 
-def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 600, values: dict | None = None,
+def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 1200, values: dict | None = None,
                 used: set | None = None, wrap: list[str] | None = None, env: dict | None = None) -> list[tuple[str, float, float]]:
     """Run the session's steps in ``workdir``; returns (step, wall seconds, CPU seconds of the finished
     child processes) per step (a server's CPU is not counted: it has not finished). A failing step fails
