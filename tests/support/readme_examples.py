@@ -80,7 +80,7 @@ SUBSTITUTIONS = (
         "2 cores: 2 replicas of 1 CPU each; eager"),
     Sub("ray", "--tasks aime2024_nofigures --include_path", "--tasks champ --limit 2 --gen_kwargs max_gen_toks=16 --include_path",
         "a hub benchmark: the offline CHAMP task, 2 problems, 16 tokens"),
-    Sub("ray", "10.0.0.1:6379", "{ray_address}", "the test's own head, on loopback inside a network namespace"),
+    Sub("ray", "--ray 10.0.0.1:6379", "--ray local", "a cluster's address: a local cluster inside the loopback-only namespace"),
     Sub("ray", "--workers 8", "--workers 2", "2 cores"),
     Sub("ray", "replicas=4,", "replicas=1, enforce_eager=True,", "one engine at a time on 2 cores; eager"),
     Sub("ray", '"max_tokens": 1024', '"max_tokens": 16', "size"),
@@ -174,7 +174,10 @@ def steps(session_blocks: list[Block]) -> list[Step]:
 def substitute(name: str, code: str, values: dict, used: set) -> str:
     for i, sub in enumerate(SUBSTITUTIONS):
         if sub.session == name and sub.old in code:
-            code = code.replace(sub.old, sub.new.format(**values))
+            new = sub.new
+            for key, value in values.items():
+                new = new.replace("{" + key + "}", str(value))
+            code = code.replace(sub.old, new)
             used.add(i)
     return code
 
@@ -237,9 +240,8 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(30)
 
 
-# sessions whose every step runs through a wrapper: Ray only inside a loopback-only namespace, with its own head
+# sessions whose every step runs through a wrapper: Ray only inside a loopback-only namespace
 WRAP = {"ray": [str(ROOT / "scripts" / "in_netns.sh"), sys.executable, str(ROOT / "tests" / "support" / "readme_ray.py")]}
-RAY_ADDRESS = "127.0.0.1:6379"  # tests.support.netns.HEAD_PORT, inside the namespace
 
 
 def _children_cpu() -> float:
@@ -262,7 +264,7 @@ def run_session(name: str, world: Path, workdir: Path, *, timeout: float = 1200,
     for d in ("scripts", "benchmarks"):  # commands that name a checkout's files run as from its root
         (workdir / d).symlink_to(ROOT / d)
     used = set() if used is None else used
-    values = {"port": free_port(), "think_end": think_end_id(world), "ray_address": RAY_ADDRESS, **(values or {})}
+    values = {"port": free_port(), "think_end": think_end_id(world), **(values or {})}
     wrap = WRAP.get(name, []) if wrap is None else wrap
     env = session_env(world, env)
     assert env["HF_HUB_OFFLINE"] == "1", "the README sessions run offline"
