@@ -26,6 +26,10 @@ def run(args) -> int:
 
     run_, model, sae, data, features = resolve(args)
     cfg = run_.config if run_ else {}
+    if isinstance(sae, str) and args.sae is None and args.sae_id is None and cfg.get("sae_id"):
+        from reason_plugins.saes import load_sae  # the run's release + sae_id (a release alone names no SAE)
+
+        sae = load_sae(sae, cfg["sae_id"], args.device, cfg.get("sae_loader"))
     result = model_diff(sae, model_a=model, model_b=args.model_b, data_a=data, data_b=args.dataset_b, features=features,
                         ratio=args.ratio, min_freq=args.min_freq, out_dir=args.out, progress=not args.no_progress,
                         n_samples=args.n_samples, device=args.device, context_size=args.context_size or cfg.get("context_size"),

@@ -1,0 +1,78 @@
+"""README.md's examples: every code block is fenced with a language, and every python / bash block runs
+(``tests/support/readme_examples.py`` reads and runs them on the fake hub of ``readme_world``); a README
+edit that breaks an example fails here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support import readme_examples as rx
+
+SESSIONS = sorted(rx.sessions())
+
+
+def test_every_example_is_fenced_with_a_known_language():
+    assert rx.fence_problems() == []
+
+
+def test_the_rules_catch_what_they_should():
+    text = "    indented\n\n```py\nx\n```\n\n```python\nx\n```\n\n```text session=a\nx\n```\n\n```python session=a serve\nx\n```\n"
+    problems = "\n".join(rx.fence_problems(text))
+    for expected in ("line 1: indented", "'py'", "line 7: a python block without session", "directives on a text block",
+                     "serve on a python block"):
+        assert expected in problems, problems
+
+
+def test_consecutive_python_blocks_of_a_session_are_one_script():
+    text = ("```python session=a\nx = 1\n```\n\n```python session=b\ny = 0\n```\n\n```text\nz\n```\n\n"
+            "```python session=a\nprint(x)\n```\n\n```bash session=a\necho\n```\n\n```bash session=a serve\nsrv\n```\n")
+    steps = rx.steps(rx.sessions(rx.blocks(text))["a"])
+    assert [s.kind for s in steps] == ["serve", "python", "bash"]
+    assert "x = 1" in steps[1].code and "print(x)" in steps[1].code
+
+
+def test_every_substitution_still_matches_its_session():
+    assert rx.used_in_text() == [], "stale entries in readme_examples.SUBSTITUTIONS"
+
+
+def test_sessions_run_offline(tmp_path):
+    env = rx.session_env(tmp_path)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_CACHE"].startswith(str(tmp_path))
+
+
+def _run(session, world, tmp_path, record_property):
+    used: set = set()
+    timings = rx.run_session(session, world, tmp_path, used=used)
+    record_property("timings", json.dumps(timings))
+    print(session, timings, "wall", sum(t[1] for t in timings), "cpu", sum(t[2] for t in timings))
+    expected = {i for i, s in enumerate(rx.SUBSTITUTIONS) if s.session == session}
+    assert used == expected, f"substitutions never used: {[rx.SUBSTITUTIONS[i] for i in expected - used]}"
+
+
+# With `--dist loadscope` a class runs on one worker and the module's functions on one: the sessions that start
+# engines are spread over three groups, so that both workers of `make test` share them.
+ENGINE_SESSIONS = ("steer", "server", "onpolicy")
+LM_EVAL_SESSIONS = ("lmeval", "ray")
+OTHER_SESSIONS = [s for s in SESSIONS if s not in ENGINE_SESSIONS + LM_EVAL_SESSIONS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("session", OTHER_SESSIONS)
+def test_readme_session_runs(session, readme_world, tmp_path, record_property):
+    _run(session, readme_world, tmp_path, record_property)
+
+
+@pytest.mark.slow
+class TestEngineSessions:
+    @pytest.mark.parametrize("session", [s for s in ENGINE_SESSIONS if s in SESSIONS])
+    def test_readme_session_runs(self, session, readme_world, tmp_path, record_property):
+        _run(session, readme_world, tmp_path, record_property)
+
+
+@pytest.mark.slow
+class TestLmEvalSessions:
+    @pytest.mark.parametrize("session", [s for s in LM_EVAL_SESSIONS if s in SESSIONS])
+    def test_readme_session_runs(self, session, readme_world, tmp_path, record_property):
+        _run(session, readme_world, tmp_path, record_property)
