@@ -71,6 +71,9 @@ class _StartFailures(logging.Filter):
             return True
         if not os.path.exists(path):  # the start is over: leave later errors alone
             return True
+        if getattr(record, "_reason_filed", False):  # one record reaches every handler vLLM's logger has: file it once
+            return debugging()
+        record._reason_filed = True
         try:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"pid": os.getpid(), "error": describe(_root(record.exc_info[1]))}) + "\n")
