@@ -16,8 +16,13 @@ Methods:
 
 Vector specs (``VectorSpec``) are rows of the same kind with no SAE (``vector_rows``): ``add`` is a row
 whose activation is 0 and whose edit adds ``coefficient`` times the vector; lm-eval's ``clamp`` is a
-linear row u . x - u . bias (u the unit vector) set to ``coefficient``. So the vLLM op runs them in
-the same catalogue, and every edit at one layer reads the same stream, before any of them.
+linear row u . x - u . bias (u the unit vector) set to ``coefficient``; ``ablate`` is that row (no bias)
+set to 0. Two per-row extras, neutral on every other row, carry the rest: a clamp range ``lo``/``hi``
+(the row's change gains A (clamp(pre, lo, hi) - pre), so ``cap`` is the row u . x never gated, A = 1,
+B = 0) and a norm weight (pre gains norm * |x|, so ``norm_scaled_add`` is a linear row of activation
+|x| with A the coefficient). So the vLLM op runs them all in the same catalogue, and every edit at one
+layer reads the same stream, before any of them. ``vector_methods`` holds the literal formulas they are
+tested against.
 """
 
 from __future__ import annotations
@@ -95,18 +100,28 @@ def feature_rows(sae, features: list[int], method: str) -> dict[str, torch.Tenso
     return {"enc": W_enc, "bias": bias, "thresh": thresh, "linear": torch.zeros_like(bias), "dec": W_dec}
 
 
-def row_activations(x: torch.Tensor, enc, bias, thresh, linear) -> torch.Tensor:
-    """Activations of the catalogued rows: ReLU gated by a JumpReLU threshold, or linear."""
+def pre_activations(x: torch.Tensor, enc, bias, norm=None) -> torch.Tensor:
+    """x . enc_i + bias_i (+ norm_i |x|) per catalogued row."""
     pre = x @ enc.T + bias
+    return pre if norm is None else pre + torch.linalg.vector_norm(x, dim=-1, keepdim=True) * norm
+
+
+def row_activations(x: torch.Tensor, enc, bias, thresh, linear, norm=None) -> torch.Tensor:
+    """Activations of the catalogued rows: ReLU gated by a JumpReLU threshold, or linear."""
+    pre = pre_activations(x, enc, bias, norm)
     gated = torch.relu(pre) * (pre > thresh).to(pre.dtype)
     return torch.where(linear > 0, pre, gated)
 
 
-def rows_delta(x: torch.Tensor, enc, bias, thresh, linear, dec, a, b, mask=None) -> torch.Tensor:
-    """sum_i mask_i * (A_i f_i + B_i) * dec_i for a batch of catalogued rows: the change to add to x.
+def rows_delta(x: torch.Tensor, enc, bias, thresh, linear, dec, a, b, mask=None, lo=None, hi=None, norm=None) -> torch.Tensor:
+    """sum_i mask_i * (A_i f_i + B_i + A_i (clamp(pre_i, lo_i, hi_i) - pre_i)) * dec_i for a batch of
+    catalogued rows: the change to add to x (``lo`` / ``hi`` None: no clamp term).
 
     ``mask`` [..., F] selects which rows apply to which token (the vLLM op's per-token table)."""
-    coef = row_activations(x, enc, bias, thresh, linear) * a + b
+    coef = row_activations(x, enc, bias, thresh, linear, norm) * a + b
+    if lo is not None:
+        pre = pre_activations(x, enc, bias, norm)
+        coef = coef + a * (torch.clamp(pre, lo, hi) - pre)
     if mask is not None:
         coef = coef * mask
     return coef @ dec
@@ -128,14 +143,20 @@ def gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b) ->
     return coef @ dec
 
 
-def feature_gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+def feature_gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above,
+                             lo=None, hi=None, norm=None):
     """``gated_rows_delta`` with feature gates (an edit's ``when``): per token and slot, ``when_on`` 1 makes
     the edit apply only where the activation of catalogue row ``when_slot`` (that token's value of the
-    gate feature, read before any edit) is above ``when_above``. Returns the change and, per token, how
-    many gated edits were let through."""
+    gate feature, read before any edit) is above ``when_above``; and with the vector rows' extras (the
+    clamp range ``lo`` / ``hi`` and the norm weight ``norm``, [F] each, -inf / inf / 0 on other rows).
+    Returns the change and, per token, how many gated edits were let through."""
     pre = torch.addmm(bias, x, enc_t)
+    if norm is not None:
+        pre = torch.addcmul(pre, torch.linalg.vector_norm(x, dim=-1, keepdim=True), norm)
     on = pre > gate
     coef = torch.where(on, torch.addcmul(edit_b, pre, edit_a), edit_b)
+    if lo is not None:
+        coef = torch.addcmul(coef, edit_a, torch.clamp(pre, lo, hi) - pre)
     act = torch.where(on, pre, torch.zeros_like(pre))
     passed = act.gather(1, when_slot).float() > when_above  # thresholds kept in float32
     blocked = when_on * (~passed).to(when_on.dtype)
@@ -143,7 +164,8 @@ def feature_gated_rows_delta(x: torch.Tensor, enc_t, bias, gate, dec, edit_a, ed
 
 
 def apply_rows(x: torch.Tensor, rows: dict, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    return x + rows_delta(x, rows["enc"], rows["bias"], rows["thresh"], rows["linear"], rows["dec"], a, b, mask)
+    return x + rows_delta(x, rows["enc"], rows["bias"], rows["thresh"], rows["linear"], rows["dec"], a, b, mask,
+                          rows.get("lo"), rows.get("hi"), rows.get("norm"))
 
 
 def steer_reconstruct(x: torch.Tensor, sae, spec: SteeringSpec) -> torch.Tensor:
@@ -170,19 +192,39 @@ def decode_edited(sae, x: torch.Tensor, f: torch.Tensor, f_new: torch.Tensor) ->
 
 def vector_rows(spec: VectorSpec) -> dict[str, torch.Tensor]:
     """A vector spec as one catalogue row (float64): ``add`` -> activation 0, edit B = coefficient along
-    the vector; ``clamp`` -> the linear activation u . (x - bias), set to the coefficient along u."""
+    the vector; ``clamp`` -> the linear activation u . (x - bias), set to the coefficient along u; ``ablate``
+    -> u . x set to 0; ``cap`` -> u . x, never gated, clamped into [min, max] by the row's range;
+    ``norm_scaled_add`` -> the linear activation |x|, times the (capped) coefficient along the vector."""
     v = torch.tensor(spec.vector, dtype=torch.float64)[None]
     one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    if spec.action == "add":
-        return {"enc": torch.zeros_like(v), "bias": zero, "thresh": zero, "linear": one, "dec": v}
+    if spec.action in ("add", "norm_scaled_add"):
+        row = {"enc": torch.zeros_like(v), "bias": zero, "thresh": zero, "linear": one, "dec": v}
+        return {**row, "norm": one} if spec.action == "norm_scaled_add" else row
     unit = v / v.norm()
     bias = zero if spec.bias is None else -(unit @ torch.tensor(spec.bias, dtype=torch.float64))
+    if spec.action == "cap":
+        inf = torch.full((1,), float("inf"), dtype=torch.float64)
+        lo = -inf if spec.min is None else torch.tensor([spec.min], dtype=torch.float64)
+        hi = inf if spec.max is None else torch.tensor([spec.max], dtype=torch.float64)
+        return {"enc": unit, "bias": zero, "thresh": inf, "linear": zero, "dec": unit, "lo": lo, "hi": hi}
     return {"enc": unit, "bias": bias.reshape(1), "thresh": zero, "linear": one, "dec": unit}
 
 
 def vector_constants(spec: VectorSpec) -> tuple[float, float]:
-    """(A, B) of a vector spec's edit: ``add`` f' - f = coefficient (f = 0); ``clamp`` f' = coefficient."""
-    return (0.0, spec.coefficient) if spec.action == "add" else (-1.0, spec.coefficient)
+    """(A, B) of a vector spec's edit: ``add`` f' - f = coefficient (f = 0); ``clamp`` f' = coefficient;
+    ``ablate`` f' = 0; ``cap`` A = 1 (the row's clamp term, B = 0); ``norm_scaled_add`` f' - f = c f with
+    f = |x| and c the coefficient capped so that |c v| <= max_fraction (``vector_methods``)."""
+    if spec.action == "add":
+        return 0.0, spec.coefficient
+    if spec.action == "clamp":
+        return -1.0, spec.coefficient
+    if spec.action == "ablate":
+        return -1.0, 0.0
+    if spec.action == "cap":
+        return 1.0, 0.0
+    from reason_plugins.vector_methods import capped_strength
+
+    return capped_strength(spec.coefficient, spec.max_fraction, spec.vector), 0.0
 
 
 def steer_vector(x: torch.Tensor, spec: VectorSpec) -> torch.Tensor:

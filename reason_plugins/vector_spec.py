@@ -1,8 +1,14 @@
 """Vector specs: steering along a direction that no SAE needs to know, with lm-eval ``steered``'s two
-actions (``add``: x + c v; ``clamp``: the projection of x - bias on v / |v| set to c)::
+actions (``add``: x + c v; ``clamp``: the projection of x - bias on v / |v| set to c) and three that
+interp-engine (Neuronpedia's engine) offers on the residual stream (``cap``: the projection on v / |v|
+clamped into [min, max]; ``ablate``: that projection removed; ``norm_scaled_add``: x + c |x| v, the
+added norm capped at max_fraction |x|)::
 
     {"vector": [0.1, ...] | "<name or file>", "hook": "blocks.19.hook_resid_post",
      "coefficient": 4.0, "action": "add", "bias": null, "decode_only": false}
+    {"vector": ..., "hook": ..., "action": "cap", "min": -2.0, "max": 3.0}      # either bound may be left out
+    {"vector": ..., "hook": ..., "action": "ablate"}
+    {"vector": ..., "hook": ..., "action": "norm_scaled_add", "coefficient": 0.5, "max_fraction": 1.0}
 
 Parsing reads no file: a string ``vector`` / ``bias`` stays a *reference* in the parsed spec, and
 ``resolve_vectors`` turns references into numbers through a lookup its caller owns (a local user's
@@ -28,7 +34,9 @@ from reason_plugins.spec_base import (
     show,
 )
 
-ACTIONS = ("add", "clamp")
+ACTIONS = ("add", "clamp", "cap", "ablate", "norm_scaled_add")
+DIRECTION_ACTIONS = ("clamp", "cap", "ablate")  # actions that use the vector's direction only (a zero vector has none)
+NO_COEFFICIENT = ("cap", "ablate")  # their bounds (or nothing) say what they do: a coefficient would be ignored
 DUPLICATE_STEERING = "two specs target the same SAE (or carry the same vector) at the same hook: {keys}; merge them"
 
 
@@ -48,7 +56,9 @@ def _floats(value, where: str, name: str) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class VectorSpec(AtHook):
     """Steering along a vector: ``add`` x + coefficient * vector; ``clamp`` (lm-eval's) the projection of
-    x - bias on the unit vector set to ``coefficient``. ``vector`` / ``bias`` given as a string are a
+    x - bias on the unit vector set to ``coefficient``; ``cap`` the projection on the unit vector clamped
+    into [``min``, ``max``]; ``ablate`` it removed; ``norm_scaled_add`` x + coefficient * |x| * vector, the
+    added norm capped at ``max_fraction`` * |x|. ``vector`` / ``bias`` given as a string are a
     reference (a name or a file) that ``resolve_vectors`` turns into numbers; ``source``: the reference
     the numbers came from, if any."""
     vector: tuple[float, ...] | str
@@ -59,6 +69,9 @@ class VectorSpec(AtHook):
     decode_only: bool = False
     condition: Condition | None = None
     source: str | None = field(default=None, compare=False, hash=False)
+    min: float | None = None  # cap's bounds (None: unbounded on that side)
+    max: float | None = None
+    max_fraction: float = 1.0  # norm_scaled_add's cap on the added norm, as a fraction of |x|
     sae = None  # what a spec with no SAE says when asked for one
     sae_id = None
 
@@ -74,6 +87,8 @@ class VectorSpec(AtHook):
         import struct
 
         h = hashlib.sha256(self.action.encode())
+        if self.action == "cap":  # the bounds live in the slot (its row), unlike a coefficient
+            h.update(struct.pack("<2d", *(float("nan") if b is None else b for b in (self.min, self.max))))
         for label, values in ((b"", self.vector), (b"bias", self.bias)):
             if isinstance(values, str):
                 h.update(label + b"ref:" + values.encode("utf-8", "surrogatepass") + b"\0")
@@ -91,14 +106,22 @@ class VectorSpec(AtHook):
 
         out = {"vector": values(self.vector), "hook": self.hook, "coefficient": self.coefficient, "action": self.action,
                "bias": values(self.bias), "decode_only": self.decode_only}
+        if self.action in NO_COEFFICIENT:
+            del out["coefficient"]
+        if self.action == "cap":
+            out.update({"min": self.min, "max": self.max})
+        if self.action == "norm_scaled_add":
+            out["max_fraction"] = self.max_fraction
         return {**out, **self.condition.to_dict()} if self.condition is not None else out
 
     def describe(self) -> str:
         name = str(self.source or (self.vector if isinstance(self.vector, str) else self.digest))
-        return f"vector {name if len(name) <= 160 else name[:157] + '...'} at {self.hook} ({self.action} {self.coefficient:g})"
+        what = {"cap": f"cap [{self.min}, {self.max}]", "ablate": "ablate"}.get(self.action, f"{self.action} {self.coefficient:g}")
+        return f"vector {name if len(name) <= 160 else name[:157] + '...'} at {self.hook} ({what})"
 
 
-VECTOR_FIELDS = ("vector", "hook", "coefficient", "action", "bias", "decode_only", *CONDITION_FIELDS)
+VECTOR_FIELDS = ("vector", "hook", "coefficient", "action", "bias", "decode_only", "min", "max", "max_fraction", *CONDITION_FIELDS)
+ACTION_FIELDS = {"min": ("cap",), "max": ("cap",), "max_fraction": ("norm_scaled_add",), "bias": ("clamp",)}
 
 
 def _values_or_reference(value, where: str, name: str):
@@ -120,6 +143,12 @@ def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
     action = obj.get("action", "add")
     if not isinstance(action, str) or action not in ACTIONS:
         raise SpecError(f"{where}: action {show(action)} is not one of {ACTIONS}")
+    for name, actions in ACTION_FIELDS.items():
+        if obj.get(name) is not None and action not in actions:
+            raise SpecError(f"{where}: {name!r} goes with action {' / '.join(map(repr, actions))} only, not {action!r}")
+    if action in NO_COEFFICIENT and "coefficient" in obj:
+        raise SpecError(f"{where}: action {action!r} takes no 'coefficient' ("
+                        f"{'its min / max bound the projection' if action == 'cap' else 'it removes the projection'}); drop it")
     coefficient = obj.get("coefficient", 1.0)
     if not finite_number(coefficient):
         raise SpecError(f"{where}: 'coefficient' must be a finite number, got {show(coefficient)}")
@@ -127,15 +156,28 @@ def parse_vector_spec(obj, where: str = "vector spec") -> VectorSpec:
     vector = _values_or_reference(obj.get("vector"), where, "vector")
     bias = obj.get("bias")
     if bias is not None:
-        if action != "clamp":
-            raise SpecError(f"{where}: 'bias' goes with action 'clamp' only (as in lm-eval's steered), not {action!r}")
         bias = _values_or_reference(bias, where, "bias")
         if not isinstance(bias, str) and not isinstance(vector, str) and len(bias) != len(vector):
             raise SpecError(f"{where}: 'bias' has {len(bias)} values but the vector has {len(vector)}")
-    if action == "clamp" and not isinstance(vector, str) and not any(vector):
-        raise SpecError(f"{where}: a zero vector has no direction to clamp along")
+    if action in DIRECTION_ACTIONS and not isinstance(vector, str) and not any(vector):
+        raise SpecError(f"{where}: a zero vector has no direction to {action} along")
+    bounds = {}
+    for name in ("min", "max"):
+        value = obj.get(name)
+        if value is not None and not finite_number(value):
+            raise SpecError(f"{where}: {name!r} must be a finite number, got {show(value)}")
+        bounds[name] = None if value is None else float(value)
+    if action == "cap" and bounds["min"] is None and bounds["max"] is None:
+        raise SpecError(f"{where}: action 'cap' needs 'min', 'max' or both (the range the projection is clamped into)")
+    if bounds["min"] is not None and bounds["max"] is not None and bounds["min"] > bounds["max"]:
+        raise SpecError(f"{where}: the cap's min {bounds['min']:g} is above its max {bounds['max']:g}")
+    max_fraction = obj.get("max_fraction", 1.0)
+    if not finite_number(max_fraction) or max_fraction <= 0:
+        raise SpecError(f"{where}: 'max_fraction' must be a finite number above 0 (the added norm's cap, as a "
+                        f"fraction of the residual's norm), got {show(max_fraction)}")
     return VectorSpec(vector=vector, hook=hook, coefficient=float(coefficient), action=action, bias=bias,
-                      decode_only=decode_only, condition=parse_condition(obj, where))
+                      decode_only=decode_only, condition=parse_condition(obj, where), max_fraction=float(max_fraction),
+                      **bounds)
 
 
 def resolve_vectors(specs: list, lookup, what: str = "steering") -> list:

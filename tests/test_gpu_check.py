@@ -57,7 +57,7 @@ def test_graph_parity_catches_a_wrong_op(gpu_check, monkeypatch):
     with the float64 recomputation from its buffers: the check reports it."""
     import vllm_patches.engine.op as op_module
 
-    def ungated(x, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+    def ungated(x, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above, *vector_extras):
         return torch.addcmul(edit_b, torch.addmm(bias, x, enc_t), edit_a) @ dec, x.new_zeros(x.shape[0])
     monkeypatch.setattr(op_module, "feature_gated_rows_delta", ungated)
     results = gpu_check.graph_parity(64, 8, (4,), torch.float32, "cpu", rounds=1)

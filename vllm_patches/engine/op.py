@@ -5,7 +5,9 @@ vLLM compiles the model once (and captures CUDA graphs) and then replays it for 
 the graph cannot depend on which requests are in the batch. The buffers:
 
 - a catalogue of ``S`` slots, each one edited feature: encoder row, bias, gate (ReLU / JumpReLU
-  threshold, or -inf for the linear ``direction`` method), decoder row;
+  threshold, or -inf for the linear ``direction`` method), decoder row, and the vector actions' extras
+  (a clamp range ``lo`` / ``hi`` for ``cap``, a norm weight ``nw`` for ``norm_scaled_add``; -inf, inf, 0
+  on every other slot, where they change nothing);
 - per-token edit tables ``edit_a``, ``edit_b`` ``[max_tokens, S]``: the edit ``f' - f = A f + B``
   of each slot on each token of the flattened batch (zero where a slot does not apply); token windows
   and the think section are decided on the host and written into these tables;
@@ -115,14 +117,14 @@ def _capturing_cuda_graph(t: torch.Tensor) -> bool:
 
 
 # the two branches of the fused path; torch.cond wants fresh outputs (no aliasing of inputs)
-def _rows_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+def _rows_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above, lo, hi, nw):
     n = hidden.shape[0]  # the edit tables come whole: slicing them here spares the idle branch the views
     delta, passed = feature_gated_rows_delta(hidden + residual, enc_t, bias, gate, dec, edit_a[:n], edit_b[:n],
-                                             when_slot[:n], when_on[:n], when_above[:n])
+                                             when_slot[:n], when_on[:n], when_above[:n], lo, hi, nw)
     return hidden + delta, torch.linalg.vector_norm(delta, 1, dim=-1, dtype=torch.float32), passed
 
 
-def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above):
+def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_slot, when_on, when_above, lo, hi, nw):
     zeros = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
     return hidden.clone(), zeros, zeros.clone()
 
@@ -151,6 +153,9 @@ class SteeringOp(nn.Module):
         self.register_buffer("bias", torch.zeros(max_slots, **z), persistent=False)
         self.register_buffer("gate", torch.zeros(max_slots, **z), persistent=False)
         self.register_buffer("dec", torch.zeros(max_slots, d_model, **z), persistent=False)
+        self.register_buffer("lo", torch.full((max_slots,), float("-inf"), **z), persistent=False)
+        self.register_buffer("hi", torch.full((max_slots,), float("inf"), **z), persistent=False)
+        self.register_buffer("nw", torch.zeros(max_slots, **z), persistent=False)
         self.register_buffer("edit_a", torch.zeros(max_tokens, max_slots, **z), persistent=False)
         self.register_buffer("edit_b", torch.zeros(max_tokens, max_slots, **z), persistent=False)
         self.register_buffer("when_slot", torch.zeros(max_tokens, max_slots, dtype=torch.long, device=device), persistent=False)
@@ -217,7 +222,7 @@ class SteeringOp(nn.Module):
             self.captured[:n].copy_(hidden + residual)
         out, norms, passed = torch.cond(self.rows_flag, _rows_branch, _idle_branch,
                                         (hidden, residual, self.enc_t, self.bias, self.gate, self.dec, self.edit_a, self.edit_b,
-                                         self.when_slot, self.when_on, self.when_above))
+                                         self.when_slot, self.when_on, self.when_above, self.lo, self.hi, self.nw))
         self.delta_abs_sum.index_add_(0, self.row_request[:n], norms)
         self.gate_passed.index_add_(0, self.row_request[:n], passed)
         return out
@@ -290,7 +295,7 @@ class SteeringOp(nn.Module):
         delta = 0
         if rows:
             delta, passed = feature_gated_rows_delta(x, self.enc_t, self.bias, self.gate, self.dec, edit_a, edit_b,
-                                                     when_slot, when_on, when_above)
+                                                     when_slot, when_on, when_above, self.lo, self.hi, self.nw)
             self.gate_passed.index_add_(0, row_request, passed)
         if rec:
             delta = delta + self._reconstruct_delta(x, n)

@@ -489,6 +489,8 @@ class SteeringRuntime:
             op.enc_t[:, slot].copy_(rows["enc"][0])
             op.bias[slot], op.dec[slot] = rows["bias"][0], rows["dec"][0]
             op.gate[slot] = row_gates(rows["thresh"][:1], rows["linear"][:1])[0]
+            op.lo[slot], op.hi[slot] = (rows["lo"][0], rows["hi"][0]) if "lo" in rows else (float("-inf"), float("inf"))
+            op.nw[slot] = rows["norm"][0] if "norm" in rows else 0.0
         self._slot_content[(key, path, slot)] = ident
         return slot
 
