@@ -19,6 +19,10 @@ d. **feature readout**: the read op's listed-feature path captured in a CUDA gra
    its catalogue and per-row phase rewritten between replays equals a float64 recomputation; its
    cost with 64 listed features, and ``top_k`` through the full SAE encode (d 4096, d_sae 65,536,
    eager: top-k reads run on the rows that asked), as shares of one decoder layer.
+e. **hotwire-vllm beside us** (a lent GPU only; ``hotwire_check.py``): the same vector through
+   hotwire's engine and ours, TPOT idle / all steered, tokens equal. Its wheel is carried
+   (``--hotwire-wheel``, default ``wheels/hotwire_vllm-0.1.2-py3-none-any.whl``); on CPU it reports
+   "skipped: no GPU".
 
 On CPU (``--quick``) graphs are not available: each "replay" calls the same closure over the same
 buffers, so (a) checks the rewrite-between-runs protocol and the arithmetic, not graph capture.
@@ -42,6 +46,8 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hotwire_check import report_lines as hotwire_lines  # noqa: E402
+from hotwire_check import run_check as hotwire_check  # noqa: E402
 from op_bench import LLAMA_8B, TINY, Replay, fill_edits, fill_rows, make_op, markdown, op_vs_layer, sync  # noqa: E402
 
 OP_TARGET = 0.03  # the op's cost at 64 slots, 256 tokens, relative to one decoder layer
@@ -276,17 +282,17 @@ def machine(device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def run(quick: bool, device: str, cache: Path) -> dict:
+def run(quick: bool, device: str, cache: Path, hotwire_wheel: Path | None = None) -> dict:
     threads = torch.get_num_threads()
     if quick and device == "cpu":  # tiny shapes: one thread avoids spin-waiting on a shared machine
         torch.set_num_threads(1)
     try:
-        return _run(quick, device, cache)
+        return _run(quick, device, cache, hotwire_wheel)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(quick: bool, device: str, cache: Path) -> dict:
+def _run(quick: bool, device: str, cache: Path, hotwire_wheel: Path | None = None) -> dict:
     dtype = torch.bfloat16
     if quick:
         shape, parity = TINY, dict(d=TINY["hidden_size"], tokens=24)
@@ -316,9 +322,11 @@ def _run(quick: bool, device: str, cache: Path) -> dict:
         bar.update(1)
         out["readout"] = readout_check(**read, dtype=dtype, device=device)
         bar.update(1)
+    out["hotwire"] = hotwire_check(device, cache / "hotwire", hotwire_wheel, max_tokens=32 if quick else 128)
     out["reason_score"]["sums_agree"] = out["reason_score"]["block_sums_max_rel_diff"] < 1e-3
     out["parity_ok"] = (all(r["ok"] for r in out["graph_parity"]) and out["reason_score"]["sums_agree"]
-                        and all(r["ok"] for r in out["readout"]["parity"]))
+                        and all(r["ok"] for r in out["readout"]["parity"])
+                        and out["hotwire"].get("steered_tokens_equal", True) and "failed" not in out["hotwire"])
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -357,6 +365,7 @@ def report(out: dict) -> str:
               f"   64 listed features: {ro['features_ms']:.3f} ms = {ro['features_vs_layer']:.2%} of a decoder layer "
               f"({ro['layer_ms']:.3f} ms); top-64 through the full encode (eager): {ro['top_k_ms']:.3f} ms = "
               f"{ro['top_k_vs_layer']:.1%} of a layer"]
+    lines += hotwire_lines(out["hotwire"])
     if out["mode"] == "quick":
         lines += ["", "(--quick: small shapes" + (", no CUDA graphs" if out["device"] != "cuda" else "")
                   + "; the targets apply to the full kit on a GPU, not to these figures)"]
@@ -369,10 +378,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "reason_gpu_check")
+    parser.add_argument("--hotwire-wheel", type=Path, default=None, help="hotwire-vllm's wheel, carried to the GPU machine")
     args = parser.parse_args(argv)
     if args.device == "cpu" and not args.quick:
         parser.error("the full kit needs a CUDA device (8B-sized shapes); use --quick on CPU")
-    out = run(args.quick, args.device, args.cache)
+    out = run(args.quick, args.device, args.cache, args.hotwire_wheel)
     print(report(out))
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")

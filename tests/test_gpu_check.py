@@ -47,7 +47,10 @@ def test_quick_kit_runs_and_its_checks_pass(gpu_check, tmp_path, capsys):
     assert rs["block_sums_max_rel_diff"] < 1e-3 and rs["ratio"] > 0 and rs["ours_tokens_per_s"] > 0
     ro = out["readout"]
     assert len(ro["parity"]) == 2 and all(r["ok"] for r in ro["parity"]) and ro["features_ms"] > 0 and ro["top_k_ms"] > 0
+    if device == "cpu":  # part e needs a lent GPU (and vLLM, and hotwire's carried wheel)
+        assert out["hotwire"] == {"skipped": "no GPU"}
     printed = capsys.readouterr().out
+    assert ("e. hotwire-vllm beside us: skipped: no GPU" in printed) == (device == "cpu")
     assert "12/12 replays OK" in printed and "extrapolated to all" in printed and "--quick" in printed
     assert "d. readout" in printed and "2/2 replays with buffers rewritten equal float64" in printed
 
