@@ -2,20 +2,22 @@
 interp-engine's eager backend (Neuronpedia's engine; its vLLM backends need CUDA), and
 ``lm_eval --model steered_vllm`` vs lm-eval's own HF ``--model steered``.
 
-    python benchmarks/peers.py [--sizes 1,8,32] [--max-tokens 32] [--peer-max-prompts 8] [--parts gen,read,ttft,lm_eval]
+    python benchmarks/peers.py [--sizes 1,8,32] [--max-tokens 32] [--peer-prompts 2] [--parts gen,read,ttft,lm_eval]
                                [--limit 8] [--trials 5]
 
 On SmolLM2-135M-Instruct, float32, greedy (``ignore_eos``), the same vector (unit, coefficient 8) added
 at ``blocks.18.hook_resid_post`` / interp-engine's ``resid_post.18``, 32-token prompts:
 
 - ``gen``: steered generation, tokens/s, at 1, 8 and 32 prompts in flight. interp-engine's eager
-  backend generates one prompt at a time (``generate_stream``), so its rate does not depend on how many
-  are waiting: it is timed on at most ``--peer-max-prompts`` of them. The first prompt's tokens are
-  compared across the two engines.
+  backend generates one prompt at a time (``generate_stream``, a token per forward with the KV cache),
+  so its rate does not depend on how many are waiting: it is timed once, on ``--peer-prompts`` prompts,
+  before our engine starts (none of ours alive then). The first prompt's tokens are compared across
+  the two engines (on interp-engine's length where it stopped at EOS).
 - ``read``: the same with the activations read: ours reads 32 features of a standard SAE (d_sae 2304,
   random weights: the cost does not depend on them) at every position in the engine (``readout``,
   fetched inside the timed region); interp-engine generates and captures ``resid_post.18`` at every
-  position (``capture_generation``), then SAELens encodes them.
+  position (``capture_generation``: generation, stopping at EOS, then one forward over it), then SAELens
+  encodes them.
 - ``ttft``: ours, time to the first token (``max_tokens=1``) of a request that brings 8 SAE features no
   request has used (their catalogue rows built and written) vs a plain request, idle engine, median
   of ``--trials``; interp-engine's steered vs plain first token for context (it has no catalogue).
@@ -40,8 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # engine core in its own process (vLLM's default): it pins its
+# threads there, and interp-engine keeps this process's torch threads
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 LAYER = 18
@@ -87,6 +89,8 @@ def peer_rate(peer, n: int, max_tokens: int, spec, sae=None) -> tuple[float, lis
     timed = prompts(n)
     tokens, first = 0, None
     with steer(peer, spec) if spec is not None else nullcontext():
+        # warm-up at full length: torch's CPU kernels warm up per shape, and every decode step is a new KV length
+        list(generate_stream(peer, timed[0], max_tokens=max_tokens, temperature=0.0, stop_at_eos=False))
         start = time.perf_counter()
         for p in timed:
             if sae is None:
@@ -99,7 +103,7 @@ def peer_rate(peer, n: int, max_tokens: int, spec, sae=None) -> tuple[float, lis
             tokens += len(ids)
             first = first if first is not None else ids
         elapsed = time.perf_counter() - start
-    return tokens / elapsed, first, len(timed)
+    return tokens / elapsed, first, len(timed), torch.get_num_threads()
 
 
 def ttft(run, trials: int) -> float:
@@ -150,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,8,32")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--peer-max-prompts", type=int, default=8)
+    parser.add_argument("--peer-prompts", type=int, default=2, help="prompts interp-engine is timed on (one at a time)")
     parser.add_argument("--parts", default="gen,read,ttft,lm_eval")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--max-gen-toks", type=int, default=64)
@@ -172,8 +176,28 @@ def main() -> None:
     peer_spec = SteeringSpec.at(POINT, AddSpec(vector=v, scale=COEFFICIENT))
     readout = {"sae": sae_dir, "hook": HOOK, "features": READ, "positions": "all"}
     if parts & {"gen", "read", "ttft"}:
+        # interp-engine first, alone: no engine of ours is alive (its idle threads would share the 2 cores)
         peer = load_model(model, backend="eager", device="cpu", dtype="float32")
         sae = SAE.load_from_disk(sae_dir).eval()
+        peer_rows = {}
+        for part, read in (("gen", False), ("read", True)):
+            if part in parts:  # one prompt at a time: its rate does not depend on how many are waiting
+                peer_rows[part] = peer_rate(peer, args.peer_prompts, args.max_tokens, peer_spec, sae if read else None)
+                print(part, "interp-engine", peer_rows[part][0], flush=True)
+        if "ttft" in parts:
+            from interp_engine import steer
+            from interp_engine.steer import generate_stream
+
+            def peer_first(steered):
+                def run(i):
+                    from contextlib import nullcontext
+
+                    with steer(peer, peer_spec) if steered else nullcontext():
+                        next(iter(generate_stream(peer, prompts(1)[0], max_tokens=1, temperature=0.0)))
+                return run
+
+            peer_ttft = (ttft(peer_first(False), args.trials), ttft(peer_first(True), args.trials))
+        del peer
         from vllm_patches.llm import SteeredLLM
 
         started = time.perf_counter()
@@ -186,10 +210,11 @@ def main() -> None:
             rows = result[part] = []
             for n in sizes:
                 ours, ours_first = ours_rate(llm, n, args.max_tokens, spec, readout if read else None)
-                theirs, peer_first, timed = peer_rate(peer, min(n, args.peer_max_prompts), args.max_tokens, peer_spec,
-                                                      sae if read else None)
+                theirs, peer_first_tokens, timed, threads = peer_rows[part]
                 rows.append({"prompts": n, "ours_tok_s": round(ours, 1), "peer_tok_s": round(theirs, 1), "peer_timed": timed,
-                             "ratio": round(ours / theirs, 1), "first_prompt_tokens_equal": ours_first == peer_first})
+                             "peer_threads": threads, "ratio": round(ours / theirs, 1),
+                             "first_prompt_tokens_equal": ours_first[:len(peer_first_tokens)] == peer_first_tokens,
+                             "peer_first_tokens": len(peer_first_tokens)})
                 print(part, rows[-1], flush=True)
         if "ttft" in parts:
             from vllm import SamplingParams
@@ -204,21 +229,9 @@ def main() -> None:
             llm.generate(batch, one)
             plain = ttft(lambda i: llm.generate(batch, one), args.trials)
             new = ttft(fresh, args.trials)
-            from interp_engine import steer
-            from interp_engine.steer import generate_stream
-
-            def peer_first(steered):
-                def run(i):
-                    from contextlib import nullcontext
-
-                    with steer(peer, peer_spec) if steered else nullcontext():
-                        next(iter(generate_stream(peer, prompts(1)[0], max_tokens=1, temperature=0.0)))
-                return run
-
             result["ttft"] = {"ours_plain_ms": round(plain * 1e3, 1), "ours_new_features_ms": round(new * 1e3, 1),
-                              "ours_ratio": round(new / plain, 2),
-                              "peer_plain_ms": round(ttft(peer_first(False), args.trials) * 1e3, 1),
-                              "peer_steered_ms": round(ttft(peer_first(True), args.trials) * 1e3, 1)}
+                              "ours_ratio": round(new / plain, 2), "peer_plain_ms": round(peer_ttft[0] * 1e3, 1),
+                              "peer_steered_ms": round(peer_ttft[1] * 1e3, 1)}
             print("ttft", result["ttft"], flush=True)
         del llm
     if "lm_eval" in parts:
@@ -233,7 +246,7 @@ def markdown(r: dict) -> str:
     lines = ["| what | prompts | ours | interp-engine eager | ours / peer | first prompt's tokens equal |", "|---|---|---|---|---|---|"]
     for part, what in (("gen", "steered generation, tok/s"), ("read", "steered generation + 32 features read at every position, tok/s")):
         for row in r.get(part, []):
-            timed = "" if row["peer_timed"] == row["prompts"] else f" ({row['peer_timed']} timed, one at a time)"
+            timed = f" (one prompt at a time, timed on {row['peer_timed']})"
             lines.append(f"| {what} | {row['prompts']} | {row['ours_tok_s']} | {row['peer_tok_s']}{timed} | {row['ratio']}x | "
                          f"{'yes' if row['first_prompt_tokens_equal'] else 'no'} |")
     t = r.get("ttft")

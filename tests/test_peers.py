@@ -5,8 +5,9 @@ Each steering of ours (vector ``add``, lm-eval's ``clamp``, ``cap``, ``ablate``,
 an SAE feature ``add`` by ``delta`` and a ``set`` by ``direction``) runs beside unsteered requests in one
 batch of our engine and is compared with the steering that means the same in interp-engine (``AddSpec``,
 ``ProjectionCapSpec`` with min = max, ``ProjectionCapSpec``, ``AblateSpec``, ``NormScaledAddSpec``, the
-decoder row added, the decoder direction capped at one value): the tokens are equal and each token's
-log-probability agrees. Our SAE-feature readout equals interp-engine's capture of ``resid_post.L`` at the
+decoder row added, the decoder direction capped at one value), and each vector action also with our own
+literal formula (``vector_methods.literal``) hooked into the same HF model: the tokens are equal and each
+token's log-probability agrees. Our SAE-feature readout equals interp-engine's capture of ``resid_post.L`` at the
 same tokens followed by SAELens ``encode``, unsteered and under an ``add`` at that layer.
 
 One engine (eager: the op's math is the point, not compilation) and one interp-engine model for the module.
@@ -91,6 +92,30 @@ def _peer_forward(peer, tokens, spec, generated: int):
     return rows.argmax(-1).tolist(), [float(logprobs[i, t]) for i, t in enumerate(tokens[-generated:])]
 
 
+def _literal_forward(hf_model, tokens, spec: dict, generated: int):
+    """Our literal reference: the vector action's formula (``vector_methods.literal``, float64) applied to
+    the HF decoder layer's output by a forward hook; the argmax and log-probabilities as in ``_peer_forward``."""
+    from reason_plugins.spec import parse_vector_spec
+    from reason_plugins.vector_methods import literal
+
+    parsed = parse_vector_spec(spec)
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = literal(hidden, parsed).to(hidden.dtype)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = hf_model.model.layers[LAYER].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([list(tokens)])).logits[0].double()
+    finally:
+        handle.remove()
+    rows = logits[len(tokens) - generated - 1:-1]
+    logprobs = torch.log_softmax(rows, -1)
+    return rows.argmax(-1).tolist(), [float(logprobs[i, t]) for i, t in enumerate(tokens[-generated:])]
+
+
 def _cases(peer, prompt, sae):
     """(name, our spec, interp-engine's SteeringSpec): the same intervention in each engine's words."""
     from interp_engine import AblateSpec, AddSpec, NormScaledAddSpec, ProjectionCapSpec, SteeringSpec
@@ -138,8 +163,8 @@ def test_steering_equals_interp_engine(engine, peer, prompt, sae):
     outs = engine.generate([{"prompt_token_ids": list(prompt)}] * len(steering), params, steering=steering)
     plain = list(outs[-1].outputs[0].token_ids)
     assert _peer_forward(peer, list(prompt) + plain, None, MAX_TOKENS)[0] == plain
-    changed, worst = [], 0.0
-    for (name, _, theirs), out in zip(cases, outs):
+    changed, worst, literal_worst = [], 0.0, 0.0
+    for (name, spec, theirs), out in zip(cases, outs):
         tokens = list(out.outputs[0].token_ids)
         ours_lp = [step[t].logprob for step, t in zip(out.outputs[0].logprobs, tokens)]
         peer_tokens, peer_lp = _peer_forward(peer, list(prompt) + tokens, theirs, MAX_TOKENS)
@@ -147,9 +172,15 @@ def test_steering_equals_interp_engine(engine, peer, prompt, sae):
         gap = max(abs(a - b) for a, b in zip(ours_lp, peer_lp))
         assert gap <= LOGPROB_TOL, (name, gap)
         worst = max(worst, gap)
+        if "vector" in spec:  # and our own literal formula, hooked into the same HF model
+            ref_tokens, ref_lp = _literal_forward(peer.hf_model, list(prompt) + tokens, spec, MAX_TOKENS)
+            assert tokens == ref_tokens, name
+            literal_worst = max(literal_worst, max(abs(a - b) for a, b in zip(ours_lp, ref_lp)))
+            assert literal_worst <= LOGPROB_TOL, (name, literal_worst)
         changed += [name] if tokens != plain else []
     assert len(changed) == len(cases), changed  # strong enough to change what the model writes, or the parity says little
-    print(f"peer parity: {len(cases)} steerings, tokens equal, worst log-prob gap {worst:.2e}")
+    print(f"peer parity: {len(cases)} steerings, tokens equal, worst log-prob gap {worst:.2e} (interp-engine), "
+          f"{literal_worst:.2e} (our literal formulas on HF)")
     applied = engine.applied(outs)
     assert all(a and a["tokens"] > 0 for a in applied[:-1]) and applied[-1] is None
 
