@@ -24,7 +24,7 @@ at ``blocks.18.hook_resid_post`` / interp-engine's ``resid_post.18``, 32-token p
   of ``--trials``; interp-engine's steered vs plain first token for context (it has no catalogue).
 - ``lm_eval``: wall clock of ``lm_eval --model steered_vllm`` (eager engine, as lm-eval's own vLLM
   model runs) vs ``--model steered`` (HF, CPU) on the embedded ``tiny_arith`` task, ``--limit``
-  problems, the same lm-eval ``.pt`` steering file (the vector at ``model.layers.18``), and whether
+  problems, the same lm-eval ``.pt`` steering file (the vector at ``layers.18``, as lm-eval names it), and whether
   their greedy answers agree.
 
 Prints JSON and the Markdown rows kept in ``benchmarks/RESULTS.md``.
@@ -122,7 +122,7 @@ def lm_eval_part(model: str, work: Path, limit: int, max_gen_toks: int) -> dict:
     from lm_eval_tasks import TASKS_DIR
 
     pt = work / "steer.pt"
-    torch.save({f"model.layers.{LAYER}": {"steering_vector": vector(), "steering_coefficient": COEFFICIENT,
+    torch.save({f"layers.{LAYER}": {"steering_vector": vector(), "steering_coefficient": COEFFICIENT,
                                           "action": "add", "bias": None, "head_index": None}}, pt)
     exe = shutil.which("lm_eval") or str(Path(sys.executable).with_name("lm_eval"))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
