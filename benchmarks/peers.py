@@ -267,7 +267,7 @@ def markdown(r: dict) -> str:
     e = r.get("lm_eval")
     if e:
         lines.append(f"| `lm_eval` tiny_arith, same .pt, --limit {e['limit']}, wall clock | | steered_vllm {e['steered_vllm_s']} s | "
-                     f"lm-eval `steered` (HF) {e['steered_s']} s | {e['steered_s'] / e['steered_vllm_s']:.1f}x faster | "
+                     f"lm-eval `steered` (HF) {e['steered_s']} s | {e['steered_vllm_s'] / e['steered_s']:.2f}x the time | "
                      f"answers equal {e['answers_equal']}/{e['answers']} |")
     return "\n".join(lines)
 
