@@ -115,16 +115,27 @@ def readme_world(fixture_root):
     return build_world(fixture_root)
 
 
-# Seconds each long module took in `make test` (2 workers, measured 2026-12; the Ray modules (issue 26) on a busy
-# machine; only the order matters):
-# the longest start first, so that with `--dist loadscope` no long module starts last on a worker.
-MODULE_SECONDS = {"test_readme": 600, "test_lm_eval_dp": 340, "test_ray_score": 160, "test_vllm_steering": 150, "test_lm_eval_cli": 130, "test_ray_pipeline": 140, "test_real_model": 70, "test_engine_start": 90, "test_vllm_load": 65, "test_serve_fuzz": 100,
-                  "test_demo": 55, "test_lm_eval_arms": 30, "test_cli_bad_inputs": 35, "test_dashboards": 15,
-                  "test_sweep": 15, "test_autoload": 14, "test_vllm_targets": 12}
+# Seconds each long unit of work took in `make test` (2 workers; the slowest tests of two quiet runs of 2026-12-07,
+# tests/test_readme.py's sessions one by one; only the order matters). A unit is what `--dist loadscope` hands a
+# worker whole: a module, or a class of one (``module::Class``); a class not listed goes with its module.
+# The longest start first, so that no long unit starts last on a worker.
+MODULE_SECONDS = {"test_lm_eval_dp": 200, "test_ray_score": 170, "test_readme::TestSession_ray": 170, "test_vllm_steering": 170,
+                  "test_readme::TestSession_score": 140, "test_lm_eval_cli": 150, "test_engine_start": 90, "test_ray_pipeline": 90,
+                  "test_onpolicy": 90, "test_serve_fuzz": 80, "test_readme::TestSession_lmeval": 77, "test_real_model": 70,
+                  "test_vllm_load": 65, "test_readme::TestSession_onpolicy": 63, "test_demo": 58, "test_readme::TestSession_steer": 42,
+                  "test_readme::TestSession_train": 40, "test_cli_bad_inputs": 35, "test_readme::TestSession_server": 30,
+                  "test_lm_eval_arms": 30, "test_readme::TestSession_loading": 20, "test_dashboards": 15, "test_sweep": 15,
+                  "test_autoload": 14, "test_vllm_targets": 12}
+
+
+def unit_seconds(item) -> float:
+    module = item.module.__name__.rpartition(".")[2]
+    unit = f"{module}::{item.cls.__name__}" if item.cls is not None else module
+    return MODULE_SECONDS.get(unit, MODULE_SECONDS.get(module, 0))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Long modules first, longest first (``MODULE_SECONDS``), each module's tests in their own order:
-    with ``-n 2 --dist loadscope`` (``make test``) both workers start on long modules and the short
+    """Long units first, longest first (``MODULE_SECONDS``), each unit's tests in their own order:
+    with ``-n 2 --dist loadscope`` (``make test``) both workers start on long units and the short
     ones fill the gaps at the end. Tests never depend on their order."""
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.module.__name__.rpartition(".")[2], 0))  # stable sort
+    items.sort(key=lambda item: -unit_seconds(item))  # stable sort
