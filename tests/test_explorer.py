@@ -50,6 +50,9 @@ def index(scored_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(llama_dir, index, tmp_path_factory):
+    from reason_plugins.app.explore import plugin_registered
+
+    assert plugin_registered(), "the installed metadata has no reason_explorer endpoint plugin: rerun `make setup` (pip install -e .)"
     idx, path = index
     config = {"saes": [{"sae": idx["sae"], "sae_id": idx["sae_id"], "hook": idx["hook"]}]}
     log = tmp_path_factory.mktemp("explore_log") / "serve.log"

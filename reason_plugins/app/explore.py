@@ -128,9 +128,19 @@ def wait_ready(base: str, proc, timeout: float = 900) -> None:
         time.sleep(1)
 
 
+def plugin_registered() -> bool:
+    """Whether vLLM can find the explorer's endpoint plugin (an install older than it cannot)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "reason_explorer" for ep in entry_points(group="vllm.endpoint_plugins"))
+
+
 def run(args) -> int:
     if not Path(args.scores).is_dir():
         raise SystemExit(f"--scores {args.scores!r} is not a directory (expected a ReasonScore output directory, e.g. demo_out/reason_score)")
+    if not plugin_registered():
+        raise SystemExit("vLLM finds no 'reason_explorer' endpoint plugin: this install predates it "
+                         "(reinstall the package: `pip install --no-deps -e .` or `make setup`)")
     print(f"explore: reading {args.scores} (top {args.top} features, max activations over {args.rows} rows)", file=sys.stderr)
     index = build_index(args.scores, model=args.model, sae=args.sae, data=args.data, views=args.views, top=args.top, rows=args.rows)
     tmp = tempfile.TemporaryDirectory(prefix="reason-explore-")
