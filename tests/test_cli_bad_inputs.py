@@ -249,6 +249,8 @@ CASES = [
     # ---- explore: refused before anything is read or a server starts
     ("explore missing scores dir", lambda e: ["explore", "--scores", "/nonexistent/scores"], "--scores '/nonexistent/scores' is not a directory", False),
     ("explore dir that is no scored run", lambda e: ["explore", "--scores", str(e["root"])], "is not a ReasonScore output directory", False),
+    ("explore missing arms run", lambda e: ["explore", "--scores", e["run"], "--arms", "/nonexistent/runs"],
+     "--arms '/nonexistent/runs' does not exist", False),
 ]
 
 

@@ -10,7 +10,6 @@ server refuses shows the server's message on the page, and the server keeps serv
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,12 +37,26 @@ def call(url: str, body: dict | None = None, key: str | None = KEY) -> tuple[int
         return err.code, json.loads(err.read() or b"null")
 
 
+def arms_run(root: Path) -> Path:
+    """An lm-eval --log_samples dir of a two-arm steered_vllm run (samples_<task>@<arm>_<time>.jsonl), 12 problems."""
+    run = root / "arms_run" / "tiny"
+    run.mkdir(parents=True)
+    for arm, right in (("baseline", range(0, 12, 2)), ("f5_s2", range(0, 12, 3))):
+        rows = [{"doc_id": i, "target": str(i + 1), "exact_match": float(i in right), "total_tokens": 10 + i,
+                 "filtered_resps": [f"{arm} says {i + (i not in right)}"]} for i in range(12)]
+        (run / f"samples_tiny_arith@{arm}_2026-12-07T10-00-00.000000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run.parent
+
+
 @pytest.fixture(scope="module")
 def index(scored_run, tmp_path_factory):
     from reason_plugins.app.explore import build_index
+    from reason_plugins.app.explore_arms import arms_index
 
+    root = tmp_path_factory.mktemp("explore")
     idx = build_index(scored_run, top=10, rows=8)
-    path = tmp_path_factory.mktemp("explore") / "index.json"
+    idx["arms"] = arms_index(arms_run(root), root, n_boot=200)
+    path = root / "index.json"
     path.write_text(json.dumps(idx))
     return idx, path
 
@@ -97,6 +110,7 @@ def test_app_is_public_and_data_needs_the_key(server):
     assert call(server + "/explore/..%2Fexplorer.py", key=None)[0] == 404
     assert call(server + "/v1/explore/index", key=None)[0] == 401
     assert call(server + "/v1/explore/tokens", {"ids": [1]}, key=None)[0] == 401
+    assert call(server + "/v1/explore/arms/plot", key=None)[0] == 401
     status, body = call(server + "/v1/explore/index")
     assert status == 200 and body["registry"]["model"] == "tiny" and body["features"]
     assert call(server + "/v1/explore/tokens", {"ids": [-1]})[0] == 400
@@ -166,6 +180,20 @@ def test_features_page_sorts_searches_and_links(page, server, index):
     page.get_by_role("link", name=f"#{target}", exact=True).click()
     page.wait_for_selector("text=Steer this feature in the playground")
     assert f"Feature #{target}" in page.inner_text("h2")
-    shots = os.environ.get("REASON_EXPLORE_SCREENSHOTS")
-    if shots:  # `make explorer-shots`-style runs keep what the page looked like
-        page.screenshot(path=str(Path(shots) / "feature.png"), full_page=True)
+
+
+def test_arms_page_shows_the_comparison_and_each_answer(page, server, index):
+    idx, _ = index
+    arms = idx["arms"]
+    page.goto(server + "/explore/#/arms")
+    page.wait_for_selector("#problems tbody tr")
+    page.wait_for_function("document.getElementById('forest') && document.getElementById('forest').naturalWidth > 0")
+    rows = page.locator("#arms-table tbody tr").all_inner_texts()
+    assert len(rows) == sum(len(m) for m in arms["report"]["arms"].values()) == 2  # exact_match and total_tokens of f5_s2
+    em = arms["report"]["arms"]["f5_s2"]["exact_match"]
+    assert rows[0].split("\t")[:5] == ["f5_s2", "exact_match", "12", f"{em['baseline'][0]:.3f}", f"{em['steered'][0]:.3f}"]
+    cells = page.locator("#problems tbody tr").nth(1).locator("td")
+    assert cells.nth(0).inner_text() == "tiny_arith #1" and cells.nth(1).inner_text() == "2"
+    assert cells.nth(2).locator(".out").text_content() == "baseline says 2"
+    assert cells.nth(3).locator(".out").text_content() == "f5_s2 says 2"
+    assert cells.nth(3).locator("summary").inner_text().startswith("exact_match 0")

@@ -6,6 +6,7 @@ reason_explorer``) that adds
     GET  /v1/explore/index         the scored run's index (features, scores, max activations) and what this
                                    server's operator registered (served model, SAEs, vector names)
     POST /v1/explore/tokens        {"ids": [...]} -> {"tokens": [each id decoded alone]} (heatmap labels)
+    GET  /v1/explore/arms/plot     the forest plot of the arms run the index names (PNG)
 
 The app's files carry no data and no key, so ``/explore/`` is public; everything with data sits under
 ``/v1``, which vLLM's ``--api-key`` guards: the page asks for the key once (kept in the tab's
@@ -99,6 +100,13 @@ class ExplorerPlugin:
             if any(i >= len(tokenizer) for i in ids):
                 return _error(f"token id out of range: this tokenizer has {len(tokenizer)} tokens", 400)
             return JSONResponse({"tokens": [tokenizer.decode([i]) for i in ids]})
+
+        @router.get("/v1/explore/arms/plot")
+        async def explore_arms_plot(raw_request: Request):
+            arms = raw_request.app.state.reason_explore_index.get("arms") or {}
+            if not arms.get("plot") or not Path(arms["plot"]).is_file():  # the index's own path, never a request's
+                return _error("no arms run in this explorer (start it with `reason-sae explore --arms RUN_DIR`)", 404)
+            return FileResponse(arms["plot"], media_type="image/png")
 
         app.include_router(router)
 

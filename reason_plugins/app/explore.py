@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sae", default=None, help="SAE release or dir (default: the run's)")
     parser.add_argument("--data", default=None, help="token rows for max activations and contexts (default: the run's)")
     parser.add_argument("--views", default=None, help="the run's views dir, for control verdicts (default: DIR/../views when present)")
+    parser.add_argument("--arms", default=None, metavar="RUN_DIR",
+                        help="a finished multi-arm steered_vllm run (lm_eval --log_samples --output_path) for the Arms page")
     parser.add_argument("--top", type=int_at_least(1), default=100, help="features listed, best ReasonScore first (default 100)")
     parser.add_argument("--rows", type=int_at_least(1), default=32, help="token rows read for max activations and contexts (default 32)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -128,6 +131,10 @@ def wait_ready(base: str, proc, timeout: float = 900) -> None:
         time.sleep(1)
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def plugin_registered() -> bool:
     """Whether vLLM can find the explorer's endpoint plugin (an install older than it cannot)."""
     from importlib.metadata import entry_points
@@ -138,12 +145,18 @@ def plugin_registered() -> bool:
 def run(args) -> int:
     if not Path(args.scores).is_dir():
         raise SystemExit(f"--scores {args.scores!r} is not a directory (expected a ReasonScore output directory, e.g. demo_out/reason_score)")
+    if args.arms is not None and not Path(args.arms).exists():
+        raise SystemExit(f"--arms {args.arms!r} does not exist (expected an lm_eval --output_path of a multi-arm steered_vllm run)")
     if not plugin_registered():
         raise SystemExit("vLLM finds no 'reason_explorer' endpoint plugin: this install predates it "
                          "(reinstall the package: `pip install --no-deps -e .` or `make setup`)")
     print(f"explore: reading {args.scores} (top {args.top} features, max activations over {args.rows} rows)", file=sys.stderr)
     index = build_index(args.scores, model=args.model, sae=args.sae, data=args.data, views=args.views, top=args.top, rows=args.rows)
     tmp = tempfile.TemporaryDirectory(prefix="reason-explore-")
+    if args.arms:
+        from reason_plugins.app.explore_arms import arms_index
+
+        index["arms"] = arms_index(args.arms, tmp.name)
     index_path = Path(tmp.name) / "index.json"
     index_path.write_text(json.dumps(index))
     env = dict(os.environ, VLLM_PLUGINS=PLUGINS, REASON_EXPLORE_INDEX=str(index_path))
@@ -151,6 +164,7 @@ def run(args) -> int:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base = f"http://{host}:{args.port}"
     proc = subprocess.Popen(serve_command(index, args), env=env, stdout=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupted)  # a `kill` stops the server too (the finally below), not only Ctrl-C
     try:
         wait_ready(base, proc)
         print(f"explorer: {base}/explore/", flush=True)

@@ -310,6 +310,36 @@ function playgroundPage(main, params) {
       h("section", { "aria-label": "steered" }, h("h3", { text: "Steered" }), outSteer, heatSteer)), copies);
 }
 
+// ---------------------------------------------------------------- arms
+function armsPage(main) {
+  const arms = S.index.arms;
+  main.append(h("h2", { text: "Arms: a steered_vllm run, every arm against its baseline" }));
+  if (!arms) { main.append(h("p", { text: "No arms run here: start the explorer with `reason-sae explore --scores DIR --arms RUN_DIR`." })); return; }
+  const figure = h("figure", {}, h("figcaption", { class: "muted", text: `Forest plot: each arm minus ${arms.baseline}, 95% CI (values in the table below)` }));
+  main.append(h("p", { class: "muted", text: `${arms.run}: baseline ${arms.baseline}, ${arms.arms.length - 1} arm(s), tasks ${arms.report.tasks.join(", ")}, p-values ${arms.report.correction}-adjusted` }), figure);
+  api("/v1/explore/arms/plot").then(async (r) => {
+    if (!r.ok) throw new Error(errorText(await r.json().catch(() => null), r));
+    figure.prepend(h("img", { id: "forest", src: URL.createObjectURL(await r.blob()), alt: "forest plot of every arm's difference from the baseline", style: "max-width: 100%" }));
+  }).catch((e) => figure.append(h("p", { class: "muted", text: e.message })));
+  const rows = [];
+  for (const [arm, metrics] of Object.entries(arms.report.arms)) for (const [metric, r] of Object.entries(metrics)) rows.push([arm, metric, r]);
+  main.append(h("table", { id: "arms-table" }, h("thead", {}, h("tr", {}, ["arm", "metric", "n", "baseline", "arm", "difference [95% CI]", "p (adjusted)", "significant"].map((t, i) =>
+    h("th", { scope: "col", class: i < 2 ? "text" : null, text: t })))),
+    h("tbody", {}, rows.map(([arm, metric, r]) => h("tr", {}, h("td", { text: arm }), h("td", { class: "text", text: metric }), h("td", { text: r.n }),
+      h("td", { text: fmt(r.baseline[0]) }), h("td", { text: fmt(r.steered[0]) }), h("td", { text: `${fmt(r.diff)} [${fmt(r.diff_low)}, ${fmt(r.diff_high)}]` }),
+      h("td", { text: `${fmt(r.p_value)} (${fmt(r.p_adjusted)})` }), h("td", { text: r.significant ? "yes" : "no" }))))));
+  const others = arms.arms.filter((a) => a !== arms.baseline);
+  main.append(h("h3", { text: `Per problem: ${arms.baseline} vs each arm` }), h("table", { id: "problems" },
+    h("thead", {}, h("tr", {}, ["task / doc", "target", arms.baseline, ...others].map((t) => h("th", { scope: "col", class: "text", text: t })))),
+    h("tbody", {}, arms.problems.map((p) => h("tr", {}, h("td", { class: "text", text: `${p.task} #${p.doc_id}` }), h("td", { class: "text", text: p.target }),
+      [arms.baseline, ...others].map((a) => {
+        const ans = p.answers[a];
+        if (!ans) return h("td", { class: "text", text: "–" });
+        const m = Object.entries(ans.metrics).map(([k, v]) => `${k} ${fmt(v, 0)}`).join(", ");
+        return h("td", { class: "text" }, h("details", {}, h("summary", { text: m || "answer" }), h("div", { class: "out", text: ans.answer })));
+      }))))));
+}
+
 // ---------------------------------------------------------------- routing
 async function render() {
   const main = document.getElementById("main");
@@ -328,6 +358,7 @@ async function render() {
   main.replaceChildren();
   if (page === "feature") featurePage(main, Number(path.split("/")[2]));
   else if (page === "playground") playgroundPage(main, params);
+  else if (page === "arms") armsPage(main);
   else featuresPage(main);
   if (keepFocus) document.getElementById("search").focus();
   document.body.dataset.ready = page;
