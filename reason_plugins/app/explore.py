@@ -145,6 +145,10 @@ def plugin_registered() -> bool:
 def run(args) -> int:
     if not Path(args.scores).is_dir():
         raise SystemExit(f"--scores {args.scores!r} is not a directory (expected a ReasonScore output directory, e.g. demo_out/reason_score)")
+    missing = [n for n in ("run_config.json", "stats.safetensors") if not (Path(args.scores) / n).is_file()]
+    if missing:
+        raise SystemExit(f"--scores {args.scores!r} is not a ReasonScore output directory (missing {missing}; "
+                         "write one with `reason-sae score --out DIR` or `reason-sae demo`)")
     if args.arms is not None and not Path(args.arms).exists():
         raise SystemExit(f"--arms {args.arms!r} does not exist (expected an lm_eval --output_path of a multi-arm steered_vllm run)")
     if not plugin_registered():
