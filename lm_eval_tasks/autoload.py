@@ -88,6 +88,14 @@ def install() -> None:
     from reason_plugins.import_hooks import when_imported
 
     when_imported("lm_eval.api.registry", register)
+    when_imported("lm_eval.tasks._index", _cache_task_index)
+
+
+def _cache_task_index(module) -> None:
+    """lm-eval's own tasks indexed once per installed lm-eval, not by every process (``task_index_cache``)."""
+    from lm_eval_tasks.task_index_cache import install as install_cache
+
+    install_cache(module)
 
 
 install()

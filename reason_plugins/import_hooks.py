@@ -11,6 +11,9 @@ before anyone else can use it. No installed file is edited.
 This module is imported at every interpreter start (our ``.pth``), so it imports only what the
 interpreter has already loaded: the finder and loader follow the import protocols by duck typing
 rather than subclassing ``importlib.abc`` (whose import drags in ``importlib.resources``, ``tempfile``...).
+
+The same start-up rule gives each package its public face (``lazy_face``): ``from vllm_patches import
+SteeredLLM`` works while ``import vllm_patches`` (which the ``.pth`` does) still imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -80,3 +83,25 @@ def when_imported(module_name: str, callback: collections.abc.Callable) -> None:
         _callbacks.setdefault(module_name, []).append(callback)
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)
+
+
+def lazy_face(package: str, names: dict[str, str]):
+    """A package's public face, loaded on first use (PEP 562): ``names`` maps each public name to the module
+    that defines it, imported only when the name is first asked for (so ``import package`` stays as cheap as
+    our ``.pth`` needs). Returns the package's ``__getattr__`` and ``__dir__``; an unknown name is an
+    ``AttributeError`` as for any module."""
+
+    def __getattr__(name: str):
+        module = names.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)  # plain attribute lookups find it from now on
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(names))
+
+    return __getattr__, __dir__

@@ -23,11 +23,13 @@ SOURCE_ATTR = "_reason_source"  # set by load_sae on what it loads: {"sae", "sae
 def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | None = None):
     """An SAELens SAE (eval mode). ``loader`` names a registered ``sae_loader`` plugin; a folder
     holding sparsify's ``sae.safetensors`` picks the "sparsify" loader by itself. What it loads
-    remembers where it came from (``SOURCE_ATTR``; ``source_of``), so a run can record how to reopen it."""
-    from sae_lens import SAE
+    remembers where it came from (``SOURCE_ATTR``; ``source_of``), so a run can record how to reopen it.
+    A name or path is checked before SAELens is imported (seconds): a bad one is refused at once."""
+    if not isinstance(sae, (str, Path)):
+        from sae_lens import SAE
 
-    if isinstance(sae, SAE):
-        return sae
+        if isinstance(sae, SAE):
+            return sae
     loaded = _load(sae, sae_id, device, loader)
     ref = str(Path(str(sae)).resolve()) if Path(str(sae)).exists() else str(sae)
     object.__setattr__(loaded, SOURCE_ATTR, {"sae": ref, "sae_id": sae_id, "loader": loader})
@@ -35,8 +37,6 @@ def load_sae(sae, sae_id: str | None = None, device: str = "cpu", loader: str | 
 
 
 def _load(sae, sae_id, device, loader):
-    from sae_lens import SAE
-
     folder = Path(str(sae)) / (sae_id or "")
     if loader is None and (folder / "sae.safetensors").is_file() and not (folder / "sae_weights.safetensors").exists():
         loader = "sparsify"
@@ -48,9 +48,13 @@ def _load(sae, sae_id, device, loader):
         if not (Path(str(sae)) / "cfg.json").is_file():
             raise FileNotFoundError(f"SAE directory {str(sae)!r} has no cfg.json (expected a SAELens SAE saved with save_model)")
         _read_cfg(Path(str(sae)) / "cfg.json")
+        from sae_lens import SAE
+
         return SAE.load_from_disk(str(sae), device=device).eval()
     if sae_id is None:
         raise ValueError(f"SAE {sae!r} is not a local directory; a pretrained release also needs an sae_id")
+    from sae_lens import SAE
+
     return SAE.from_pretrained(str(sae), sae_id, device=device).eval()
 
 

@@ -9,6 +9,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+# bytecode caches on, whatever the shell says: every test process, engine, CLI run and Ray worker imports the
+# project's modules, and pytest rewrites the asserts of every test module and plugin; with PYTHONDONTWRITEBYTECODE
+# each of them compiles them again (the caches land in __pycache__ folders, which git ignores)
+unset PYTHONDONTWRITEBYTECODE
 args=("$@")
 if [ "$#" -eq 0 ] || [ "$*" = "--fast" ]; then
   .venv/bin/lint-imports || exit 1

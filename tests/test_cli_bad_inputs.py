@@ -246,6 +246,11 @@ CASES = [
     # ---- compare
     ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
     ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),
+    # ---- explore: refused before anything is read or a server starts
+    ("explore missing scores dir", lambda e: ["explore", "--scores", "/nonexistent/scores"], "--scores '/nonexistent/scores' is not a directory", False),
+    ("explore dir that is no scored run", lambda e: ["explore", "--scores", str(e["root"])], "is not a ReasonScore output directory", False),
+    ("explore missing arms run", lambda e: ["explore", "--scores", e["run"], "--arms", "/nonexistent/runs"],
+     "--arms '/nonexistent/runs' does not exist", False),
 ]
 
 

@@ -5,6 +5,7 @@ edit that breaks an example fails here."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -51,28 +52,26 @@ def _run(session, world, tmp_path, record_property):
     assert used == expected, f"substitutions never used: {[rx.SUBSTITUTIONS[i] for i in expected - used]}"
 
 
-# With `--dist loadscope` a class runs on one worker and the module's functions on one: the sessions that start
-# engines are spread over three groups, so that both workers of `make test` share them.
-ENGINE_SESSIONS = ("steer", "server", "onpolicy")
-LM_EVAL_SESSIONS = ("lmeval", "ray")
-OTHER_SESSIONS = [s for s in SESSIONS if s not in ENGINE_SESSIONS + LM_EVAL_SESSIONS]
+# One class per session: with `--dist loadscope` a class is one unit of work, so `make test`'s two workers share the
+# sessions one by one (tests/conftest.py orders them by their seconds, the longest first), each on the worker that is
+# free; the fake world is built once per worker (a few seconds).
+def _session_class(session: str) -> type:
+    @pytest.mark.slow
+    class Session:
+        def test_session_runs(self, readme_world, tmp_path, record_property):
+            _run(session, readme_world, tmp_path, record_property)
+
+    Session.__name__ = Session.__qualname__ = session_class_name(session)
+    return Session
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("session", OTHER_SESSIONS)
-def test_readme_session_runs(session, readme_world, tmp_path, record_property):
-    _run(session, readme_world, tmp_path, record_property)
+def session_class_name(session: str) -> str:
+    return "TestSession_" + re.sub(r"\W", "_", session)
 
 
-@pytest.mark.slow
-class TestEngineSessions:
-    @pytest.mark.parametrize("session", [s for s in ENGINE_SESSIONS if s in SESSIONS])
-    def test_readme_session_runs(self, session, readme_world, tmp_path, record_property):
-        _run(session, readme_world, tmp_path, record_property)
+for _session in SESSIONS:
+    globals()[session_class_name(_session)] = _session_class(_session)
 
 
-@pytest.mark.slow
-class TestLmEvalSessions:
-    @pytest.mark.parametrize("session", [s for s in LM_EVAL_SESSIONS if s in SESSIONS])
-    def test_readme_session_runs(self, session, readme_world, tmp_path, record_property):
-        _run(session, readme_world, tmp_path, record_property)
+def test_every_session_has_its_own_class():
+    assert sorted(name for name in globals() if name.startswith("TestSession_")) == sorted(map(session_class_name, SESSIONS))

@@ -30,12 +30,22 @@ start on a vLLM whose internals moved, instead of running steered requests unste
 The rooms, importing downwards only (an import-linter contract): ``cli`` (``reason-sae steer`` /
 ``sweep``) > ``sweep`` > ``llm`` (``SteeredLLM``), ``preflight``, ``endpoint`` > ``engine`` > ``patching``,
 ``frontend`` (the one validator), ``starting`` (``start_llm``: every engine we start) > ``config``.
+
+The public calls, by their short names (each module imported on first use, so ``import vllm_patches`` stays
+free at interpreter start): ``from vllm_patches import SteeredLLM, start_llm, EngineStartError, run_sweep,
+steer_dataset``.
 """
 
 from __future__ import annotations
 
 import sys
 
+from reason_plugins.import_hooks import lazy_face
+
+_FACE = {"SteeredLLM": "vllm_patches.llm", "start_llm": "vllm_patches.starting", "EngineStartError": "vllm_patches.starting",
+         "run_sweep": "vllm_patches.sweep", "steer_dataset": "vllm_patches.ray_pipeline"}
+__all__ = ["register", *_FACE]
+__getattr__, __dir__ = lazy_face(__name__, _FACE)
 _registered = False
 
 

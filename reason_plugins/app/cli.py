@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     "contexts": ("sae_lens_ext.cli.contexts", "top-activating contexts and most frequent tokens of chosen features"),
     "control": ("sae_lens_ext.cli.control", "token-driven control: reasoning feature or word detector?"),
     "diff": ("sae_lens_ext.cli.diff", "compare one SAE's feature activations between two models and/or datasets"),
+    "explore": ("reason_plugins.app.explore", "the live explorer of a scored run in the browser, served by `vllm serve` (features, steering playground, readout heatmap)"),
     "sweep": ("vllm_patches.cli.sweep", "steer one feature at several strengths in vLLM; plot reasoning words and length"),
     "compare": ("lm_eval_tasks.comparison.cli", "baseline vs steered lm-eval runs: accuracy and reasoning length, 95% CIs, paired test, plot"),
     "plugins": ("reason_plugins.cli_plugins", "list registered vocabularies, scorers, steering methods, loaders and configs"),

@@ -18,6 +18,7 @@ from pathlib import Path
 # the engine flags the server tests share: eager, float32, a small KV cache
 ENGINE_ARGS = ("--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--seed", "0", "--max-num-seqs", "16",
                "--max-num-batched-tokens", "64", "--block-size", "32", "--num-gpu-blocks-override", "24")
+PLUGINS = "reason_steering,reason_steering_report"
 
 
 def free_port() -> int:
@@ -28,14 +29,15 @@ def free_port() -> int:
 
 @contextmanager
 def vllm_server(model_dir, steering_config: dict, log_path: Path, *extra_args: str, env: dict | None = None,
-                start_timeout: float = 600):
+                start_timeout: float = 600, plugins: str = PLUGINS):
     """Yield ``(base_url, process)`` of ``vllm serve MODEL`` (served as ``tiny``) with our plugin and its
-    report endpoints, steered by ``steering_config``; the log goes to ``log_path``. Killed on exit."""
+    report endpoints (``plugins``: the ``VLLM_PLUGINS`` list), steered by ``steering_config``; the log goes
+    to ``log_path``. Killed on exit."""
     port = free_port()
     vllm = str(Path(sys.executable).parent / "vllm")
     cmd = [vllm, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
            *ENGINE_ARGS, *extra_args, "--additional-config", json.dumps({"reason_steering": steering_config})]
-    env = dict(os.environ, VLLM_PLUGINS="reason_steering,reason_steering_report", VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
+    env = {**os.environ, "VLLM_PLUGINS": plugins, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}
     log = Path(log_path).open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
