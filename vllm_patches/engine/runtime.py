@@ -117,7 +117,7 @@ class SteeringRuntime:
             op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
                             sae=sae if reconstruct else None, capture=config.capture, max_readout=config.max_readout,
                             max_top_k=config.max_top_k, read_sae=sae if reads else None,
-                            read_full=full)
+                            read_full=full, raw=slot.hook in config.raw_hooks)
             layers[slot.layer].add_module("reason_steering", op)
             layers[slot.layer].register_forward_hook(_hook)
             self.ops[slot.key], self.saes[slot.key] = op, sae
@@ -127,7 +127,8 @@ class SteeringRuntime:
             layer = int(hook.split(".")[1])
             if not 0 <= layer < len(layers):
                 raise SpecError(f"steering config vector hook {hook!r}: the model has {len(layers)} layers")
-            op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device, capture=config.capture)
+            op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device, capture=config.capture,
+                            raw=hook in config.raw_hooks)
             layers[layer].add_module("reason_steering", op)
             layers[layer].register_forward_hook(_hook)
             self.ops[key] = op
@@ -139,6 +140,7 @@ class SteeringRuntime:
         self._read_entries: list[tuple] = []
         self._read_keys: set = set()
         self._read_tops: set = set()
+        self._read_raws: set = set()  # op keys some request reads raw rows from this layout
         self._num_tokens = 0
         self._runner_requests: dict = {}
         self._summed: dict[tuple, int] = {}  # (req_id, hook) -> the last prompt position summed
@@ -351,6 +353,9 @@ class SteeringRuntime:
                               (rows, [masks[state.num_computed_tokens + row - start] for row in rows])))
                 continue
             lo, hi = plan_rows(spec, start, end, prompt_left)
+            if spec.raw:  # the residual rows, from the op at the hook (an SAE's or a raw-only one)
+                items.append((self._op_key[spec.hook], spec, lo, hi, None))
+                continue
             slots = [self._slot(used, spec.key, "read", (f,), None) for f in spec.features] if spec.features else None
             if slots and slots == list(range(slots[0], slots[0] + len(slots))):
                 slots = slice(slots[0], slots[0] + len(slots))  # the usual case: a view, not a gather, per step
@@ -362,12 +367,17 @@ class SteeringRuntime:
         self._read_entries, self._num_tokens = read_entries, num_tokens
         self._read_keys = {item[0] for entry in read_entries for item in entry[4]}
         self._read_tops = {item[0] for entry in read_entries for item in entry[4] if item[1].top_k}
+        self._read_raws = {item[0] for entry in read_entries for item in entry[4] if item[1].raw}
+        raws: dict[tuple, tuple] = {}  # key -> ([raw rows before], [raw rows after])
         phases: dict[tuple, tuple] = {}  # key -> ([rows before], [rows after]), ([top idx before], [top idx after]), [k, k]
         sums: dict[tuple, tuple] = {}  # key -> ([(job, bits, idx, masks)] before, [...] after)
         for *_, items in read_entries:
             for key, spec, lo, hi, info in items:
-                rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
                 phase = 1 if spec.at == "after" else 0
+                if spec.raw:
+                    raws.setdefault(key, ([], []))[phase].extend(range(lo, hi))
+                    continue
+                rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
                 if spec.sums is not None:
                     sum_rows, masks = info
                     if sum_rows:
@@ -384,11 +394,14 @@ class SteeringRuntime:
             if not op.reads:
                 continue
             rows, tops, ks = phases.get(key, (([], []), ([], []), [0, 0]))
+            raw_rows = raws.get(key, ([], []))
             device = op.r_vals.device
             plans = []
             for phase in (0, 1):
+                raw = torch.tensor(raw_rows[phase], device=device) if raw_rows[phase] else None
                 if not rows[phase]:
-                    plans.append(None)
+                    plans.append(None if raw is None else ReadPlan(torch.zeros(0, dtype=torch.long, device=device), None, 0,
+                                                                   raw=raw))
                     continue
                 every = len(tops[phase]) == len(rows[phase])
                 top_rows = None if every or not tops[phase] else torch.tensor(tops[phase], device=device)
@@ -396,7 +409,7 @@ class SteeringRuntime:
                 span = (ordered[0], ordered[-1] + 1) if ordered == rows[phase] and ordered[-1] - ordered[0] + 1 == len(ordered) else None
                 summed = tuple((job, bits, torch.tensor(idx, device=device), _bit_matrix(masks, bits, device))
                                for job, bits, idx, masks in sums.get(key, ([], []))[phase])
-                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span, summed))
+                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span, summed, raw))
             op.read_plan = tuple(plans)
             op.r_after[:max(num_tokens, 1)].zero_()
             if rows[1]:
@@ -412,7 +425,8 @@ class SteeringRuntime:
             return buffer[:n].detach().to("cpu", copy=True).numpy()
 
         read = {key: (host(self.ops[key].r_vals), host(self.ops[key].k_vals) if key in self._read_tops else None,
-                      host(self.ops[key].k_idx) if key in self._read_tops else None) for key in self._read_keys}
+                      host(self.ops[key].k_idx) if key in self._read_tops else None,
+                      host(self.ops[key].raw_vals) if key in self._read_raws else None) for key in self._read_keys}
         self.book.harvest(self._read_entries, host(positions), host(token_ids), read)
 
     def _fail(self, entry, exc: Exception, host: dict) -> None:
