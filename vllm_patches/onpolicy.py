@@ -23,10 +23,16 @@ class VllmSession:
 
     def __init__(self, model, sae, sae_id=None, hook=None, *, tensor_parallel_size: int = 1, dtype: str = "float32",
                  max_model_len: int | None = None, enforce_eager: bool | None = None, max_num_seqs: int | None = None,
-                 raw_hooks: list[str] | None = None, **llm_kwargs):
+                 raw_hooks: list[str] | None = None, cut_at: int | None = None, **llm_kwargs):
         import torch
 
         from vllm_patches.llm import SteeredLLM
+
+        if cut_at is not None:  # only layers 0..cut_at are loaded and run (prefill-only reads up to there)
+            from reason_plugins.models import resolve_model
+            from vllm_patches.cut_model import cut_model
+
+            model = cut_model(resolve_model(str(model)), int(cut_at))
 
         if sae is None:  # a harvest: raw readout at raw_hooks, no SAE
             self.sae, self.sae_id, self.hook = None, None, None

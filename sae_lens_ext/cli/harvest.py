@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-column", default="text", help="the text column of a text dataset (default text)")
     parser.add_argument("--engine", default="hf", help="hf (a forward here, default) or vllm (the engine computes the rows)")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1, help="--engine vllm: ranks (default 1)")
+    parser.add_argument("--full-engine", action="store_true",
+                        help="--engine vllm: load every layer (default: the engine is cut after the deepest hook's layer)")
     parser.add_argument("--generate", type=int_at_least(1), default=None, help="harvest the model's own N continuations of each --prompts prompt (needs --engine vllm)")
     parser.add_argument("--prompts", help="--generate: a text file, one prompt a line")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,7 +58,7 @@ def run(args) -> int:
     cfg = load_config(args.model)  # a missing model: one line, before the output folder is touched
     parse_hooks(args.hooks, int(cfg.num_hidden_layers))
     check_out_dir(args.out)
-    options = {"tensor_parallel_size": args.tensor_parallel_size} if args.engine != "hf" else None
+    options = {"tensor_parallel_size": args.tensor_parallel_size, "cut": not args.full_engine} if args.engine != "hf" else None
     info = harvest(args.model, args.dataset, args.hooks, args.out, engine=args.engine, context_size=args.context_size,
                    prepend_bos=not args.no_bos, n_rows=args.n_rows, batch_size=args.batch_size, dtype=args.dtype,
                    rows_per_shard=args.rows_per_shard, text_column=args.text_column, progress=not args.no_progress,

@@ -187,6 +187,9 @@ def _source(path, hooks, dtype, factory, options, steering):
 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
         return hf_rows(model, hooks), lambda: None
+    options = dict(options)
+    if options.pop("cut", True):  # the engine loads and runs layers 0..L only: the rows up to L are the same
+        options["cut_at"] = deepest_layer(hooks)
     session = factory(str(path), None, None, None, raw_hooks=hooks, dtype=dtype, **options)
     if not hasattr(session, "raw_rows"):
         session.close()
