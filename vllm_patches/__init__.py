@@ -7,7 +7,8 @@ load (``import_hooks``; the patch bodies are in ``engine/patches.py``, wrapped b
 - model runner ``load_model``: after the weights load, and so before torch.compile / CUDA-graph
   capture, install the steering ops on the configured decoder layers (``engine/runtime.py``, ``engine/op.py``);
 - model runner ``_update_states`` / ``_prepare_inputs``: per step, write which edits apply to
-  which token rows, and close the books of finished requests;
+  which token rows and which rows are read (``engine/steps.py``, ``engine/reads.py``), and close the
+  books of finished requests (``engine/records.py``);
 - ``InputProcessor.process_inputs``: validate each request's spec (``frontend.check_specs``, the
   one validator), refuse a bad one as a client error (HTTP 400 on the server) and salt its prefix
   cache (``frontend.py``);
