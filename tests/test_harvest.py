@@ -153,3 +153,23 @@ def test_resume_and_refusal(llama_dir, rows_dataset, tmp_path, ours):
         harvest(str(llama_dir), str(rows_dataset), HOOKS[:1], out, **kw)
     with pytest.raises(ValueError, match="data: "):
         harvest(str(llama_dir), str(rows_dataset), HOOKS, out, **dict(kw, n_rows=10))
+
+
+def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir, hf_model, token_rows, tmp_path):
+    """The cut engine's checkpoint (``vllm_patches.cut_model``): layers 0..L and nothing after, the same rows at
+    L (here through HF; ``test_vllm_raw_readout.py`` reads them in the engine)."""
+    from transformers import AutoModelForCausalLM
+
+    from vllm_patches.cut_model import cut_model
+
+    cut = cut_model(llama_dir, 1, cache=tmp_path)
+    assert cut_model(llama_dir, 1, cache=tmp_path) == cut and cut_model(llama_dir, 3, cache=tmp_path) == llama_dir
+    model = AutoModelForCausalLM.from_pretrained(str(cut), dtype=torch.float32).eval()
+    assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
+    from sae_lens_ext.training.harvest import hf_rows
+
+    ids = torch.tensor(token_rows[:3])
+    hook = "blocks.1.hook_resid_post"  # the decoder layer's output (HF's last hidden state is after the final norm)
+    assert torch.equal(hf_rows(model, [hook])(ids)[hook], hf_rows(hf_model, [hook])(ids)[hook])
+    with pytest.raises(ValueError, match="it has 4 layers"):
+        cut_model(llama_dir, 4, cache=tmp_path)
