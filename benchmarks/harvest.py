@@ -43,7 +43,7 @@ def run_variant(variant: str, rows_path: str, layer: int, dtype: str, out: str) 
     torch.set_num_threads(os.cpu_count() or 1)
     model = resolve_model("smollm2-135m-instruct")
     hook = f"blocks.{layer}.hook_resid_post"
-    rows = datasets.load_from_disk(rows_path)["tokens"]
+    rows = [list(map(int, r)) for r in datasets.load_from_disk(rows_path).to_dict()["tokens"]]
     tokens = len(rows) * len(rows[0])
     if variant == "floor":
         from transformers import AutoModelForCausalLM

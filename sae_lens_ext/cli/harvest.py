@@ -3,7 +3,7 @@ cached-activations datasets (one folder per hook) for ``reason-sae train --cache
 
     reason-sae harvest --model M --dataset D --hooks blocks.2.hook_resid_post[,blocks.3.hook_resid_post] --out DIR
                        [--context-size 1024] [--n-rows N] [--dtype float32|bfloat16] [--rows-per-shard 256]
-                       [--engine hf|vllm] [--tensor-parallel-size N]
+                       [--engine hf|vllm] [--tensor-parallel-size N] [--steer JSON] [--full-engine]
 
 Rows are packed by the one packing rule (as ``score``). A run stopped part-way resumes when run again
 with the same job; ``--out`` holding another job is refused with what differs. Everything is checked
@@ -29,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-column", default="text", help="the text column of a text dataset (default text)")
     parser.add_argument("--engine", default="hf", help="hf (a forward here, default) or vllm (the engine computes the rows)")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1, help="--engine vllm: ranks (default 1)")
+    parser.add_argument("--steer", metavar="JSON", help="--engine vllm: harvest under this steering spec (JSON text; part of the job's identity)")
     parser.add_argument("--full-engine", action="store_true",
                         help="--engine vllm: load every layer (default: the engine is cut after the deepest hook's layer)")
     parser.add_argument("--generate", type=int_at_least(1), default=None, help="harvest the model's own N continuations of each --prompts prompt (needs --engine vllm)")
@@ -52,6 +53,13 @@ def run(args) -> int:
         get("activation_engine", args.engine)  # an unknown engine: one line naming the registered ones
     elif args.tensor_parallel_size != 1:
         raise UserError("--tensor-parallel-size configures an engine: give --engine vllm")
+    steering = None
+    if args.steer is not None:
+        if args.engine == "hf":
+            raise UserError("--steer needs --engine vllm (the engine applies the edit while it reads the rows)")
+        from reason_plugins.spec import parse_steering
+
+        steering = [s.to_dict() for s in parse_steering(args.steer)]  # a bad spec: one line, before the engine
     from reason_plugins.models import load_config
     from sae_lens_ext.training.harvest import harvest, parse_hooks
 
@@ -62,7 +70,7 @@ def run(args) -> int:
     info = harvest(args.model, args.dataset, args.hooks, args.out, engine=args.engine, context_size=args.context_size,
                    prepend_bos=not args.no_bos, n_rows=args.n_rows, batch_size=args.batch_size, dtype=args.dtype,
                    rows_per_shard=args.rows_per_shard, text_column=args.text_column, progress=not args.no_progress,
-                   engine_options=options)
+                   engine_options=options, steering=steering)
     speed = f", {info['tokens_per_s']:.0f} tokens/s" if info["tokens_per_s"] else " (already complete)"
     resumed = f" (resumed after {info['resumed_rows']} rows)" if info["resumed_rows"] and info["tokens_per_s"] else ""
     print(f"harvested {info['rows']} rows x {info['tokens'] // info['rows']} tokens at {len(info['hooks'])} hook(s)"
