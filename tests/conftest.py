@@ -121,7 +121,7 @@ def readme_world(fixture_root):
 MODULE_SECONDS = {"test_readme": 600, "test_lm_eval_dp": 340, "test_ray_score": 160, "test_vllm_steering": 150, "test_lm_eval_cli": 130, "test_ray_pipeline": 140, "test_real_model": 70, "test_engine_start": 90, "test_vllm_load": 65, "test_serve_fuzz": 100,
                   "test_demo": 55, "test_lm_eval_arms": 30, "test_cli_bad_inputs": 35, "test_dashboards": 15,
                   "test_sweep": 15, "test_autoload": 14, "test_vllm_targets": 12,
-                  "test_vllm_raw_readout": 45, "test_harvest": 40}
+                  "test_vllm_raw_readout": 60, "test_harvest": 12}
 
 
 def pytest_collection_modifyitems(config, items):
