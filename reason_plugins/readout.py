@@ -9,7 +9,12 @@ SteeringSpec (``spec.py``) for reading instead of editing.
      "positions": "all",                 # "prompt" | "output" | "all" (default)
      "at": "after"}                      # "before" | "after" (default) this request's own edit there
 
-(exactly one of ``features``, ``top_k``, ``sums``). ``sums`` is what a ReasonScore pass needs from an
+(exactly one of ``features``, ``top_k``, ``sums``), or the residual rows themselves, no SAE involved:
+
+    {"hook": "blocks.19.hook_resid_post", "raw": true, "positions": "prompt", "at": "before"}
+
+which reads float32 ``[T, d_model]`` per request (what an SAE would be handed there; what a harvest
+for SAE training needs). An engine reads raw rows only when started with raw readout on. ``sums`` is what a ReasonScore pass needs from an
 engine: the sufficient statistics of all d_sae features over token sets the caller marks, summed in
 the engine across every request of a job and fetched once, instead of per-token values.
 
@@ -28,11 +33,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, parse_many, sae_at_hook, show
+from reason_plugins.spec import AtHook, SpecError, check_feature_index, check_object, hook_layer, parse_many, sae_at_hook, show
 
 POSITIONS = ("prompt", "output", "all")
 AT = ("before", "after")
 _FIELDS = ("sae", "sae_id", "hook", "features", "top_k", "sums", "positions", "at")
+_RAW_FIELDS = ("hook", "raw", "positions", "at")
 MAX_BITS = 62
 
 
@@ -46,12 +52,15 @@ class ReadoutSpec(AtHook):
     sae_id: str | None = None
     positions: str = "all"
     at: str = "after"
+    raw: bool = False  # the residual rows themselves (``sae`` is "")
 
     def reads(self, position: int, num_prompt: int) -> bool:
         """Whether this spec reads the token at ``position`` of a request with ``num_prompt`` prompt tokens."""
         return self.positions == "all" or (position < num_prompt) == (self.positions == "prompt")
 
     def to_dict(self) -> dict:
+        if self.raw:
+            return {"hook": self.hook, "raw": True, "positions": self.positions, "at": self.at}
         if self.features is not None:
             mode = {"features": list(self.features)}
         elif self.sums is not None:
@@ -68,7 +77,29 @@ def _int(value, where: str, what: str, low: int) -> int:
     return value
 
 
+def _positions_at(obj, where: str) -> tuple[str, str]:
+    positions, at = obj.get("positions", "all"), obj.get("at", "after")
+    if positions not in POSITIONS:
+        raise SpecError(f"{where}: positions {show(positions)} is not one of {POSITIONS}")
+    if at not in AT:
+        raise SpecError(f"{where}: at {show(at)} is not one of {AT}")
+    return positions, at
+
+
+def _parse_raw(obj: dict, where: str) -> ReadoutSpec:
+    check_object(obj, where, _RAW_FIELDS)
+    if obj["raw"] is not True:
+        raise SpecError(f"{where}: 'raw' must be true (read the residual rows) or left out, got {show(obj['raw'])}")
+    hook = obj.get("hook")
+    if hook_layer(hook) is None:
+        raise SpecError(f"{where}: hook {show(hook)} is not of the form 'blocks.<layer>.hook_resid_post'")
+    positions, at = _positions_at(obj, where)
+    return ReadoutSpec(sae="", hook=hook, positions=positions, at=at, raw=True)
+
+
 def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
+    if isinstance(obj, dict) and "raw" in obj:
+        return _parse_raw(obj, where)
     check_object(obj, where, _FIELDS)
     sae, sae_id, hook = sae_at_hook(obj, where)
     features, top_k, sums = obj.get("features"), obj.get("top_k"), obj.get("sums")
@@ -86,11 +117,7 @@ def parse_readout_spec(obj, where: str = "readout spec") -> ReadoutSpec:
         top_k = _int(top_k, where, "top_k", 1)
     else:
         sums = _sums(sums, where)
-    positions, at = obj.get("positions", "all"), obj.get("at", "after")
-    if positions not in POSITIONS:
-        raise SpecError(f"{where}: positions {show(positions)} is not one of {POSITIONS}")
-    if at not in AT:
-        raise SpecError(f"{where}: at {show(at)} is not one of {AT}")
+    positions, at = _positions_at(obj, where)
     return ReadoutSpec(sae=sae, hook=hook, features=features, top_k=top_k, sums=sums, sae_id=sae_id, positions=positions, at=at)
 
 
@@ -121,7 +148,7 @@ def parse_readout(value) -> list[ReadoutSpec]:
 def check_against(spec: ReadoutSpec, d_sae: int, *, max_features: int | None = None, max_top_k: int | None = None) -> None:
     """The checks that need the SAE's width (and, in an engine, its buffer sizes)."""
     owner = f"SAE {spec.sae!r}"
-    if spec.sums is not None:
+    if spec.sums is not None or spec.raw:
         return
     if spec.features is not None:
         for f in spec.features:

@@ -140,9 +140,9 @@ MODULE_SECONDS = {"test_lm_eval_dp": 200, "test_ray_score": 170, "test_readme::T
                   "test_readme::TestSession_score": 140, "test_lm_eval_cli": 150, "test_engine_start": 90, "test_ray_pipeline": 90,
                   "test_onpolicy": 90, "test_serve_fuzz": 80, "test_readme::TestSession_lmeval": 77, "test_real_model": 70, "test_explorer": 70,
                   "test_vllm_load": 65, "test_readme::TestSession_onpolicy": 63, "test_demo": 58, "test_readme::TestSession_steer": 42,
-                  "test_readme::TestSession_train": 40, "test_cli_bad_inputs": 35, "test_readme::TestSession_server": 30,
+                  "test_readme::TestSession_train": 70, "test_cli_bad_inputs": 35, "test_readme::TestSession_server": 30,
                   "test_lm_eval_arms": 30, "test_readme::TestSession_loading": 20, "test_dashboards": 15, "test_sweep": 15,
-                  "test_autoload": 14, "test_vllm_targets": 12, "test_peers": 45}
+                  "test_autoload": 14, "test_vllm_targets": 12, "test_peers": 45, "test_vllm_raw_readout": 60, "test_harvest": 12}
 
 
 def unit_seconds(item) -> float:

@@ -47,12 +47,25 @@ def env(tmp_path_factory, llama_dir, sae_dirs, tokenizer_dir, scored_run, scored
     import datasets
 
     datasets.Dataset.from_dict({"text": []}).save_to_disk(str(root / "empty_ds"))
+    import torch
+
+    from sae_lens_ext.training.activation_cache import CacheWriter
+
+    cache = CacheWriter(root / "cache", {"model": "tiny"}, [FIXTURE_HOOK], 4, 128)  # a finished one-hook cache
+    cache.start()
+    cache.add(torch.zeros(2, 4, dtype=torch.long), {FIXTURE_HOOK: torch.zeros(2, 4, 128)})
+    cache.finish()
     return {"root": root, "model": str(llama_dir), "sae": str(sae_dirs["standard"]), "tok": str(tokenizer_dir),
-            "run": str(scored_run), "data": str(scored_data), "file": str(root / "a_file"), "jsonl": str(root / "rows.jsonl"), "out": str(root / "out")}
+            "run": str(scored_run), "data": str(scored_data), "file": str(root / "a_file"), "jsonl": str(root / "rows.jsonl"), "out": str(root / "out"),
+            "cache": str(root / "cache" / FIXTURE_HOOK)}
 
 
 def V(e):  # a vector command up to its options
     return ["vector", "--model", e["model"], "--dataset", e["data"], "--no-progress"]
+
+
+def H(e):  # a harvest command up to its options
+    return ["harvest", "--model", e["model"], "--dataset", e["data"], "--no-progress"]
 
 
 def S(e):  # a score command up to its options
@@ -243,6 +256,31 @@ CASES = [
         ("demo", lambda e: ["demo", "--model", "tiny", "--out", UNCREATABLE]),
         ("compare", lambda e: ["compare", e["root"], "--out", UNCREATABLE + "/plot.png"]),
     )],
+    # ---- harvest / train --cached-activations (issue 33): refused before any model or engine loads
+    ("harvest hook outside the model", lambda e: H(e) + ["--hooks", "blocks.9.hook_resid_post", "--out", e["out"]],
+     "hook 'blocks.9.hook_resid_post' is outside the model: it has 4 layers", False),
+    ("harvest hook not residual", lambda e: H(e) + ["--hooks", "blocks.1.hook_mlp_out", "--out", e["out"]],
+     "is not a residual-stream hook", False),
+    ("harvest out uncreatable", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--out", UNCREATABLE], "cannot be created", False),
+    ("harvest generate without prompts", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--engine", "vllm", "--generate", "2",
+                                                            "--out", e["out"]], "--generate needs --prompts FILE", False),
+    ("harvest unknown engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--engine", "tgi", "--out", e["out"]],
+     "unknown activation_engine 'tgi'", False),
+    ("harvest tp without engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--tensor-parallel-size", "2", "--out", e["out"]],
+     "--tensor-parallel-size configures an engine", False),
+    ("harvest steer without engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--steer", "{}", "--out", e["out"]],
+     "--steer needs --engine vllm", False),
+    ("harvest bad steer", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--engine", "vllm", "--steer", "{not json", "--out", e["out"]],
+     "not valid JSON", False),
+    ("harvest missing model", lambda e: ["harvest", "--model", "/no/model", "--dataset", e["data"], "--hooks", FIXTURE_HOOK,
+                                         "--out", e["out"]], "/no/model", False),
+    ("train cache of another hook", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations", e["cache"],
+                                               "--out", e["out"]], "not the recipe's hook 'blocks.19.hook_resid_post'", False),
+    ("train cache of another width", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations", e["cache"],
+                                                "--override", f"hook_name={FIXTURE_HOOK}", "--out", e["out"]],
+     "is 128 wide but the SAE's d_in is 4096: set --override sae.d_in=128", False),
+    ("train cache missing", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations", str(e["root"] / "no_cache"),
+                                       "--out", e["out"]], "is not a finished SAELens activation cache", False),
     # ---- compare
     ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
     ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),

@@ -22,6 +22,10 @@ host memory the workers keep for finished requests' readouts (oldest evicted fir
 ``vector_hooks`` lists layers to steer with vectors only (``{"vector": ...}`` specs), where no SAE is
 loaded; a vector at a layer that has an SAE shares that SAE's op and its ``max_slots`` catalogue
 (one distinct vector = one slot, like one distinct feature).
+``raw_hooks`` turns raw readout on at those layers (``{"hook", "raw": true}`` readouts: the residual
+rows themselves, float32 ``[T, d_model]`` per request, read eagerly on the rows that asked); without it
+raw readout is off and such a request is refused (HTTP 400). An op is placed at each of them (no SAE
+needed). A finished request's raw rows count against ``readout_memory_mb`` like other readings.
 ``capture: true`` makes each op keep a copy of the residual stream it saw in the last step
 (for parity checks and debugging; fixed at engine start so the compiled graph never changes).
 
@@ -79,6 +83,7 @@ class SteeringConfig:
     max_top_k: int = DEFAULT_MAX_TOP_K
     readout_memory_mb: int = DEFAULT_READOUT_MEMORY_MB
     vector_hooks: tuple[str, ...] = ()
+    raw_hooks: tuple[str, ...] = ()  # layers whose residual rows a raw readout may read
     vectors: tuple[tuple[str, str], ...] = ()  # (name, file) the operator registered
     allowed_vector_dir: str | None = None
     max_vector_file_mb: int = DEFAULT_MAX_VECTOR_FILE_MB
@@ -89,7 +94,7 @@ class SteeringConfig:
     def op_hooks(self) -> dict[str, tuple]:
         """Every steered layer's hook -> the key of its op: the SAE's, or ``(None, None, hook)``."""
         keys = {slot.hook: slot.key for slot in self.saes}
-        for hook in self.vector_hooks:
+        for hook in (*self.vector_hooks, *self.raw_hooks):
             keys.setdefault(hook, (None, None, hook))
         return keys
 
@@ -116,9 +121,10 @@ def parse_config(raw) -> SteeringConfig:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"{ENV_VAR} / {CONFIG_KEY} is neither JSON nor a JSON file: {raw[:200]!r}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("saes", []), list) or not (raw.get("saes") or raw.get("vector_hooks")):
-        raise SpecError(f"steering config must be {{'saes': [{{'sae': ..., 'hook': ...}}, ...], 'vector_hooks': [...]}} "
-                        f"with at least one of them, got {raw!r}")
+    if not isinstance(raw, dict) or not isinstance(raw.get("saes", []), list) or not (
+            raw.get("saes") or raw.get("vector_hooks") or raw.get("raw_hooks")):
+        raise SpecError(f"steering config must be {{'saes': [{{'sae': ..., 'hook': ...}}, ...], 'vector_hooks': [...], "
+                        f"'raw_hooks': [...]}} with at least one of them, got {raw!r}")
     slots = []
     for i, entry in enumerate(raw.get("saes") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("sae"), str):
@@ -150,18 +156,22 @@ def parse_config(raw) -> SteeringConfig:
     if not isinstance(vector_hooks, list):
         raise SpecError(f"steering config: vector_hooks must be a list of hooks, got {vector_hooks!r}")
     vector_hooks = tuple(dict.fromkeys(canonical_hook(h, "steering config vector_hooks") for h in vector_hooks))
+    raw_hooks = raw.get("raw_hooks") or []
+    if not isinstance(raw_hooks, list):
+        raise SpecError(f"steering config: raw_hooks must be a list of hooks, got {raw_hooks!r}")
+    raw_hooks = tuple(dict.fromkeys(canonical_hook(h, "steering config raw_hooks") for h in raw_hooks))
     vectors = raw.get("vectors") or {}
     if not isinstance(vectors, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in vectors.items()):
         raise SpecError(f"steering config: vectors must be {{\"name\": \"FILE\"}} (names and files as strings), got {vectors!r}")
     allowed = raw.get("allowed_vector_dir")
     if allowed is not None and (not isinstance(allowed, str) or not Path(allowed).expanduser().is_dir()):
         raise SpecError(f"steering config: allowed_vector_dir must name an existing directory, got {allowed!r}")
-    known = ("saes", "vector_hooks", "max_edits", "max_slots", "capture", "vectors", "allowed_vector_dir", *sizes)
+    known = ("saes", "vector_hooks", "raw_hooks", "max_edits", "max_slots", "capture", "vectors", "allowed_vector_dir", *sizes)
     unknown = set(raw) - set(known)
     if unknown:
         raise SpecError(f"steering config: unknown field(s) {sorted(unknown)}; expected {', '.join(known)}")
     return SteeringConfig(tuple(slots), max_edits, bool(raw.get("capture", False)), max_slots, **sizes,
-                          vector_hooks=vector_hooks, vectors=tuple(sorted(vectors.items())),
+                          vector_hooks=vector_hooks, raw_hooks=raw_hooks, vectors=tuple(sorted(vectors.items())),
                           allowed_vector_dir=None if allowed is None else str(Path(allowed).expanduser()))
 
 

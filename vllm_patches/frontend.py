@@ -143,6 +143,18 @@ def replays_graphs(vllm_config) -> bool:
     return mode is not None and str(getattr(mode, "name", mode)) != "NONE"
 
 
+def check_raw(spec: ReadoutSpec, config: SteeringConfig, graphs: bool) -> None:
+    """A raw readout (the residual rows at a hook) is read only where the operator turned it on."""
+    if not config.raw_hooks:
+        raise SpecError(f"raw readout at {spec.hook}: this engine was started with raw readout off "
+                        f"(add \"raw_hooks\": [\"{spec.hook}\"] to its steering config to read residual rows)")
+    if spec.hook not in config.raw_hooks:
+        raise SpecError(f"raw readout at {spec.hook}: this engine reads raw rows at {list(config.raw_hooks)} only")
+    if graphs:
+        raise SpecError(f"raw readout at {spec.hook} runs eagerly on the rows that asked, and this engine replays CUDA "
+                        f"graphs: start it with enforce_eager=True")
+
+
 def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -> list[ReadoutSpec]:
     """Parse and validate a request's readout against the engine config; returns the specs.
     ``graphs``: the engine replays CUDA graphs (no top-k there). Raises ``SpecError`` naming the value."""
@@ -150,9 +162,12 @@ def check_readout(raw, config: SteeringConfig | None, *, graphs: bool = False) -
         raise SpecError("this request asks for a feature readout but the engine was started without a steering config "
                         "(additional_config={'reason_steering': {...}} or REASON_STEERING)")
     specs = parse_readout(bounded("readout", raw, config))
-    if specs and not (config.max_readout or config.max_top_k):
+    if any(not s.raw for s in specs) and not (config.max_readout or config.max_top_k):
         raise SpecError("this engine was started with readout off (max_readout=0 and max_top_k=0 in its steering config)")
     for spec in specs:
+        if spec.raw:
+            check_raw(spec, config, graphs)
+            continue
         slot = config.find(spec.sae, spec.sae_id, spec.hook)
         check_against(spec, int(_shape(slot.sae, slot.sae_id)["d_sae"]), max_features=config.max_readout,
                       max_top_k=config.max_top_k)

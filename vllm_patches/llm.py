@@ -7,7 +7,7 @@
     llm.applied(out)   # per request: spec hash, layers, steered tokens, mean |delta|
 
     out = llm.generate(prompts, params, readout={"sae": ..., "hook": "blocks.19.hook_resid_post", "features": [46379]})
-    llm.readout(out)   # per output: token_ids, positions, activations [T, F] (or top_k), missing_positions
+    llm.readout(out)   # per output: token_ids, positions, activations [T, F] (or top_k, or raw [T, d]), missing_positions
 
 Everything else is plain vLLM: ``llm.llm`` is the ``vllm.LLM``, started by ``starting.start_llm`` (on CPU a KV cache
 sized when none was chosen; an engine that cannot start raises one ``EngineStartError`` naming the cause and the knob).
@@ -26,7 +26,8 @@ from vllm_patches.request_ids import belongs_to
 class SteeredLLM:
     def __init__(self, model: str, saes: list[dict] | None = None, max_edits: int = 16, capture: bool = False,
                  max_slots: int | None = None, max_readout: int | None = None, max_top_k: int | None = None,
-                 readout_memory_mb: int | None = None, vector_hooks: list[str] | None = None, **llm_kwargs):
+                 readout_memory_mb: int | None = None, vector_hooks: list[str] | None = None,
+                 raw_hooks: list[str] | None = None, **llm_kwargs):
         import vllm_patches
         from reason_plugins.models import resolve_model
         from vllm_patches.starting import start_llm
@@ -38,6 +39,8 @@ class SteeredLLM:
         extra[CONFIG_KEY] = {"saes": list(saes or []), "max_edits": max_edits, "capture": capture}
         if vector_hooks:  # layers steered by vectors alone (no SAE there)
             extra[CONFIG_KEY]["vector_hooks"] = list(vector_hooks)
+        if raw_hooks:  # raw readout on at these layers
+            extra[CONFIG_KEY]["raw_hooks"] = list(raw_hooks)
         # catalogue and readout sizes (defaults: vllm_patches.config)
         for name, value in (("max_slots", max_slots), ("max_readout", max_readout), ("max_top_k", max_top_k),
                             ("readout_memory_mb", readout_memory_mb)):
@@ -157,7 +160,9 @@ def _arrays(result: dict, np) -> dict:
     """A readout as the worker sent it (arrays already shaped [T], [T, F] / [T, k]), typed."""
     out = dict(result, token_ids=np.asarray(result["token_ids"], dtype=np.int64),
                positions=np.asarray(result["positions"], dtype=np.int64))
-    if "activations" in result:
+    if "raw" in result:
+        out["raw"] = np.asarray(result["raw"], dtype=np.float32)
+    elif "activations" in result:
         out["activations"] = np.asarray(result["activations"], dtype=np.float32)
     else:
         out["top_k"] = {"indices": np.asarray(result["top_k"]["indices"], dtype=np.int64),

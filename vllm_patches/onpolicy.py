@@ -22,16 +22,28 @@ class VllmSession:
     """One engine with one SAE at one hook (readout on), for feature sums and generation."""
 
     def __init__(self, model, sae, sae_id=None, hook=None, *, tensor_parallel_size: int = 1, dtype: str = "float32",
-                 max_model_len: int | None = None, enforce_eager: bool | None = None, max_num_seqs: int | None = None, **llm_kwargs):
+                 max_model_len: int | None = None, enforce_eager: bool | None = None, max_num_seqs: int | None = None,
+                 raw_hooks: list[str] | None = None, cut_at: int | None = None, **llm_kwargs):
         import torch
 
         from vllm_patches.llm import SteeredLLM
 
-        if hook is None:
+        if cut_at is not None:  # only layers 0..cut_at are loaded and run (prefill-only reads up to there)
+            from reason_plugins.models import resolve_model
+            from vllm_patches.cut_model import cut_model
+
+            model = cut_model(resolve_model(str(model)), int(cut_at))
+
+        if sae is None:  # a harvest: raw readout at raw_hooks, no SAE
+            self.sae, self.sae_id, self.hook = None, None, None
+            saes = []
+        elif hook is None:
             from reason_plugins.saes import sae_hook
 
             hook = sae_hook(str(sae), sae_id)
-        self.sae, self.sae_id, self.hook = str(sae), sae_id, hook
+        if sae is not None:
+            self.sae, self.sae_id, self.hook = str(sae), sae_id, hook
+            saes = [{"sae": self.sae, "sae_id": sae_id, "hook": hook}]
         if enforce_eager is None:  # sums run eagerly: an engine replaying CUDA graphs would refuse them
             enforce_eager = torch.cuda.is_available()
         kwargs = dict(dtype=dtype, seed=0, tensor_parallel_size=tensor_parallel_size, enforce_eager=enforce_eager, **llm_kwargs)
@@ -39,7 +51,31 @@ class VllmSession:
             kwargs["max_model_len"] = max_model_len
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
-        self.llm = SteeredLLM(str(model), saes=[{"sae": self.sae, "sae_id": sae_id, "hook": hook}], **kwargs)
+        if raw_hooks:
+            kwargs["raw_hooks"] = list(raw_hooks)
+            enforce_eager = kwargs["enforce_eager"] = True  # raw rows are read eagerly
+        self.llm = SteeredLLM(str(model), saes=saes, **kwargs)
+
+    def raw_rows(self, rows, hooks, steering=None) -> dict:
+        """The residual rows of ``rows`` (token id lists) at ``hooks``: ``{hook: [float32 [T, d] per row]}``,
+        one prefill pass (one token generated), read by the engine's raw readout."""
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": [int(t) for t in row]} for row in rows]
+        readout = [{"hook": h, "raw": True, "positions": "prompt"} for h in hooks]
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0.0), steering=steering,
+                                 readout=readout, use_tqdm=False)
+        got = self.llm.readout(outs)
+        result = {h: [] for h in hooks}
+        for row, read in zip(rows, got):
+            read = read if len(hooks) > 1 else {hooks[0]: read}
+            for h in hooks:
+                r = read[h]
+                if r["missing_positions"] or len(r["positions"]) != len(row):
+                    raise RuntimeError(f"the engine read {len(r['positions'])} of {len(row)} prompt rows at {h} "
+                                       f"(missing {r['missing_positions'][:5]})")
+                result[h].append(r["raw"])
+        return result
 
     def feature_sums(self, rows, masks, bits: int, steering=None):
         """float64 sums [bits, d_sae] of every feature at the hook over the positions of ``rows`` (token

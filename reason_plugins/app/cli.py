@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "score": ("sae_lens_ext.cli.score", "rank SAE features by ReasonScore (paper defaults), or merge shard runs"),
     "vector": ("sae_lens_ext.cli.vector", "the difference-of-means steering direction over ReasonScore's token sets (safetensors)"),
     "train": ("sae_lens_ext.cli.train", "train a registered SAE recipe (paper configs for the R1 distills) with SAELens's runner"),
+    "harvest": ("sae_lens_ext.cli.harvest", "residual rows at one or more hooks into SAELens's cached-activations format (one pass, resumable) for train --cached-activations"),
     "data": ("sae_lens_ext.cli.data", "tokenise LMSYS-Chat / OpenThoughts files into SAELens-ready datasets"),
     "steer": ("vllm_patches.cli.steer", "generate baseline vs SAE-feature-steered text with the vLLM plugin"),
     "dashboard": ("sae_lens_ext.cli.dashboard", "SAEDashboard pages (offline) + index for the top ReasonScore features"),

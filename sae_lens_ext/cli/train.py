@@ -3,6 +3,7 @@
     reason-sae train --config r1-distill-llama-8b [--override key=value ...] [--out DIR] [--wandb]
     reason-sae train --list                       # registered recipes
     reason-sae train --config NAME --show         # the resolved recipe, nothing trained
+    reason-sae train --config NAME --cached-activations DIR   # from a `reason-sae harvest` (or SAELens) cache
 
 Overrides: ``lr=1e-4``, ``sae.k=64`` (an SAE field), ``dataset_path=DIR`` (a local folder from
 ``reason-sae data`` works offline), ``model_path=DIR`` (a local model snapshot). wandb stays off
@@ -20,6 +21,9 @@ def add_arguments(parser) -> None:
                         help="set a runner field, or an SAE field as sae.KEY (repeatable)")
     parser.add_argument("--out", help="where SAELens saves the trained SAE (sets output_path)")
     parser.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
+    parser.add_argument("--cached-activations", metavar="DIR",
+                        help="train from an activation cache: a `reason-sae harvest` folder (the recipe's hook is picked) "
+                             "or one SAELens cache folder; no forward pass runs")
     parser.add_argument("--list", action="store_true", help="list the registered recipes and exit")
     parser.add_argument("--show", action="store_true", help="print the resolved recipe as JSON and exit")
 
@@ -41,6 +45,10 @@ def run(args) -> int:
     config = apply_overrides(get_config(args.config), args.override)
     if args.wandb:
         config["log_to_wandb"] = True
+    if args.cached_activations:
+        from sae_lens_ext.training.train import use_cache
+
+        config = use_cache(config, args.cached_activations)  # refused here if hook or width do not match
     if args.out:
         config["output_path"] = args.out
     if args.show:
@@ -49,7 +57,7 @@ def run(args) -> int:
         return 0
     from sae_lens_ext.training.train import train_from_config
 
-    sae = train_from_config(config)
+    sae = train_from_config(config, cached=bool(args.cached_activations))
     print(f"trained {type(sae).__name__} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
           f"hook={sae.cfg.metadata.hook_name} -> {config['output_path']}")
     return 0

@@ -64,6 +64,46 @@ def train_sae(model_dir: str | Path, dataset, hook_name: str, out_dir: str | Pat
     return SAE.load_from_disk(str(out_dir), device=device)
 
 
+def cache_token_rows(folder):
+    """The token rows a SAELens activation cache was made from (its ``token_ids`` as a ``tokens`` column,
+    memory-mapped): SAELens's runner wants a token dataset beside a cache, and these are exactly its rows."""
+    import datasets
+
+    return datasets.load_from_disk(str(folder)).select_columns(["token_ids"]).rename_column("token_ids", "tokens")
+
+
+def train_from_cache(model_dir: str | Path, cache_dir: str | Path, hook_name: str, out_dir: str | Path, *,
+                     architecture: str = "standard", d_sae: int = 512, k: int | None = None, l1_coefficient: float = 1.0,
+                     training_tokens: int = 200_000, batch_size_tokens: int = 1024, lr: float = 3e-3, seed: int = 42,
+                     device: str = "cpu", model=None, exclude_special_tokens: bool = True):
+    """``train_sae``, but from an activation cache (``reason-sae harvest`` or SAELens's
+    ``CacheActivationsRunner``) with SAELens's runner and ``use_cached_activations``: no forward pass."""
+    from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from sae_lens_ext.training.activation_cache import check_cache
+
+    folder, context_size, d_in = check_cache(cache_dir, hook_name, None)
+    if model is None:  # SAELens's runner wants the model (tokenizer, evals) even when it reads a cache
+        from reason_plugins.models import resolve_model
+
+        model = TransformerBridge.boot_transformers(str(resolve_model(str(model_dir))), device=device)
+    cfg = LanguageModelSAERunnerConfig(
+        sae=_sae_config(architecture, d_in, d_sae, k, l1_coefficient),
+        model_name=str(model_dir), hook_name=hook_name, dataset_path=str(folder), is_dataset_tokenized=True,
+        streaming=False, context_size=context_size, use_cached_activations=True, cached_activations_path=str(folder),
+        training_tokens=training_tokens, train_batch_size_tokens=batch_size_tokens,
+        store_batch_size_prompts=4, n_batches_in_buffer=4, n_batches_for_norm_estimate=4,
+        lr=lr, seed=seed, device=device, prepend_bos=False, exclude_special_tokens=exclude_special_tokens,
+        logger=LoggingConfig(log_to_wandb=False), output_path=str(out_dir), checkpoint_path=None, n_checkpoints=0,
+    )
+    import torch
+
+    torch.manual_seed(seed)  # the SAE's init and the store's mixing draw from torch's global generator
+    LanguageModelSAETrainingRunner(cfg, override_dataset=cache_token_rows(folder), override_model=model).run()
+    return SAE.load_from_disk(str(out_dir), device=device)
+
+
 def load_local_dataset(path: str | Path):
     """A pre-tokenised dataset from a ``save_to_disk`` folder or a .json/.jsonl/.parquet file (the
     ``train`` split of a DatasetDict), read by ``token_data.load_data``; None when ``path`` is not
@@ -123,8 +163,21 @@ def load_model_for_config(config: dict, device: str | None = None):
     return TransformerBridge.boot_transformers(str(local), device=device)
 
 
-def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | Path | None = None):
-    """Train the SAE a recipe describes with SAELens's runner; returns the saved inference SAE."""
+def use_cache(config: dict, cache_dir: str | Path) -> dict:
+    """A recipe set to train from an activation cache (SAELens's ``use_cached_activations``): the cache's
+    folder for the recipe's hook, its context size; refused in one line when its hook or width differ."""
+    from sae_lens_ext.training.activation_cache import check_cache
+    from sae_lens_ext.training.recipes import apply_overrides
+
+    sae = config["sae"]
+    folder, context_size, _ = check_cache(cache_dir, config["hook_name"], sae.get("d_in"))
+    return apply_overrides(config, {"use_cached_activations": True, "cached_activations_path": str(folder),
+                                    "context_size": context_size, "dataset_path": str(folder)})
+
+
+def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | Path | None = None, cached: bool = False):
+    """Train the SAE a recipe describes with SAELens's runner; returns the saved inference SAE.
+    ``cached`` (after ``use_cache``): from the activation cache, no forward pass."""
     from sae_lens import SAE, LanguageModelSAETrainingRunner
 
     from sae_lens_ext.training.recipes import apply_overrides, build_runner_config
@@ -142,6 +195,11 @@ def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | 
         if model.cfg.d_model != runner_cfg.sae.d_in and runner_cfg.hook_name.endswith(("resid_post", "mlp_out", "attn_out")):
             raise ValueError(f"SAE d_in {runner_cfg.sae.d_in} != model d_model {model.cfg.d_model}; "
                              f"override sae.d_in={model.cfg.d_model}")
+    if cached:
+        import torch
+
+        dataset = cache_token_rows(runner_cfg.cached_activations_path)  # SAELens wants a token dataset beside its cache
+        torch.manual_seed(runner_cfg.seed)
     if dataset is None and config.get("dataset_path") == "champ":
         dataset = champ_tokens_dataset(model.tokenizer if model is not None else config["model_name"],
                                        runner_cfg.context_size, runner_cfg.training_tokens)

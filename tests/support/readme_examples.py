@@ -58,6 +58,8 @@ SUBSTITUTIONS = (
         + _SMALL_TRAINING, "size (and the fake model's width, 128)"),
     Sub("train", "--override sae.k=64 --out", "--override sae.k=64 --override dataset_path=data/llama8b/mixed-tokenized "
         + _SMALL_TRAINING + " --out", "the recipe's dataset is a hub dataset: the one `reason-sae data` made above; size"),
+    Sub("train", "--cached-activations acts/llama8b --out", "--cached-activations acts/llama8b " + _SMALL_TRAINING + " --out",
+        "size (and the fake model's width, 128)"),
     Sub("loading", '"/models/r1-qwen-1.5b"', '"r1-qwen-1.5b"', "a local snapshot: the world's copy of that model"),
     Sub("score", "--top-k 100", "--top-k 3", "size: 3 dashboard pages, not 100"),
     Sub("score", "--top-k 20", "--top-k 3", "size: contexts and token control of 3 features"),

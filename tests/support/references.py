@@ -222,3 +222,30 @@ def hf_conditional_greedy(model, prompt_ids, specs, saes, max_tokens: int, think
     finally:
         for h in handles:
             h.remove()
+
+
+def hf_raw_rows(model, token_ids, steering, saes, reads: dict) -> dict:
+    """What a raw readout should read, from HF forward hooks over ``token_ids``: ``reads`` maps hook ->
+    "before" / "after" (the steering edit at that layer); returns ``{hook: float32 [T, d]}``, the
+    residual stream after the layer, with ``steering`` applied as the engine applies it."""
+    from reason_plugins.hf_hooks import decoder_layers, steered
+    from reason_plugins.spec import hook_layer, parse_steering
+
+    layers, captured, handles = decoder_layers(model), {}, []
+
+    def capture(hook):
+        def record(module, args, output):
+            captured[hook] = (output[0] if isinstance(output, tuple) else output)[0].detach().float()
+        return record
+
+    for hook, at in reads.items():  # registered first: they fire before the steering edit
+        if at == "before":
+            handles.append(layers[hook_layer(hook)].register_forward_hook(capture(hook)))
+    with steered(model, parse_steering(steering) if steering else [], saes), torch.no_grad():
+        for hook, at in reads.items():
+            if at == "after":
+                handles.append(layers[hook_layer(hook)].register_forward_hook(capture(hook)))
+        model(torch.tensor([list(token_ids)]))
+    for h in handles:
+        h.remove()
+    return captured

@@ -132,7 +132,7 @@ def _idle_branch(hidden, residual, enc_t, bias, gate, dec, edit_a, edit_b, when_
 class SteeringOp(nn.Module):
     def __init__(self, d_model: int, max_slots: int, max_tokens: int, max_requests: int, dtype: torch.dtype, device,
                  sae=None, capture: bool = False, prefer_fused: bool | None = None, max_readout: int = 0, max_top_k: int = 0,
-                 read_sae=None, read_full: bool = False):
+                 read_sae=None, read_full: bool = False, raw: bool = False):
         super().__init__()
         register_torch_op()
         self.name = f"op{next(_names)}"
@@ -178,7 +178,7 @@ class SteeringOp(nn.Module):
         if capture:
             self.register_buffer("captured", torch.zeros(max_tokens, d_model, **z), persistent=False)
         # readout: read_sae encodes (full-SAE layers, top_k); read_full: features come from that encode
-        self.reads = max_readout > 0 or max_top_k > 0
+        self.reads = max_readout > 0 or max_top_k > 0 or raw
         self.read_sae, self.read_full = read_sae, read_full
         self.read_plan: tuple = (None, None)  # per phase (before, after): ReadPlan or None, set per step
         self.sums_acc: dict = {}  # job -> [float64 sums [bits, d_sae], float64 counts [bits]] of ``sums`` readouts
@@ -192,6 +192,9 @@ class SteeringOp(nn.Module):
             self.register_buffer("r_vals", torch.zeros(max_tokens, r, dtype=torch.float32, device=device), persistent=False)
             self.register_buffer("k_vals", torch.zeros(max_tokens, k, dtype=torch.float32, device=device), persistent=False)
             self.register_buffer("k_idx", torch.zeros(max_tokens, k, dtype=torch.long, device=device), persistent=False)
+        if raw:  # raw readout: the residual rows themselves, float32, for the rows that asked (eagerly)
+            self.register_buffer("raw_vals", torch.zeros(max_tokens, d_model, dtype=torch.float32, device=device),
+                                 persistent=False)
 
     def set_active(self, rows: bool, rec: bool = False) -> None:
         """Whether any token of the next step has a rows (delta/direction) or reconstruct edit here."""
@@ -240,6 +243,10 @@ class SteeringOp(nn.Module):
             return
         plan = self.read_plan[phase]
         if plan is None:
+            return
+        if plan.raw is not None:  # the rows themselves, as the layer hands them on (same sum as every read)
+            self.raw_vals.index_copy_(0, plan.raw, (hidden.index_select(0, plan.raw) + residual.index_select(0, plan.raw)).float())
+        if not len(plan.rows):
             return
         if plan.span is not None:  # the usual case (every request in the batch reads): views, no gathers
             a, b = plan.span

@@ -36,6 +36,7 @@ class ReadPlan(NamedTuple):
     top_k: int  # the largest k asked among them (0: no top-k read)
     span: tuple[int, int] | None = None  # (a, b) when ``rows`` is exactly a..b-1: views instead of gathers
     sums: tuple = ()  # (job, bits, index within ``rows`` LongTensor, masks float64 [m, bits]) per summing request
+    raw: object | None = None  # LongTensor: rows whose residual rows a raw readout copies out (None: none)
 
 
 SUM_JOBS_KEPT = 64  # per op: the most recent jobs' sums, until fetched (a caller that never fetches cannot fill memory)
@@ -93,7 +94,7 @@ class _Readings:
         width = self.spec.top_k
         pos = np.concatenate([p[lo:hi] for p, _, _, _, lo, hi, _ in self.pieces])
         ids = np.concatenate([i[lo:hi] for _, i, _, _, lo, hi, _ in self.pieces])
-        if self.spec.features is not None:
+        if self.spec.features is not None or self.spec.raw:
             vals = np.concatenate([v[lo:hi] if cols is None else v[lo:hi][:, cols] for _, _, v, _, lo, hi, cols in self.pieces])
             return pos, ids, vals, None
         vals = np.concatenate([v[lo:hi, :width] for _, _, v, _, lo, hi, _ in self.pieces])
@@ -101,7 +102,7 @@ class _Readings:
 
     def result(self, last_position: int, num_prompt: int) -> dict:
         spec = self.spec
-        width = len(spec.features) if spec.features is not None else spec.top_k
+        width = len(spec.features) if spec.features is not None else 0 if spec.raw else spec.top_k
         if self.pieces:
             pos, ids, values, indices = self._joined()
             # the last reading of each position wins (a recomputed position reads the same tokens again)
@@ -117,7 +118,9 @@ class _Readings:
         missing = [p for p in range(last_position + 1) if spec.reads(p, num_prompt) and p not in read]
         out = {"hook": spec.hook, "sae": spec.sae, "sae_id": spec.sae_id, "positions_read": spec.positions, "at": spec.at,
                "token_ids": ids.astype(np.int64), "positions": pos.astype(np.int64), "missing_positions": missing}
-        if spec.features is not None:
+        if spec.raw:
+            out["raw"] = values.astype(np.float32)  # [T, d_model]: the residual rows
+        elif spec.features is not None:
             out.update(features=list(spec.features), activations=values.astype(np.float32))
         else:
             out["top_k"] = {"indices": indices.astype(np.int64), "values": values.astype(np.float32)}
@@ -211,7 +214,7 @@ class ReadoutBook:
     def harvest(self, entries, positions: np.ndarray, token_ids: np.ndarray, read: dict) -> None:
         """Take one step's readings. ``entries``: (req_id, start, end, num_prompt, [(key, spec, lo, hi, slots)]),
         the same list object for as long as the runtime's layout does not change; ``positions`` / ``token_ids``:
-        the step's rows; ``read``: op key -> (r_vals, k_vals, k_idx), host copies of the step's buffers.
+        the step's rows; ``read``: op key -> (r_vals, k_vals, k_idx, raw_vals or None), host copies of the step's buffers.
         Steps under one layout are filed together (``flush``): one slice per request for up to
         ``BATCH_STEPS`` decode steps, instead of one per step."""
         if self._pending and entries is not self._pending_entries:
@@ -239,9 +242,11 @@ class ReadoutBook:
             for key, spec, lo, hi, slots in reads:
                 if hi <= lo or spec.sums is not None:
                     continue
-                vals, top_vals, top_idx = read[key]
+                vals, top_vals, top_idx, *raw = read[key]  # raw_vals only where the op reads raw rows
                 p, i = pos[:, lo:hi].reshape(-1), ids[:, lo:hi].reshape(-1)
-                if spec.features is not None:
+                if spec.raw:
+                    hooks[spec.hook].add(p, i, raw[0][:, lo:hi].reshape(len(p), -1), None, 0, len(p))
+                elif spec.features is not None:
                     v = vals[:, lo:hi].reshape(len(p), -1)
                     hooks[spec.hook].add(p, i, v, None, 0, len(p), slots)
                 else:

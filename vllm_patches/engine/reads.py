@@ -3,7 +3,8 @@ hands what they read to the readout book after the forward pass.
 
 For every request that asked for a readout (``extra_args["readout"]``, normalised by the front-end),
 each written layout gets its rows per spec (``read_request``: the positions it reads, the read slots
-its listed features occupy, or for a ``sums`` spec the prompt rows not summed before); ``plan`` turns
+its listed features occupy, or for a ``sums`` spec the prompt rows not summed before; a ``raw`` spec reads
+the residual rows from the op at its hook, whatever SAE it holds); ``plan`` turns
 those into one ``readout.ReadPlan`` per op and phase (before / after the edit) and marks the rows read
 after the edit. ``harvest`` copies the rows read out of the ops once per buffer and files them in the
 ``readout.ReadoutBook``, which keeps the readings per request under its memory bound.
@@ -36,6 +37,8 @@ class ReadPlanner:
         self._entries: list[tuple] = []
         self._keys: set = set()
         self._tops: set = set()
+        self._raws: set = set()  # op keys some request reads raw rows from in this layout
+        self._hook_keys = {key[2]: key for key in ops}  # a raw spec names a hook, not an SAE
         self._num_tokens = 0
         self._summed: dict[tuple, int] = {}  # (req_id, hook) -> the last prompt position summed
         self.book = ReadoutBook(readout_memory_bytes)
@@ -64,6 +67,9 @@ class ReadPlanner:
                               (rows, [masks[state.num_computed_tokens + row - start] for row in rows])))
                 continue
             lo, hi = plan_rows(spec, start, end, prompt_left)
+            if spec.raw:
+                items.append((self._hook_keys[spec.hook], spec, lo, hi, None))
+                continue
             slots = [self.catalogue.slot(used, spec.key, "read", (f,), None) for f in spec.features] if spec.features else None
             if slots and slots == list(range(slots[0], slots[0] + len(slots))):
                 slots = slice(slots[0], slots[0] + len(slots))  # the usual case: a view, not a gather, per step
@@ -75,12 +81,17 @@ class ReadPlanner:
         self._entries, self._num_tokens = read_entries, num_tokens
         self._keys = {item[0] for entry in read_entries for item in entry[4]}
         self._tops = {item[0] for entry in read_entries for item in entry[4] if item[1].top_k}
+        self._raws = {item[0] for entry in read_entries for item in entry[4] if item[1].raw}
+        raws: dict[tuple, tuple] = {}  # key -> ([raw rows before], [raw rows after])
         phases: dict[tuple, tuple] = {}  # key -> ([rows before], [rows after]), ([top idx before], [top idx after]), [k, k]
         sums: dict[tuple, tuple] = {}  # key -> ([(job, bits, idx, masks)] before, [...] after)
         for *_, items in read_entries:
             for key, spec, lo, hi, info in items:
-                rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
                 phase = 1 if spec.at == "after" else 0
+                if spec.raw:
+                    raws.setdefault(key, ([], []))[phase].extend(range(lo, hi))
+                    continue
+                rows, tops, ks = phases.setdefault(key, (([], []), ([], []), [0, 0]))
                 if spec.sums is not None:
                     sum_rows, masks = info
                     if sum_rows:
@@ -97,11 +108,14 @@ class ReadPlanner:
             if not op.reads:
                 continue
             rows, tops, ks = phases.get(key, (([], []), ([], []), [0, 0]))
+            raw_rows = raws.get(key, ([], []))
             device = op.r_vals.device
             plans = []
             for phase in (0, 1):
+                raw = torch.tensor(raw_rows[phase], device=device) if raw_rows[phase] else None
                 if not rows[phase]:
-                    plans.append(None)
+                    plans.append(None if raw is None else ReadPlan(torch.zeros(0, dtype=torch.long, device=device), None, 0,
+                                                                   raw=raw))
                     continue
                 every = len(tops[phase]) == len(rows[phase])
                 top_rows = None if every or not tops[phase] else torch.tensor(tops[phase], device=device)
@@ -109,7 +123,7 @@ class ReadPlanner:
                 span = (ordered[0], ordered[-1] + 1) if ordered == rows[phase] and ordered[-1] - ordered[0] + 1 == len(ordered) else None
                 summed = tuple((job, bits, torch.tensor(idx, device=device), _bit_matrix(masks, bits, device))
                                for job, bits, idx, masks in sums.get(key, ([], []))[phase])
-                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span, summed))
+                plans.append(ReadPlan(torch.tensor(rows[phase], device=device), top_rows, ks[phase], span, summed, raw))
             op.read_plan = tuple(plans)
             op.r_after[:max(num_tokens, 1)].zero_()
             if rows[1]:
@@ -125,7 +139,8 @@ class ReadPlanner:
             return buffer[:n].detach().to("cpu", copy=True).numpy()
 
         read = {key: (host(self.ops[key].r_vals), host(self.ops[key].k_vals) if key in self._tops else None,
-                      host(self.ops[key].k_idx) if key in self._tops else None) for key in self._keys}
+                      host(self.ops[key].k_idx) if key in self._tops else None,
+                      host(self.ops[key].raw_vals) if key in self._raws else None) for key in self._keys}
         self.book.harvest(self._entries, host(positions), host(token_ids), read)
 
     def fail(self, req_id: str, error: str) -> None:

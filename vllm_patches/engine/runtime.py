@@ -69,17 +69,18 @@ def _install(model, vllm_config, config: SteeringConfig) -> tuple[dict, dict, in
         op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device,
                         sae=sae if reconstruct else None, capture=config.capture, max_readout=config.max_readout,
                         max_top_k=config.max_top_k, read_sae=sae if reads else None,
-                        read_full=full)
+                        read_full=full, raw=slot.hook in config.raw_hooks)
         layers[slot.layer].add_module("reason_steering", op)
         layers[slot.layer].register_forward_hook(_hook)
         ops[slot.key], saes[slot.key] = op, sae
-    for hook, key in config.op_hooks.items():  # layers steered by vectors alone: an op with no SAE
+    for hook, key in config.op_hooks.items():  # layers steered by vectors alone, or read raw: an op with no SAE
         if key in ops:
             continue
         layer = int(hook.split(".")[1])
         if not 0 <= layer < len(layers):
             raise SpecError(f"steering config vector hook {hook!r}: the model has {len(layers)} layers")
-        op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device, capture=config.capture)
+        op = SteeringOp(d_model, config.max_slots, max_tokens, max_requests, dtype, device, capture=config.capture,
+                        raw=hook in config.raw_hooks)
         layers[layer].add_module("reason_steering", op)
         layers[layer].register_forward_hook(_hook)
         ops[key] = op

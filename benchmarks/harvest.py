@@ -1,0 +1,125 @@
+"""Harvest tokens/s, side by side in one run (issue 33 item 5): ``reason-sae harvest`` through the vLLM
+engine (every layer, and cut after the hook's layer), through an HF forward here, SAELens's own
+``CacheActivationsRunner`` (its TransformerBridge model), and the floor: a bare PyTorch forward of
+layers 0..L over the same rows in the same dtype. SmolLM2-135M-Instruct at a middle layer.
+
+    python benchmarks/harvest.py [--rows 16] [--context 256] [--layer 15] [--dtypes float32,bfloat16]
+
+Each variant runs in its own process (one engine per process); load/start time is left out of every
+figure (each reports the rows' time only). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("floor", "saelens", "hf", "vllm-full", "vllm-cut")
+
+
+def _rows(n: int, context: int) -> list[list[int]]:
+    from reason_plugins.champ import chat_texts
+    from reason_plugins.models import load_tokenizer, resolve_model
+    from sae_lens_ext.inputs.token_data import pack_texts
+
+    tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))
+    rows = list(pack_texts(chat_texts(tok, n=max(8, n), seed=0), tok, context, prepend_bos=False, max_rows=n))
+    return rows[:n]
+
+
+def run_variant(variant: str, rows_path: str, layer: int, dtype: str, out: str) -> dict:
+    import datasets
+    import torch
+
+    from reason_plugins.models import resolve_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = resolve_model("smollm2-135m-instruct")
+    hook = f"blocks.{layer}.hook_resid_post"
+    rows = [list(map(int, r)) for r in datasets.load_from_disk(rows_path).to_dict()["tokens"]]
+    tokens = len(rows) * len(rows[0])
+    if variant == "floor":
+        from transformers import AutoModelForCausalLM
+
+        from vllm_patches.cut_model import cut_model
+
+        m = AutoModelForCausalLM.from_pretrained(str(cut_model(model, layer)), dtype=getattr(torch, dtype)).eval()
+        ids = torch.tensor(rows)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(rows), 8):
+                m.model(input_ids=ids[i:i + 8], use_cache=False)
+        return {"tokens_per_s": tokens / (time.perf_counter() - t0)}
+    if variant == "saelens":
+        import sae_lens.cache_activations_runner as car
+        from sae_lens import CacheActivationsRunner, CacheActivationsRunnerConfig
+        from transformer_lens.model_bridge import TransformerBridge
+
+        bridge = TransformerBridge.boot_transformers(str(model), device="cpu", dtype=getattr(torch, dtype))
+        car.load_model = lambda *a, **k: bridge
+        cfg = CacheActivationsRunnerConfig(
+            dataset_path=rows_path, model_name="smollm2", model_batch_size=8, hook_name=hook, d_in=576,
+            training_tokens=tokens, context_size=len(rows[0]), new_cached_activations_path=out, shuffle=False,
+            dtype="float32", device="cpu", prepend_bos=False, streaming=False,
+            buffer_size_gb=tokens * 576 * 4 / 1e9)
+        runner = CacheActivationsRunner(cfg, override_dataset=datasets.load_from_disk(rows_path))
+        t0 = time.perf_counter()
+        runner.run()
+        return {"tokens_per_s": tokens / (time.perf_counter() - t0)}
+    from sae_lens_ext.training.harvest import harvest
+
+    engine = "hf" if variant == "hf" else "vllm"
+    options = None if engine == "hf" else {"cut": variant == "vllm-cut", "max_model_len": len(rows[0]) + 8,
+                                           "max_num_seqs": 16}
+    info = harvest(model, rows, [hook], out, engine=engine, batch_size=16, dtype=dtype, progress=False,
+                   engine_options=options)
+    return {"tokens_per_s": info["tokens_per_s"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=16)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--layer", type=int, default=15)
+    p.add_argument("--dtypes", default="float32")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--one", nargs=4, metavar=("VARIANT", "ROWS", "DTYPE", "OUT"))
+    args = p.parse_args()
+    if args.one:
+        variant, rows_path, dtype, out = args.one
+        print("RESULT " + json.dumps(run_variant(variant, rows_path, args.layer, dtype, out)), flush=True)
+        return
+    import datasets
+
+    tmp = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
+    datasets.Dataset.from_dict({"tokens": _rows(args.rows, args.context)}).save_to_disk(str(tmp / "rows"))
+    table = {}
+    for dtype in args.dtypes.split(","):
+        for variant in args.variants.split(","):
+            out = tmp / f"{variant}-{dtype}"
+            proc = subprocess.run([sys.executable, __file__, "--layer", str(args.layer), "--one", variant, str(tmp / "rows"), dtype,
+                                   str(out)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            table[(variant, dtype)] = json.loads(line[-1][7:])["tokens_per_s"] if line else None
+            if not line:
+                print(proc.stderr[-2000:], file=sys.stderr)
+            print(f"{variant} {dtype}: {table[(variant, dtype)]}", file=sys.stderr, flush=True)
+    print(f"\n{args.rows} rows x {args.context} tokens, SmolLM2-135M-Instruct, blocks.{args.layer}.hook_resid_post\n")
+    print("| harvester | dtype | tokens/s | vs SAELens | floor / this |")
+    print("|---|---|---|---|---|")
+    for (variant, dtype), tps in table.items():
+        ref, floor = table.get(("saelens", dtype)), table.get(("floor", dtype))
+        fmt = lambda x: f"{x:.2f}" if x else "-"  # noqa: E731
+        print(f"| {variant} | {dtype} | {tps:.0f} | {fmt(tps / ref if tps and ref else None)} | "
+              f"{fmt(floor / tps if tps and floor else None)} |" if tps else f"| {variant} | {dtype} | failed | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Raw readout in the engine (issue 33 item 1) and harvests through it (item 2): the residual rows the
+engine hands out equal an HF forward hook on the same token ids (float32, <= 1e-6 relative) in one
+mixed batch with chunked prefill, before and after a steering edit at that layer; ``reason-sae harvest
+--engine vllm`` writes the same SAELens cache as the HF harvest. One eager engine for the module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_lens_ext.training.tiny_saes import HOOK as FIXTURE_HOOK
+from tests.support.references import hf_raw_rows
+
+pytestmark = pytest.mark.slow
+
+RAW_HOOKS = ["blocks.1.hook_resid_post", FIXTURE_HOOK]
+MAX_TOKENS = 4
+CHUNK = 48  # max_num_batched_tokens: the long prompt is prefilled in chunks
+
+
+@pytest.fixture(scope="module")
+def engine(llama_dir, standard_sae):
+    from vllm_patches.llm import SteeredLLM
+
+    llm = SteeredLLM(str(llama_dir), saes=[{"sae": str(standard_sae[0]), "hook": FIXTURE_HOOK}], raw_hooks=RAW_HOOKS,
+                     dtype="float32", max_model_len=256, seed=0, enforce_eager=True, max_num_batched_tokens=CHUNK,
+                     max_num_seqs=8)
+    yield llm
+    del llm
+
+
+def _rel(a, b) -> float:
+    a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_raw_rows_equal_hf_hooks_in_a_mixed_chunked_batch_before_and_after_an_edit(engine, hf_model, standard_sae, tokenizer):
+    from vllm import SamplingParams
+
+    sae_dir, sae = standard_sae
+    edit = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
+    g = torch.Generator().manual_seed(0)
+    top = len(tokenizer)
+    long = torch.randint(5, top, (130,), generator=g).tolist()  # > 2 chunks of CHUNK tokens
+    short = [torch.randint(5, top, (n,), generator=g).tolist() for n in (9, 17, 23, 12)]
+    cases = [  # (name, prompt, steering, readout)
+        ("long prompt, both hooks", long, None, [{"hook": h, "raw": True, "positions": "prompt"} for h in RAW_HOOKS]),
+        ("steered, read before", short[0], edit, {"hook": FIXTURE_HOOK, "raw": True, "at": "before"}),
+        ("steered, read after", short[1], edit, {"hook": FIXTURE_HOOK, "raw": True, "at": "after"}),
+        ("plain", short[2], None, None),
+        ("outputs only", short[3], None, {"hook": RAW_HOOKS[0], "raw": True, "positions": "output"}),
+    ]
+    outputs = engine.generate([{"prompt_token_ids": p} for _, p, _, _ in cases], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0),
+                              steering=tuple(s for _, _, s, _ in cases), readout=tuple(r for *_, r in cases))
+    results = engine.readout(outputs)
+    worst = 0.0
+    for (name, prompt, steering, readout), out, got in zip(cases, outputs, results):
+        if readout is None:
+            assert got is None
+            continue
+        ids = prompt + list(out.outputs[0].token_ids)[:-1]  # the last token is sampled, never computed
+        specs = readout if isinstance(readout, list) else [readout]
+        per_hook = got if len(specs) > 1 else {specs[0]["hook"]: got}
+        ref = hf_raw_rows(hf_model, ids, steering, {str(sae_dir): sae}, {s["hook"]: s.get("at", "after") for s in specs})
+        for s in specs:
+            r = per_hook[s["hook"]]
+            lo, hi = {"prompt": (0, len(prompt)), "output": (len(prompt), len(ids))}.get(s.get("positions", "all"), (0, len(ids)))
+            assert r["raw"].dtype.name == "float32" and r["raw"].shape == (hi - lo, hf_model.config.hidden_size), name
+            assert r["positions"].tolist() == list(range(lo, hi)) and r["token_ids"].tolist() == ids[lo:hi], name
+            assert r["missing_positions"] == [], name
+            rel = _rel(r["raw"], ref[s["hook"]][lo:hi])
+            worst = max(worst, rel)
+            assert rel <= 1e-6, (name, s["hook"], rel)
+    print(f"raw readout vs HF hooks: worst relative difference {worst:.2e}")
+    before, after = results[1]["raw"], results[2]["raw"]
+    assert before.shape[0] and after.shape[0]  # the edit changes the rows read after it (checked against HF above)
+
+
+def test_a_raw_readout_where_raw_readout_is_off_is_refused(engine):
+    from vllm import SamplingParams
+
+    with pytest.raises(Exception, match=r"reads raw rows at \['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post'\] only"):
+        engine.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=1),
+                        readout={"hook": "blocks.3.hook_resid_post", "raw": True})
+
+
+def test_an_engine_harvest_equals_the_hf_harvest(engine, llama_dir, tmp_path, monkeypatch, tokenizer):
+    """``harvest(engine="vllm")`` through this module's engine (a second engine cannot share the process)."""
+    import datasets
+
+    import reason_plugins.manager as manager
+    from reason_plugins.tiny_models import training_texts
+    from sae_lens_ext.inputs.token_data import pack_texts
+    from sae_lens_ext.training.harvest import harvest
+    from vllm_patches.onpolicy import VllmSession
+
+    session = VllmSession.__new__(VllmSession)
+    session.llm, session.close = engine, lambda: None
+    real_get = manager.get
+    monkeypatch.setattr(manager, "get", lambda kind, name: (lambda *a, **k: session) if kind == "activation_engine" else real_get(kind, name))
+    rows = list(pack_texts(training_texts(tokenizer, n=20, seed=2), tokenizer, 24, prepend_bos=True))[:10]
+    kw = dict(context_size=24, batch_size=4, rows_per_shard=6, progress=False)
+    ours = harvest(str(llama_dir), rows, RAW_HOOKS, tmp_path / "vllm", engine="vllm", **kw)
+    ref = harvest(str(llama_dir), rows, RAW_HOOKS, tmp_path / "hf", **kw)
+    assert ours["rows"] == ref["rows"] == len(rows)
+    for hook in RAW_HOOKS:
+        a = datasets.load_from_disk(str(tmp_path / "vllm" / hook)).with_format("torch")
+        b = datasets.load_from_disk(str(tmp_path / "hf" / hook)).with_format("torch")
+        a, b = a[0:len(a)], b[0:len(b)]
+        assert torch.equal(a["token_ids"], b["token_ids"])
+        assert _rel(a[hook], b[hook]) <= 1e-6, hook

@@ -1,0 +1,70 @@
+"""An engine cut at the deepest hook: a copy of a local HF checkpoint with decoder layers 0..L only, for
+work that needs the prefill up to layer L and nothing after it (harvests over given rows).
+
+vLLM builds the layers the config names (``num_hidden_layers``) and refuses weights of layers it did
+not build, so an override of the layer count alone cannot load a full checkpoint; this writes the
+first L+1 layers' tensors (plus the embedding, final norm and head, which a prefill-only read never
+looks at but the model class needs) beside a config saying L+1 layers. The residual rows at
+``blocks.L.hook_resid_post`` are computed exactly as in the full model: nothing before layer L+1
+depends on later layers. The copy is cached under the project's cache by the source's identity and L.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _identity(src: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(src.iterdir()):
+        if path.is_file():
+            stat = path.stat()
+            h.update(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def cut_model(model_dir: str | Path, last_layer: int, cache: str | Path | None = None) -> Path:
+    """The folder of ``model_dir`` cut after decoder layer ``last_layer`` (built once, then reused)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from reason_plugins.models import cache_dir
+    from reason_plugins.tiny_models import atomic_dir
+
+    src = Path(model_dir)
+    config = json.loads((src / "config.json").read_text())
+    layers = int(config.get("num_hidden_layers") or config["text_config"]["num_hidden_layers"])
+    if not 0 <= last_layer < layers:
+        raise ValueError(f"cannot cut {str(src)!r} after layer {last_layer}: it has {layers} layers (0..{layers - 1})")
+    if last_layer == layers - 1:
+        return src
+    shards = sorted(src.glob("*.safetensors"))
+    if not shards:
+        raise ValueError(f"cannot cut {str(src)!r}: no .safetensors weights there")
+    out = Path(cache or cache_dir() / "cut") / f"{src.name}-{_identity(src)}-L{last_layer}"
+
+    def build(tmp: Path) -> None:
+        for path in src.iterdir():
+            if path.is_file() and path.suffix != ".safetensors" and not path.name.endswith(".safetensors.index.json"):
+                shutil.copy2(path, tmp / path.name)
+        cut = dict(config, num_hidden_layers=last_layer + 1)
+        for key in ("layer_types", "mlp_only_layers"):  # per-layer lists some configs carry
+            if isinstance(cut.get(key), list):
+                cut[key] = cut[key][:last_layer + 1]
+        (tmp / "config.json").write_text(json.dumps(cut, indent=2))
+        kept = {}
+        for shard in shards:  # only the kept tensors are read
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    m = _LAYER.search(name)
+                    if m is None or int(m.group(1)) <= last_layer:
+                        kept[name] = f.get_tensor(name)
+        save_file(kept, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+    return atomic_dir(out, build)
