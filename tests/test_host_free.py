@@ -13,7 +13,8 @@ from pathlib import Path
 
 HOSTS = ("sae_lens", "transformer_lens", "transformers", "datasets", "vllm", "lm_eval")
 HOST_FREE = ("sae_lens_ext.reason_score.metric", "sae_lens_ext.views.context_stats", "sae_lens_ext.views.control_stats",
-             "sae_lens_ext.views.diff_stats", "lm_eval_tasks.comparison.stats", "reason_plugins.steering")
+             "sae_lens_ext.views.diff_stats", "lm_eval_tasks.comparison.stats", "reason_plugins.steering",
+             "reason_plugins.vector_methods")
 
 _PROBE = """
 import importlib, json, sys

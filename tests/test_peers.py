@@ -8,7 +8,8 @@ batch of our engine and is compared with the steering that means the same in int
 decoder row added, the decoder direction capped at one value), and each vector action also with our own
 literal formula (``vector_methods.literal``) hooked into the same HF model: the tokens are equal and each
 token's log-probability agrees. Our SAE-feature readout equals interp-engine's capture of ``resid_post.L`` at the
-same tokens followed by SAELens ``encode``, unsteered and under an ``add`` at that layer.
+same tokens followed by SAELens ``encode``, unsteered and under an ``add`` at that layer; our raw readout (the
+residual rows themselves) equals that capture before ``encode``.
 
 One engine (eager: the op's math is the point, not compilation) and one interp-engine model for the module.
 """
@@ -65,8 +66,8 @@ def peer(real_dir):
 def engine(real_dir, sae):
     from vllm_patches.llm import SteeredLLM
 
-    llm = SteeredLLM(NAME, saes=[{"sae": sae[0], "hook": HOOK}], dtype="float32", max_model_len=256, seed=0,
-                     enforce_eager=True, max_num_seqs=16)
+    llm = SteeredLLM(NAME, saes=[{"sae": sae[0], "hook": HOOK}], raw_hooks=[HOOK], dtype="float32", max_model_len=256,
+                     seed=0, enforce_eager=True, max_num_seqs=16)
     yield llm
     del llm
 
@@ -210,8 +211,17 @@ def test_readout_equals_interp_engine_capture_and_saelens_encode(engine, peer, p
     assert scale > 1.0 and (theirs > 0).sum() > 20  # features that really fire
     gap = float((ours - theirs).abs().max() / scale)
     assert gap <= 1e-4, gap
+    # the raw rows at the same point (one readout per hook and request: a second request, the same greedy tokens)
+    outs = engine.generate([{"prompt_token_ids": list(prompt)}], SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0),
+                           steering=spec, readout={"hook": HOOK, "raw": True, "at": "after"})
+    raw = engine.readout(outs)[0]
+    assert list(raw["token_ids"]) == tokens[:-1]
+    rows = torch.as_tensor(raw["raw"], dtype=torch.float32)
+    assert rows.shape == resid.shape
+    raw_gap = float((rows - resid.float()).norm() / resid.float().norm())
+    assert raw_gap <= 1e-5, raw_gap
     print(f"peer readout ({'add' if steered else 'unsteered'}): {ours.shape[0]} tokens x {ours.shape[1]} features, "
-          f"worst gap {gap:.2e} of the largest activation")
+          f"worst gap {gap:.2e} of the largest activation; raw rows {tuple(rows.shape)} relative gap {raw_gap:.2e}")
 
 
 def _nothing():
