@@ -179,8 +179,8 @@ def run(args) -> int:
             return 0
         return proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
+        if proc.poll() is None:  # SIGINT: vllm serve's own orderly stop (Ctrl-C); SIGTERM makes it print the engine's death
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
