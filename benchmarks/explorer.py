@@ -31,25 +31,15 @@ PROMPT = "A train travels 60 km in 45 minutes. What is its average speed in km/h
 
 
 def scored_run(work: Path) -> Path:
-    import torch
-    from sae_lens import StandardSAE, StandardSAEConfig
-
     from reason_plugins.champ import reasoning_texts
     from reason_plugins.models import resolve_model
     from sae_lens_ext.reason_score.outputs import score_to_dir
+    from sae_lens_ext.training.tiny_saes import firing_sae
 
     out = work / "reason_score"
     if (out / "run_config.json").is_file():
         return out
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=576, d_sae=2304))
-    with torch.no_grad():
-        w_dec = torch.nn.functional.normalize(torch.randn(2304, 576), dim=-1)
-        sae.W_dec.copy_(w_dec)
-        sae.W_enc.copy_(w_dec.T * 0.5)
-        sae.b_enc.fill_(-0.5)
-        sae.b_dec.zero_()
-    sae.cfg.metadata.hook_name = HOOK
+    sae = firing_sae("standard", HOOK, seed=0, d_sae=2304)
     sae.save_model(str(work / "sae"))
     data = work / "champ.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in reasoning_texts(n=64, seed=0, include_solutions=False)))

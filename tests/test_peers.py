@@ -39,20 +39,12 @@ def real_dir():
 @pytest.fixture(scope="module")
 def sae(tmp_path_factory):
     """A random standard SAE whose features fire on real activations (as in test_real_model)."""
-    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens_ext.training.tiny_saes import firing_sae
 
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=576, d_sae=96))
-    with torch.no_grad():
-        w_dec = torch.nn.functional.normalize(torch.randn(96, 576), dim=-1)
-        sae.W_dec.copy_(w_dec)
-        sae.W_enc.copy_(w_dec.T * 0.5)
-        sae.b_enc.fill_(-0.5)
-        sae.b_dec.zero_()
-    sae.cfg.metadata.hook_name = HOOK
+    sae = firing_sae("standard", HOOK, seed=0)
     path = tmp_path_factory.mktemp("peer_sae") / "standard"
     sae.save_model(str(path))
-    return str(path), sae.eval()
+    return str(path), sae
 
 
 @pytest.fixture(scope="module")

@@ -51,19 +51,9 @@ def real_tok(real_dir):
 
 def _sae(kind, hook, seed, d_in=576, d_sae=96):
     """A random SAE whose features fire on real activations (encoder = scaled decoder transpose)."""
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens_ext.training.tiny_saes import firing_sae
 
-    torch.manual_seed(seed)
-    sae = (StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)) if kind == "standard"
-           else TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8)))
-    with torch.no_grad():
-        w_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in), dim=-1)
-        sae.W_dec.copy_(w_dec)
-        sae.W_enc.copy_(w_dec.T * 0.5)
-        sae.b_enc.fill_(-0.5)
-        sae.b_dec.zero_()
-    sae.cfg.metadata.hook_name = hook
-    return sae.eval()
+    return firing_sae(kind, hook, seed=seed, d_in=d_in, d_sae=d_sae)
 
 
 @pytest.fixture(scope="module")

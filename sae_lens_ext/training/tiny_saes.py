@@ -37,3 +37,23 @@ def build_saes(model_dir: str | Path, tokenizer_dir: str | Path, out_root: str |
         for arch in todo:
             atomic_dir(out_root / arch, lambda tmp, arch=arch: fit(tmp, arch))
     return {a: out_root / a for a in architectures}
+
+
+def firing_sae(kind: str, hook: str, *, seed: int = 0, d_in: int = 576, d_sae: int = 96):
+    """A random SAE (``"standard"`` or ``"topk"``, k 8) whose features fire on a real model's activations: unit
+    decoder rows, the encoder their scaled transpose, a negative encoder bias. Not trained: for tests and
+    benchmarks on real models, where fitting one would cost minutes."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    sae = (StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae)) if kind == "standard"
+           else TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8)))
+    with torch.no_grad():
+        w_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in), dim=-1)
+        sae.W_dec.copy_(w_dec)
+        sae.W_enc.copy_(w_dec.T * 0.5)
+        sae.b_enc.fill_(-0.5)
+        sae.b_dec.zero_()
+    sae.cfg.metadata.hook_name = hook
+    return sae.eval()
