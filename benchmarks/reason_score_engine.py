@@ -10,6 +10,13 @@
 3. **memory**: the engine run's peak RSS above its start for two data sizes (one child process each):
    flat in tokens, since nothing per token leaves the engine.
 
+``--cut-vs-full`` measures instead, in one run, the engine over given rows loading every layer
+(``--full-engine``) and cut after the SAE's layer (the default): start-up, scoring time and their ratio, and
+the scores' agreement. ``--real`` runs it on the packaged SmolLM2-135M-Instruct (30 layers, d 576) with a
+random firing SAE at ``--layer`` (default 15):
+
+    python benchmarks/reason_score_engine.py --cut-vs-full --real [--rows 32] [--layer 15] [--repeats 2]
+
 Tiny fixture Llama (4 layers, d 128) and a random-weight SAELens StandardSAE at block 2, built under a temp
 dir; CPU, float32, eager engine, its core in-process. Results go to stdout as Markdown.
 """
@@ -107,6 +114,63 @@ def memory_probe(model: str, sae: str, n: int) -> None:
                                   "peak_above_start_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
 
 
+def cut_vs_full(model, sae, rows, repeats: int) -> dict:
+    """The same rows scored by the engine with every layer and cut after the SAE's layer, one engine after the
+    other in this process: start-up (cutting the checkpoint included; the copy is cached after its first build)
+    and the best of ``repeats`` scoring passes each."""
+    from sae_lens_ext.reason_score.run import PreparedRun
+
+    out = {}
+    for name, cut in (("full engine (--full-engine)", False), ("cut engine (default)", True)):
+        prepared = PreparedRun(model, sae, rows, **OPTIONS, engine="vllm", engine_options={**ENGINE, "cut": cut})
+        started = time.perf_counter()
+        session = prepared._session()
+        start_s = time.perf_counter() - started
+        prepared.engine_factory = lambda *a, _s=session, **k: _s
+        session.close, close = (lambda: None), session.close  # kept open across the repeats
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = prepared.run(progress=False)
+            times.append(time.perf_counter() - t0)
+        close()
+        out[name] = {"result": result, "start_s": start_s, "score_s": min(times), "tokens_per_s": rows.numel() / min(times),
+                     "cut_after": prepared.config["engine_cut_after"]}
+    return out
+
+
+def main_cut_vs_full(args) -> None:
+    import torch
+
+    from reason_plugins.models import load_config, resolve_model
+
+    root = Path(tempfile.mkdtemp(prefix="rs_cut_bench_"))
+    if args.real:
+        from sae_lens_ext.training.tiny_saes import firing_sae
+
+        model = str(resolve_model("smollm2-135m-instruct"))
+        firing_sae("standard", f"blocks.{args.layer}.hook_resid_post", d_sae=args.d_sae).save_model(str(root / "sae"))
+        sae, name = str(root / "sae"), "SmolLM2-135M-Instruct"
+    else:
+        model, sae = build(root, args.d_sae)
+        name = "tiny fixture Llama"
+    layers = int(load_config(model).num_hidden_layers)
+    rows = rows_of(model, args.rows)
+    torch.set_num_threads(os.cpu_count() or 1)
+    runs = cut_vs_full(model, sae, rows, args.repeats)
+    (_, full), (_, cut) = runs.items()
+    err = float((cut["result"].scores - full["result"].scores).abs().max() / full["result"].scores.abs().max())
+    same = [r["feature"] for r in full["result"].top(20)] == [r["feature"] for r in cut["result"].top(20)]
+    print(f"\n{name} ({layers} layers), SAE at layer {cut['cut_after']}, d_sae {args.d_sae}; {args.rows} rows x 128 tokens = "
+          f"{rows.numel():,} tokens, {OPTIONS['batch_size']} rows a batch, best of {args.repeats} scoring passes:\n")
+    print("| engine | layers loaded | start-up s | scoring s | tokens/s (scoring) |\n|---|---|---|---|---|")
+    for label, r in runs.items():
+        loaded = layers if r["cut_after"] is None else r["cut_after"] + 1
+        print(f"| {label} | {loaded} | {r['start_s']:.1f} | {r['score_s']:.2f} | {r['tokens_per_s']:,.0f} |")
+    print(f"\ncut / full: scoring time {cut['score_s'] / full['score_s']:.2f}x, start-up {cut['start_s'] / full['start_s']:.2f}x; "
+          f"scores agree to {err:.1e} of the largest |score|; top-20 {'identical' if same else 'DIFFERENT'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=512)
@@ -115,11 +179,18 @@ def main() -> None:
     parser.add_argument("--generate", type=int, default=32)
     parser.add_argument("--memory-rows", type=int, nargs="+", default=(128, 512, 1024))
     parser.add_argument("--_probe", nargs=3, metavar=("MODEL", "SAE", "ROWS"))
+    parser.add_argument("--cut-vs-full", action="store_true", help="only: the engine with every layer vs cut after the SAE's")
+    parser.add_argument("--real", action="store_true", help="--cut-vs-full on SmolLM2-135M-Instruct (default: the tiny Llama)")
+    parser.add_argument("--layer", type=int, default=15, help="--real: the SAE's layer (default 15 of 30)")
+    parser.add_argument("--repeats", type=int, default=2, help="--cut-vs-full: scoring passes per engine (the best counts)")
     args = parser.parse_args()
     if args._probe:
         memory_probe(args._probe[0], args._probe[1], int(args._probe[2]))
         return
     OPTIONS["batch_size"] = args.batch_size
+    if args.cut_vs_full:
+        main_cut_vs_full(args)
+        return
     root = Path(tempfile.mkdtemp(prefix="rs_engine_bench_"))
     model, sae = build(root, args.d_sae)
     rows = rows_of(model, args.rows)

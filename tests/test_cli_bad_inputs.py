@@ -125,6 +125,7 @@ CASES = [
      "--prompts is for --generate N", False),
     ("score tensor parallel without engine", lambda e: S(e) + ["--tensor-parallel-size", "2", "--out", e["out"]],
      "give --engine vllm", False),
+    ("score full engine without engine", lambda e: S(e) + ["--full-engine", "--out", e["out"]], "give --engine vllm", False),
     # ---- vector: refused before the model loads
     ("vector --out not safetensors", lambda e: V(e) + ["--hook", "layers.2", "--out", e["out"] + ".pt"],
      "must end in .safetensors", False),

@@ -1,10 +1,12 @@
 """ReasonScore from what the vLLM engine computes (``engine="vllm"``): equal to the HF path on the same
-rows for every architecture we steer (<= 1e-5 relative on scores, same top-20), with two tensor-parallel
+rows for every architecture we steer (<= 1e-6 relative on scores, same top-20), with two tensor-parallel
 ranks, sharded and merged, interrupted and resumed; and over the model's own generations: only the
 generated tokens are scored (the prompt is context, in no token set), equal to a naive float64 computation
 over those positions alone (HF forward + SAELens encode), with transcripts written beside the scores and
-a run that reopens like any other; a row that cannot fit the engine's context is refused before generating. The engine runs in one child
-process (``tests/support/onpolicy_job.py``); the HF references run here."""
+a run that reopens like any other; a row that cannot fit the engine's context is refused before generating. Over
+given rows the engine is cut after the hook's layer (``vllm_patches.cut_model``): its scores and raw rows equal
+the full engine's and the HF path's (<= 1e-6 relative), one or two ranks. The engines run in one child process
+(``tests/support/onpolicy_job.py``); the HF references run here."""
 
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ pytestmark = pytest.mark.slow
 OPTIONS = dict(ignore_tokens=["bos", "eos"], context_size=64, n_samples=16, batch_size=4, top_k=20)
 ARCHS = ("standard", "topk", "jumprelu")
 GENERATE = {"prompts": ["What is 17 + 5?", "Hmm, what is 29 - 12?"], "n": 2, "max_tokens": 40, "temperature": 0.8, "seed": 3}
+RAW_HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]  # the SAE's hook (the cut's last layer) and one before
+RAW_ROWS = [[(7 * i + 11 * j) % 97 + 5 for j in range(n)] for i, n in enumerate((9, 40, 64))]
+RAW = {"raw": {"rows": RAW_ROWS, "hooks": RAW_HOOKS}}
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +36,20 @@ def engine_runs(tmp_path_factory, llama_dir, sae_dirs, scored_data):
     out = tmp_path_factory.mktemp("onpolicy")
     std = str(sae_dirs["standard"])
     cores = machine_cores()
+    raw = {"raw_hooks": RAW_HOOKS}
     runs = [{"name": arch, "sae": str(sae_dirs[arch])} for arch in ARCHS]
-    runs += [{"name": "shard0", "sae": std, "num_chunks": 2, "chunk_index": 0},
+    runs[0].update(RAW, engine_options=raw)  # standard: the cut engine (the default), also reading raw rows
+    runs += [{"name": "full", "sae": std, "engine_options": {**raw, "cut": False}, **RAW},  # every layer
+             {"name": "shard0", "sae": std, "num_chunks": 2, "chunk_index": 0},
              {"name": "shard1", "sae": std, "num_chunks": 2, "chunk_index": 1},
              {"name": "resumed", "sae": std, "interrupt_after": 2},
              {"name": "generated", "sae": std, "generate": GENERATE},
-             {"name": "tp2", "sae": std, "engine_options": {"tensor_parallel_size": 2}}]
+             {"name": "tp2", "sae": std, "engine_options": {**raw, "tensor_parallel_size": 2}, **RAW}]
+    env = {"REASON_PLUGINS_CACHE": str(tmp_path_factory.mktemp("cache"))}  # the cut checkpoints of this run's fixture
+    if len(cores) >= 2:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = f"{cores[0]}|{cores[1]}"
     job = {"model": str(llama_dir), "data": str(scored_data), "out": str(out), "options": OPTIONS,
-           "engine_options": {"max_model_len": 128, "enforce_eager": True},
-           "env": {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"} if len(cores) >= 2 else {}, "runs": runs}
+           "engine_options": {"max_model_len": 128, "enforce_eager": True}, "env": env, "runs": runs}
     result = run_job(tmp_path_factory.mktemp("onpolicy_job"), job, script="onpolicy_job.py", timeout=1500)
     return out, result["seconds"]
 
@@ -56,6 +66,7 @@ def _top(folder: Path) -> list[int]:
 
 def _assert_same_scores(ours, ref, rtol):
     err = float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    print(f"scores: max |difference| {err:.2e} of the largest |score| (allowed {rtol:.0e})")
     assert err <= rtol, f"max |difference| {err:.2e} of the largest |score|"
 
 
@@ -65,7 +76,7 @@ def test_engine_scores_equal_the_hf_path_on_the_same_rows(engine_runs, arch, lla
 
     out, _ = engine_runs
     hf = score_to_dir(str(llama_dir), str(sae_dirs[arch]), str(scored_data), tmp_path / "hf", progress=False, **OPTIONS)
-    _assert_same_scores(_scores(out / arch), hf.scores, 1e-5)
+    _assert_same_scores(_scores(out / arch), hf.scores, 1e-6)  # the engine cut after the hook's layer (the default)
     assert _top(out / arch) == [row["feature"] for row in hf.top(20)]
     config = json.loads((out / arch / "run_config.json").read_text())
     assert config["engine"] == "vllm" and config["identity"]["engine"]["name"] == "vllm"
@@ -82,6 +93,40 @@ def test_two_ranks_shards_and_a_resumed_run_equal_one_pass(engine_runs):
     _assert_same_scores(_scores(out / "tp2"), one, 1e-5)
     assert _top(out / "tp2") == _top(out / "standard")
     assert not (out / "resumed" / "checkpoint.safetensors").exists()
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_the_cut_engine_scores_and_reads_what_the_full_engine_and_hf_do(engine_runs, hf_model, sae_dirs, scored_data, llama_dir):
+    """``standard`` ran on the engine cut after the hook's layer (the default over given rows), ``full`` on every
+    layer, ``tp2`` cut on two ranks: the same scores, the same run identity, and raw rows at the hook (and one
+    layer before) equal to each other and to HF forward hooks on the same token ids."""
+    from safetensors.torch import load_file
+
+    from tests.support.references import hf_raw_rows
+
+    out, seconds = engine_runs
+    cut, full = (json.loads((out / name / "run_config.json").read_text()) for name in ("standard", "full"))
+    assert (cut["engine_cut_after"], full["engine_cut_after"]) == (2, None)
+    assert cut["job"] == full["job"]  # the cut is no part of what the run computes
+    _assert_same_scores(_scores(out / "standard"), _scores(out / "full"), 1e-6)
+    assert _top(out / "standard") == _top(out / "full")
+    raws = {name: load_file(out / f"{name}.raw.safetensors") for name in ("standard", "full", "tp2")}
+    worst = {}
+    for i, ids in enumerate(RAW_ROWS):
+        ref = hf_raw_rows(hf_model, ids, None, {}, {h: "after" for h in RAW_HOOKS})
+        for hook in RAW_HOOKS:
+            key = f"{hook}/{i}"
+            assert all(r[key].dtype == torch.float32 and r[key].shape == (len(ids), 128) for r in raws.values())
+            pairs = {"cut vs full": (raws["standard"][key], raws["full"][key]),
+                     **{f"{name} vs HF": (raws[name][key], ref[hook]) for name in raws}}
+            for what, (a, b) in pairs.items():
+                worst[what] = max(worst.get(what, 0.0), _rel(a, b))
+    print("raw rows, worst relative difference: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) +
+          f"; run seconds (engine start included): cut {seconds['standard']:.1f}, full {seconds['full']:.1f}")
+    assert max(worst.values()) <= 1e-6, worst
 
 
 def test_the_models_own_generations_are_scored_written_and_reopened(engine_runs, llama_dir, sae_dirs, tmp_path):

@@ -234,3 +234,18 @@ def test_the_engine_path_refuses_bad_input_before_anything_loads(hf_model, sae_d
         compute_reason_score("/any/model", sae, None, engine="vllm", generate={"prompts": ["x"], "n": 0})
     with pytest.raises(ValueError, match="no data to score"):
         compute_reason_score("/any/model", sae, None)
+
+
+def test_the_engine_is_cut_after_the_hook_over_given_rows_and_the_cut_is_no_part_of_the_identity(llama_dir, sae_dirs):
+    """Over given rows the session is asked for layers 0..L only (``cut_at``, the SAE's hook layer); ``cut: False``
+    and generations load every layer. The job is the same either way: the scores are (tests/test_onpolicy.py)."""
+    from sae_lens_ext.reason_score.run import PreparedRun
+
+    sae, rows = str(sae_dirs["standard"]), [[1, 5, 6, 7]] * 2
+    cut = PreparedRun(str(llama_dir), sae, rows, engine="vllm", engine_options={"tensor_parallel_size": 1})
+    full = PreparedRun(str(llama_dir), sae, rows, engine="vllm", engine_options={"tensor_parallel_size": 1, "cut": False})
+    gen = PreparedRun(str(llama_dir), sae, None, engine="vllm", generate={"prompts": ["hi"]})
+    assert cut.engine_options == {"tensor_parallel_size": 1, "cut_at": 2} and cut.config["engine_cut_after"] == 2
+    assert full.engine_options == {"tensor_parallel_size": 1} and full.config["engine_cut_after"] is None
+    assert "cut_at" not in gen.engine_options and gen.config["engine_cut_after"] is None
+    assert cut.config["job"] == full.config["job"] and cut.identity == full.identity

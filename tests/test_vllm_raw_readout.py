@@ -1,7 +1,8 @@
 """Raw readout in the engine (issue 33 item 1) and harvests through it (item 2): the residual rows the
 engine hands out equal an HF forward hook on the same token ids (float32, <= 1e-6 relative) in one
-mixed batch with chunked prefill, before and after a steering edit at that layer; ``reason-sae harvest
---engine vllm`` writes the same SAELens cache as the HF harvest. One eager engine for the module."""
+mixed batch with chunked prefill, before and after a steering edit at that layer, and under preemption
+(a KV cache of BLOCKS blocks: long requests are evicted and recomputed); ``reason-sae harvest --engine vllm``
+writes the same SAELens cache as the HF harvest. One eager engine for the module."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.slow
 RAW_HOOKS = ["blocks.1.hook_resid_post", FIXTURE_HOOK]
 MAX_TOKENS = 4
 CHUNK = 48  # max_num_batched_tokens: the long prompt is prefilled in chunks
+BLOCK, BLOCKS = 32, 10  # a KV cache of 320 tokens (one max_model_len request fits): many long requests preempt
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def engine(llama_dir, standard_sae):
 
     llm = SteeredLLM(str(llama_dir), saes=[{"sae": str(standard_sae[0]), "hook": FIXTURE_HOOK}], raw_hooks=RAW_HOOKS,
                      dtype="float32", max_model_len=256, seed=0, enforce_eager=True, max_num_batched_tokens=CHUNK,
-                     max_num_seqs=8)
+                     max_num_seqs=8, block_size=BLOCK, num_gpu_blocks_override=BLOCKS)
     yield llm
     del llm
 
@@ -74,6 +76,31 @@ def test_raw_rows_equal_hf_hooks_in_a_mixed_chunked_batch_before_and_after_an_ed
     print(f"raw readout vs HF hooks: worst relative difference {worst:.2e}")
     before, after = results[1]["raw"], results[2]["raw"]
     assert before.shape[0] and after.shape[0]  # the edit changes the rows read after it (checked against HF above)
+
+
+def test_raw_rows_of_preempted_requests_equal_hf_hooks(engine, hf_model):
+    """Six requests of 70-token prompts growing by 60 tokens each need 24 blocks of a 10-block cache: the scheduler
+    preempts some (counted by the admission stats) and recomputes their rows; every position still reads as HF."""
+    from vllm import SamplingParams
+
+    def preemptions() -> int:
+        return engine.llm.collective_rpc("reason_steering_stats")[0]["preemptions"]
+
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(5, 100, (70,), generator=g).tolist() for _ in range(6)]
+    before = preemptions()
+    outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=60, temperature=0.0,
+                                                                                         ignore_eos=True),
+                              readout={"hook": FIXTURE_HOOK, "raw": True})  # every position, prompt and output
+    assert preemptions() > before, "no request was preempted: the test would not test preemption"
+    worst = 0.0
+    for prompt, out, got in zip(prompts, outputs, engine.readout(outputs)):
+        ids = prompt + list(out.outputs[0].token_ids)[:-1]
+        assert len(ids) == 129 and got["missing_positions"] == [] and got["positions"].tolist() == list(range(len(ids)))
+        rel = _rel(got["raw"], hf_raw_rows(hf_model, ids, None, {}, {FIXTURE_HOOK: "after"})[FIXTURE_HOOK])
+        worst = max(worst, rel)
+        assert rel <= 1e-6, rel
+    print(f"raw readout under {preemptions() - before} preemptions vs HF hooks: worst relative difference {worst:.2e}")
 
 
 def test_a_raw_readout_where_raw_readout_is_off_is_refused(engine):

@@ -553,7 +553,8 @@ def test_qwen2_hook_parity_and_steering_in_its_own_engine(qwen2_dir, layer_saes,
 
 def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompts, hf_model, saes, tmp_path):
     """Two CPU ranks (eager): the residual stream is replicated after each all-reduce, so both
-    ranks' ops steer the same rows by the same amount, and the output equals the HF reference."""
+    ranks' ops steer the same rows by the same amount, the output equals the HF reference, and a raw
+    readout reads the rows HF forward hooks do."""
     hook = "blocks.2.hook_resid_post"
     steer = spec(layer_saes, hook, CASES["delta-set"][1])
     cores = machine_cores()  # the session's cores, not only this xdist worker's
@@ -562,12 +563,15 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
     env = {"VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
     readouts = [{"sae": str(layer_saes[hook][1]), "hook": hook, "features": [7, 3]},
                 {"sae": str(layer_saes[hook][1]), "hook": hook, "top_k": 4, "at": "before"}]
+    raw = {"hook": hook, "raw": True, "at": "after"}  # the residual rows themselves, every position, after the edit
     out = run_job(tmp_path, {"model": str(llama_dir), "eager": True, "tensor_parallel_size": 2, "env": env,
-                             "steering": {"saes": [{"sae": str(layer_saes[hook][1]), "hook": hook}]},
+                             "steering": {"saes": [{"sae": str(layer_saes[hook][1]), "hook": hook}], "raw_hooks": [hook]},
                              "requests": [{"prompt_token_ids": prompts[0], "max_tokens": MAX_TOKENS, "steering": steer,
                                            "readout": readouts[0]},
                                           {"prompt_token_ids": prompts[1], "max_tokens": MAX_TOKENS, "steering": None,
-                                           "readout": readouts[1]}]})
+                                           "readout": readouts[1]},
+                                          {"prompt_token_ids": prompts[2], "max_tokens": MAX_TOKENS, "steering": steer,
+                                           "readout": raw}]})
     assert out["token_ids"][0] == hf_greedy(hf_model, prompts[0], [steer], saes, MAX_TOKENS)[0]
     assert out["token_ids"][1] == hf_greedy(hf_model, prompts[1], None, saes, MAX_TOKENS)[0]
     # readout on two ranks: the replicated residual stream reads as the HF reference does
@@ -581,12 +585,22 @@ def test_tensor_parallel_ranks_apply_the_same_edit(llama_dir, layer_saes, prompt
         got = {k: ({kk: np.asarray(vv) for kk, vv in v.items()} if k == "top_k" else np.asarray(v)
                    if k in ("positions", "token_ids", "activations") else v) for k, v in out["readouts"][i].items()}
         _assert_read(got, parse_readout(readouts[i])[0], prompt, ids, hf_features(hf_model, ids[:-1], steering, saes, readouts[i]))
+    # the raw readout on two ranks: float32 rows equal to HF forward hooks after the same edit (<= 1e-6 relative)
+    from tests.support.references import hf_raw_rows
+
+    ids = prompts[2] + out["token_ids"][2][:-1]  # the last token is sampled, never computed
+    got = torch.tensor(out["readouts"][2]["raw"], dtype=torch.float32)
+    ref = hf_raw_rows(hf_model, ids, [steer], saes, {hook: "after"})[hook]
+    assert got.shape == ref.shape and out["readouts"][2]["missing_positions"] == []
+    rel = float((got - ref).norm() / ref.norm())
+    assert rel <= 1e-6, rel
     reports = out["reports"]
-    assert len(reports) == 2 and all(len(r) == 1 for r in reports)  # one steered request, seen by each rank
-    (rank0,), (rank1,) = (list(r.values()) for r in reports)
-    assert rank0["tokens"] == rank1["tokens"] == len(prompts[0]) + MAX_TOKENS - 1
-    assert rank0["spec_hash"] == rank1["spec_hash"]
-    assert rank0["mean_abs_delta"] == pytest.approx(rank1["mean_abs_delta"], rel=1e-5) and rank0["mean_abs_delta"] > 0
+    assert len(reports) == 2 and all(len(r) == 2 for r in reports)  # two steered requests, seen by each rank
+    assert reports[0].keys() == reports[1].keys()
+    for rank0, rank1 in ((reports[0][k], reports[1][k]) for k in reports[0]):
+        assert rank0["spec_hash"] == rank1["spec_hash"] and rank0["tokens"] == rank1["tokens"]
+        assert rank0["mean_abs_delta"] == pytest.approx(rank1["mean_abs_delta"], rel=1e-5) and rank0["mean_abs_delta"] > 0
+    assert sorted(r["tokens"] for r in reports[0].values()) == sorted(len(prompts[i]) + MAX_TOKENS - 1 for i in (0, 2))
 
 
 def test_steer_cli_prints_baseline_and_steered_as_json(llama_dir, layer_saes):

@@ -2,14 +2,16 @@
 
     reason-sae score --model DIR_OR_NAME --sae DIR_OR_RELEASE [--sae-id ID] --dataset PATH_OR_NAME --out DIR
     reason-sae score --merge SHARD_DIR SHARD_DIR ... --out DIR
-    reason-sae score ... --engine vllm [--tensor-parallel-size N]      # what the vLLM engine computes
+    reason-sae score ... --engine vllm [--tensor-parallel-size N] [--full-engine]   # what the vLLM engine computes
     reason-sae score ... --engine vllm --generate N --prompts FILE      # over the model's own continuations
     reason-sae score ... --ray [ADDRESS] --workers N                    # N actors on a Ray cluster
 
 Rerunning the same command after an interruption resumes from ``DIR/checkpoint.safetensors`` when
 the run's identity (SAE weights, model, data fingerprint, vocabulary, options) matches, and says so;
 a different run into the same ``--out`` is refused with the difference named (``--overwrite``
-starts over). Every option is checked before the model, SAE or data is loaded. With ``--generate`` only the
+starts over). Every option is checked before the model, SAE or data is loaded. Over given rows the engine
+loads a copy of the checkpoint cut after the hook's layer (only the prefill up to it is read; ``--full-engine``
+loads every layer): the scores are the same, so the cut is not part of the run's identity. With ``--generate`` only the
 model's own tokens are scored: each continuation is one row (its prompt's token ids, kept as context but in no
 token set, then the generated ones); a prompt whose row cannot fit the engine's context (prompt + ``--max-tokens``
 + 1 > ``--max-model-len`` or the model's own limit) is refused before generating. The continuations (prompts
@@ -68,6 +70,8 @@ def add_arguments(parser) -> None:
                         "sums the features where it computes them (any registered activation engine)")
     parser.add_argument("--tensor-parallel-size", type=int_at_least(1), default=1, help="--engine vllm: ranks (default 1)")
     parser.add_argument("--max-model-len", type=int_at_least(2), default=None, help="--engine vllm: the engine's max_model_len")
+    parser.add_argument("--full-engine", action="store_true", help="--engine vllm over given rows: load every layer "
+                        "(default: the engine is cut after the hook's layer; same scores, same run identity)")
     from reason_plugins.cli_args import add_engine_mode_arguments
 
     add_engine_mode_arguments(parser)  # --engine vllm: --eager (default) / --compile
@@ -108,8 +112,8 @@ def check_args(args) -> None:
 
     if args.engine != "hf":
         get("activation_engine", args.engine)  # an unknown engine: one line naming the registered ones
-    elif args.tensor_parallel_size != 1 or args.max_model_len is not None or args.compile:
-        raise UserError("--tensor-parallel-size / --max-model-len / --compile configure an engine: give --engine vllm")
+    elif args.tensor_parallel_size != 1 or args.max_model_len is not None or args.compile or args.full_engine:
+        raise UserError("--tensor-parallel-size / --max-model-len / --compile / --full-engine configure an engine: give --engine vllm")
     if args.generate is not None:
         if args.engine == "hf":
             raise UserError("--generate needs --engine vllm: the model writes its own rows in the engine")
@@ -183,7 +187,7 @@ def run(args) -> int:
             from reason_plugins.cli_args import enforce_eager
 
             engine = dict(engine=args.engine, engine_options={"tensor_parallel_size": args.tensor_parallel_size,
-                                                              "enforce_eager": enforce_eager(args),
+                                                              "enforce_eager": enforce_eager(args), "cut": not args.full_engine,
                                                               **({"max_model_len": args.max_model_len} if args.max_model_len else {})})
             if args.generate is None:  # the engine reads --batch-size rows at a time: its KV cache is sized for them
                 engine["engine_options"]["max_num_seqs"] = args.batch_size

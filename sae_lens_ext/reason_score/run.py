@@ -128,6 +128,8 @@ class PreparedRun:
                                                         "ignore_tokens", "alpha", "eps", "num_chunks")}}
         if engine_factory is not None:  # other arithmetic, other numbers (the HF path's identity stays as it was)
             self.identity["engine"] = {"name": engine, "dtype": (engine_options or {}).get("dtype", "float32")}
+            engine_options = _cut_engine(engine_options, hook, generate)
+            self.config["engine_cut_after"] = engine_options.get("cut_at")  # where the engine stopped: a record, not identity
         if generate is not None:  # the rows are the model's own continuations of these prompts, sampled so
             self.identity["generate"] = {**{k: v for k, v in generate.items() if k != "prompts"}, "scored": SCORED_POSITIONS}
             check_generation_room(generate, tok, model, engine_options)  # before any engine starts
@@ -328,6 +330,24 @@ def _engine_factory(engine: str, model):
     return factory
 
 
+def _cut_engine(engine_options, hook: str, generate) -> dict:
+    """The engine options with ``cut_at``: over given rows only the prefill up to the hook's layer L is read,
+    so the engine loads and runs layers 0..L (``vllm_patches.cut_model``) unless ``"cut": False`` (CLI:
+    ``--full-engine``). Generations need every layer, so ``generate`` runs are never cut.
+
+    The cut is not part of the run's identity: the rows at ``blocks.L.hook_resid_post`` do not depend on
+    any later layer, so a cut and a full engine compute the same sums (tested: equal scores and raw rows),
+    and a checkpoint or shard of either resumes or merges with the other."""
+    from reason_plugins.spec_base import hook_layer
+
+    options = dict(engine_options or {})
+    cut = options.pop("cut", True)
+    layer = hook_layer(hook)
+    if cut and generate is None and layer is not None and "cut_at" not in options:
+        options["cut_at"] = layer
+    return options
+
+
 def _hidden_size(model_dir: str) -> int:
     from reason_plugins.models import load_config
 
@@ -360,7 +380,9 @@ def compute_reason_score(model, sae, tokens, vocabulary="paper", expand_range=(1
     num_chunks, chunk_index`` (score one shard of the rows; merge with ``merge_shards``),
     ``checkpoint_every, backend, sae_loader, device``, ``engine`` ("hf": the model runs here with a
     forward hook; "vllm" or any registered ``activation_engine``: the engine runs the model and sums the
-    features where it computes them, ``engine_options`` passed to it, e.g. ``tensor_parallel_size``).
+    features where it computes them, ``engine_options`` passed to it, e.g. ``tensor_parallel_size``; over
+    given rows the engine loads layers 0..L of the hook's layer L only, ``"cut": False`` loads every layer:
+    same scores, same identity).
     ``checkpoint``: a file the accumulators are
     saved to every ``checkpoint_every`` batches and resumed from — only by the same run (identity:
     SAE weights, model, data fingerprint, vocabulary, options); another run's checkpoint is refused.

@@ -4,9 +4,12 @@ process): ``python tests/support/onpolicy_job.py JOB.json OUT.json``.
 JOB: {"model": dir, "data": saved dataset dir, "out": dir, "options": {score_to_dir keyword arguments},
       "engine_options": {...}, "env": {name: value} (optional),
       "runs": [{"name": str, "sae": dir, "num_chunks"?: n, "chunk_index"?: i, "interrupt_after"?: batches,
-                "generate"?: {...}, "engine_options"?: {...} (added to the job's)}]}
+                "generate"?: {...}, "engine_options"?: {...} (added to the job's),
+                "raw"?: {"rows": [[token id, ...], ...], "hooks": [hook, ...]}}]}
 Each run writes a ``score_to_dir`` directory ``<out>/<name>`` (an interrupted one leaves its checkpoint and is
-rerun, resuming). OUT: {"seconds": {name: wall time}}.
+rerun, resuming). A run with ``raw`` also reads those rows' residual rows at those hooks through the session the
+run opened (before it scores; its ``engine_options`` must turn raw readout on there: ``raw_hooks``) into
+``<out>/<name>.raw.safetensors`` (``"{hook}/{i}"``: float32 [T, d] of row i). OUT: {"seconds": {name: wall time}}.
 """
 
 import json
@@ -31,6 +34,8 @@ def main(job_path: str, out_path: str) -> None:
             if key in run:
                 kwargs[key] = run[key]
         data = None if "generate" in run else job["data"]
+        if "raw" in run:
+            _read_raw_rows_first(run["raw"], out + ".raw.safetensors")
         started = time.monotonic()
         if run.get("interrupt_after"):
             try:
@@ -42,6 +47,33 @@ def main(job_path: str, out_path: str) -> None:
         seconds[run["name"]] = time.monotonic() - started
     with open(out_path, "w") as f:
         json.dump({"seconds": seconds}, f)
+
+
+
+def _read_raw_rows_first(raw: dict, path: str) -> None:
+    """Make the next session the activation engine opens read ``raw["rows"]`` at ``raw["hooks"]`` (its raw
+    readout) into ``path`` before it scores anything."""
+    import torch
+    from safetensors.torch import save_file
+
+    import reason_plugins.manager as manager
+
+    real_get = manager.get
+
+    def get(kind, name):
+        factory = real_get(kind, name)
+        if kind != "activation_engine":
+            return factory
+
+        def opened(*args, **kwargs):
+            session = factory(*args, **kwargs)
+            got = session.raw_rows(raw["rows"], raw["hooks"])
+            save_file({f"{h}/{i}": torch.as_tensor(r).contiguous() for h in raw["hooks"] for i, r in enumerate(got[h])}, path)
+            manager.get = real_get
+            return session
+        return opened
+
+    manager.get = get
 
 
 if __name__ == "__main__":
