@@ -1,5 +1,6 @@
 """An engine cut at the deepest hook: a copy of a local HF checkpoint with decoder layers 0..L only, for
-work that needs the prefill up to layer L and nothing after it (harvests over given rows).
+work that needs the prefill up to layer L and nothing after it (harvests over given rows, and
+``reason-sae score --engine vllm`` over given rows: ``cut_at`` of ``onpolicy.VllmSession``).
 
 vLLM builds the layers the config names (``num_hidden_layers``) and refuses weights of layers it did
 not build, so an override of the layer count alone cannot load a full checkpoint; this writes the
