@@ -43,7 +43,9 @@ def reason_activation_engines() -> dict:
     A session has ``feature_sums(rows, masks, bits) -> (sums float64 [bits, d_sae], counts [bits])`` (every
     feature of SAELens's ``encode`` at ``hook``, summed over the positions of ``rows`` whose bit b is set in
     ``masks``), ``generate(prompts, n=, max_tokens=, temperature=, seed=) -> [[{"prompt_token_ids",
-    "token_ids", "text"}] per prompt]`` and ``close()``. The vLLM adapter registers ``"vllm"``."""
+    "token_ids", "text"}] per prompt]`` and ``close()``. Options the callers add: ``cut_at=L`` when only the
+    prefill up to decoder layer L is read (ReasonScore over given rows, harvests: an engine may load layers
+    0..L only), ``raw_hooks`` with ``raw_rows(rows, hooks)`` for harvests. The vLLM adapter registers ``"vllm"``."""
 
 
 @hookspec
