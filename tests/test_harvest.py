@@ -155,9 +155,10 @@ def test_resume_and_refusal(llama_dir, rows_dataset, tmp_path, ours):
         harvest(str(llama_dir), str(rows_dataset), HOOKS, out, **dict(kw, n_rows=10))
 
 
-def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir, hf_model, token_rows, tmp_path):
+def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir, hf_model, token_rows, tmp_path, monkeypatch):
     """The cut engine's checkpoint (``vllm_patches.cut_model``): layers 0..L and nothing after, the same rows at
-    L (here through HF; ``test_vllm_raw_readout.py`` reads them in the engine)."""
+    L (here through HF; ``test_onpolicy.py`` reads them in the cut and the full engine), from a local folder or
+    a hub name in the HF cache."""
     from transformers import AutoModelForCausalLM
 
     from vllm_patches.cut_model import cut_model
@@ -173,3 +174,20 @@ def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir
     assert torch.equal(hf_rows(model, [hook])(ids)[hook], hf_rows(hf_model, [hook])(ids)[hook])
     with pytest.raises(ValueError, match="it has 4 layers"):
         cut_model(llama_dir, 4, cache=tmp_path)
+    # a hub name: read from the (offline) HF cache, the same cut
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    repo = tmp_path / "hub" / "models--fake--tiny-llama"
+    shutil.copytree(llama_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    from_hub = cut_model("fake/tiny-llama", 1, cache=tmp_path)
+    assert from_hub.name.startswith("fake--tiny-llama-") and cut_model("fake/tiny-llama", 3, cache=tmp_path) == "fake/tiny-llama"
+    model = AutoModelForCausalLM.from_pretrained(str(from_hub), dtype=torch.float32).eval()
+    assert torch.equal(hf_rows(model, [hook])(ids)[hook], hf_rows(hf_model, [hook])(ids)[hook])
+    with pytest.raises(ValueError, match="cannot cut 'fake/absent': no local folder and no hub snapshot of it"):
+        cut_model("fake/absent", 1, cache=tmp_path)

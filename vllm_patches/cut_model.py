@@ -8,6 +8,8 @@ first L+1 layers' tensors (plus the embedding, final norm and head, which a pref
 looks at but the model class needs) beside a config saying L+1 layers. The residual rows at
 ``blocks.L.hook_resid_post`` are computed exactly as in the full model: nothing before layer L+1
 depends on later layers. The copy is cached under the project's cache by the source's identity and L.
+A hub name is read from the local HF cache (``snapshot_download``: offline, the cached snapshot); a cut
+after the last layer is the model itself, returned as given.
 """
 
 from __future__ import annotations
@@ -30,25 +32,44 @@ def _identity(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cut_model(model_dir: str | Path, last_layer: int, cache: str | Path | None = None) -> Path:
-    """The folder of ``model_dir`` cut after decoder layer ``last_layer`` (built once, then reused)."""
+# what a cut copies of a hub snapshot: config, tokenizer and chat template files, the weights
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+
+
+def _hub_file(model: str, name: str) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if name:
+            return Path(hf_hub_download(model, name))
+        return Path(snapshot_download(model, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # not a local folder, not a hub name in the cache (offline) or on the hub
+        raise ValueError(f"cannot cut {model!r}: no local folder and no hub snapshot of it "
+                         f"({' '.join(str(exc).split())[:160]})") from None
+
+
+def cut_model(model_dir: str | Path, last_layer: int, cache: str | Path | None = None) -> str | Path:
+    """The folder of ``model_dir`` (a local folder or a hub name) cut after decoder layer ``last_layer`` (built
+    once, then reused); ``model_dir`` itself when ``last_layer`` is its last layer."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     from reason_plugins.models import cache_dir
     from reason_plugins.tiny_models import atomic_dir
 
-    src = Path(model_dir)
-    config = json.loads((src / "config.json").read_text())
+    local = Path(model_dir).is_dir()
+    config = json.loads((Path(model_dir) / "config.json" if local else _hub_file(str(model_dir), "config.json")).read_text())
     layers = int(config.get("num_hidden_layers") or config["text_config"]["num_hidden_layers"])
     if not 0 <= last_layer < layers:
-        raise ValueError(f"cannot cut {str(src)!r} after layer {last_layer}: it has {layers} layers (0..{layers - 1})")
+        raise ValueError(f"cannot cut {str(model_dir)!r} after layer {last_layer}: it has {layers} layers (0..{layers - 1})")
     if last_layer == layers - 1:
-        return src
+        return model_dir
+    src = Path(model_dir) if local else _hub_file(str(model_dir), "")
     shards = sorted(src.glob("*.safetensors"))
     if not shards:
-        raise ValueError(f"cannot cut {str(src)!r}: no .safetensors weights there")
-    out = Path(cache or cache_dir() / "cut") / f"{src.name}-{_identity(src)}-L{last_layer}"
+        raise ValueError(f"cannot cut {str(model_dir)!r}: no .safetensors weights there")
+    name = src.name if local else str(model_dir).replace("/", "--")
+    out = Path(cache or cache_dir() / "cut") / f"{name}-{_identity(src)}-L{last_layer}"
 
     def build(tmp: Path) -> None:
         for path in src.iterdir():
