@@ -173,3 +173,22 @@ def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir
     assert torch.equal(hf_rows(model, [hook])(ids)[hook], hf_rows(hf_model, [hook])(ids)[hook])
     with pytest.raises(ValueError, match="it has 4 layers"):
         cut_model(llama_dir, 4, cache=tmp_path)
+
+
+def test_saes_trained_together_from_a_harvest_equal_each_trained_alone_with_its_model(ours, llama_dir, tmp_path):
+    """Several SAEs from one harvest (``training.multi``: SAELens's MultiSAETrainer, the recipe's tokenizer alone)
+    equal the single cached runs the CLI makes (SAELens's runner handed the loaded model): same files, byte for byte."""
+    from sae_lens_ext.training.multi import train_many_from_cache
+    from sae_lens_ext.training.recipes import apply_overrides, get_config
+    from sae_lens_ext.training.train import train_from_config, use_cache
+
+    out, _ = ours
+    recipe = apply_overrides(get_config("tiny"), {"model_path": str(llama_dir), "context_size": CTX, "training_tokens": 512,
+                                                  "train_batch_size_tokens": 64, "n_batches_in_buffer": 4,
+                                                  "store_batch_size_prompts": 4, "n_batches_for_norm_estimate": 2})
+    together = train_many_from_cache(recipe, out, hooks=HOOKS, sizes=[64, 96], out_dir=tmp_path / "multi")
+    assert sorted(together) == sorted(f"{h}-d{n}" for h in HOOKS for n in (64, 96))
+    alone = tmp_path / "alone"
+    train_from_config(use_cache(apply_overrides(recipe, {"hook_name": HOOKS[1], "sae.d_sae": 96}), out), out_dir=alone, cached=True)
+    for name in ("sae_weights.safetensors", "sparsity.safetensors", "cfg.json"):
+        assert (tmp_path / "multi" / f"{HOOKS[1]}-d96" / name).read_bytes() == (alone / name).read_bytes(), name
