@@ -192,3 +192,31 @@ def test_saes_trained_together_from_a_harvest_equal_each_trained_alone_with_its_
     train_from_config(use_cache(apply_overrides(recipe, {"hook_name": HOOKS[1], "sae.d_sae": 96}), out), out_dir=alone, cached=True)
     for name in ("sae_weights.safetensors", "sparsity.safetensors", "cfg.json"):
         assert (tmp_path / "multi" / f"{HOOKS[1]}-d96" / name).read_bytes() == (alone / name).read_bytes(), name
+
+
+def test_an_engine_harvest_keeps_about_one_batch_of_readouts(llama_dir, rows_dataset, tmp_path, monkeypatch):
+    """The engine keeps finished readouts up to ``readout_memory_mb`` (256 MB by default); a harvest fetches each
+    batch's rows once, so it opens its engine with room for about one batch: memory flat in tokens from the
+    first batch, not from the 256th MB (a stand-in engine records what it was opened with)."""
+    import reason_plugins.manager as manager
+    from sae_lens_ext.training.harvest import harvest
+
+    opened = {}
+
+    class Session:
+        def __init__(self, *args, **options):
+            opened.update(options)
+
+        def raw_rows(self, rows, hooks, steering=None):
+            return {h: [torch.zeros(len(r), 128) for r in rows] for h in hooks}
+
+        def close(self):
+            pass
+
+    real_get = manager.get
+    monkeypatch.setattr(manager, "get", lambda kind, name: Session if kind == "activation_engine" else real_get(kind, name))
+    harvest(str(llama_dir), str(rows_dataset), HOOKS, tmp_path / "h", engine="vllm", context_size=CTX, batch_size=8,
+            progress=False, engine_options={"cut": False})
+    batch = 8 * CTX * len(HOOKS) * (128 * 4 + 16)  # one batch's raw rows, positions and token ids
+    assert batch <= opened["readout_memory_mb"] * 2**20 <= 4 * batch + 2**20, opened
+    assert opened["raw_hooks"] == HOOKS
