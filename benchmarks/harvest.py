@@ -4,9 +4,17 @@ engine (every layer, and cut after the hook's layer), through an HF forward here
 layers 0..L over the same rows in the same dtype. SmolLM2-135M-Instruct at a middle layer.
 
     python benchmarks/harvest.py [--rows 16] [--context 256] [--layer 15] [--dtypes float32,bfloat16]
+    python benchmarks/harvest.py --memory 64,256,1024 [--context 64] [--engines hf,vllm-cut,vllm-full]
 
 Each variant runs in its own process (one engine per process); load/start time is left out of every
 figure (each reports the rows' time only). Prints a markdown table.
+
+``--memory``: the peak resident memory of ``reason-sae harvest`` (the console command, as a user runs it)
+at several corpus sizes, the first N rows of the same packed text: the whole process tree's RSS (the
+vLLM engine core and its worker are child processes; pages they share are counted in each), its anonymous
+part (RSS less file-backed pages: what the run allocates, not the memory-mapped weights and libraries),
+sampled every 50 ms, and the command's own process alone. Shards of
+``--rows-per-shard`` rows (default 64 here) are written as they fill, so the peak should not grow with rows.
 """
 
 from __future__ import annotations
@@ -83,21 +91,88 @@ def run_variant(variant: str, rows_path: str, layer: int, dtype: str, out: str) 
     return {"tokens_per_s": info["tokens_per_s"]}
 
 
+def peak_rss(argv: list[str], env: dict) -> dict:
+    """Run ``argv``; its peak resident memory (the process tree summed, and the process alone, MiB) and wall time."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    top = psutil.Process(proc.pid)
+    tree = anon = alone = 0
+    while proc.poll() is None:
+        try:
+            procs = [top, *top.children(recursive=True)]
+            rss, private = [], []
+            for p in procs:
+                try:
+                    info = p.memory_info()
+                except psutil.Error:
+                    info = None
+                rss.append(info.rss if info else 0)
+                private.append(info.rss - info.shared if info else 0)  # shared: file-backed pages (weights, libraries)
+            tree, anon, alone = max(tree, sum(rss)), max(anon, sum(private)), max(alone, rss[0])
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    speed = [w for line in out.splitlines() if line.startswith("harvested") for w in line.split(", ")[1:] if "tokens/s" in w]
+    return {"rc": proc.returncode, "tree_mib": tree / 2**20, "anon_mib": anon / 2**20, "alone_mib": alone / 2**20, "wall_s": time.perf_counter() - t0,
+            "tokens_per_s": float(speed[0].split()[0]) if speed else None, "tail": out[-1500:]}
+
+
+def memory(args) -> None:
+    import datasets
+
+    sizes = [int(x) for x in args.memory.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="harvest-mem-"))
+    datasets.Dataset.from_dict({"tokens": _rows(max(sizes), args.context)}).save_to_disk(str(tmp / "rows"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    exe = str(Path(sys.executable).parent / "reason-sae")
+    rows = []
+    for engine in args.engines.split(","):
+        for n in sizes:
+            argv = [exe, "harvest", "--model", "smollm2-135m-instruct", "--dataset", str(tmp / "rows"), "--hooks",
+                    f"blocks.{args.layer}.hook_resid_post", "--out", str(tmp / f"{engine}-{n}"), "--n-rows", str(n),
+                    "--context-size", str(args.context), "--rows-per-shard", str(args.rows_per_shard), "--batch-size", "16", "--dtype", args.dtypes.split(",")[0],
+                    "--no-progress", "--engine", "hf" if engine == "hf" else "vllm", *(["--full-engine"] if engine == "vllm-full" else [])]
+            got = peak_rss(argv, env)
+            if got["rc"]:
+                print(got["tail"], file=sys.stderr)
+            rows.append((engine, n, got))
+            print(f"{engine} {n} rows: {got['tree_mib']:.0f} MiB tree, {got['anon_mib']:.0f} MiB anonymous, {got['alone_mib']:.0f} MiB alone, "
+                  f"{got['wall_s']:.0f} s, {got['tokens_per_s']} tokens/s, rc {got['rc']}", file=sys.stderr, flush=True)
+    print(f"\nrows of {args.context} tokens, SmolLM2-135M-Instruct, blocks.{args.layer}.hook_resid_post, "
+          f"{args.dtypes.split(',')[0]}, {args.rows_per_shard} rows per shard\n")
+    print("| engine | rows | tokens | peak RSS, process tree | peak anonymous RSS, process tree | peak RSS, the command's process | wall | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for engine, n, got in rows:
+        print(f"| {engine} | {n} | {n * args.context} | {got['tree_mib']:.0f} MiB | {got['anon_mib']:.0f} MiB | {got['alone_mib']:.0f} MiB | "
+              f"{got['wall_s']:.0f} s | {got['tokens_per_s'] or '-'} |" if not got["rc"] else f"| {engine} | {n} | failed | | | | | |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=16)
-    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--context", type=int, default=None, help="tokens per row (default 256; --memory: 64)")
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--dtypes", default="float32")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--one", nargs=4, metavar=("VARIANT", "ROWS", "DTYPE", "OUT"))
+    p.add_argument("--memory", metavar="N1,N2,...", help="peak RSS of `reason-sae harvest` at these row counts")
+    p.add_argument("--engines", default="hf,vllm-cut,vllm-full", help="--memory: hf, vllm-cut, vllm-full")
+    p.add_argument("--rows-per-shard", type=int, default=64, help="--memory: rows per shard")
     args = p.parse_args()
+    if args.memory:
+        args.context = args.context or 64
+        memory(args)
+        return
     if args.one:
         variant, rows_path, dtype, out = args.one
         print("RESULT " + json.dumps(run_variant(variant, rows_path, args.layer, dtype, out)), flush=True)
         return
     import datasets
 
+    args.context = args.context or 256
     tmp = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
     datasets.Dataset.from_dict({"tokens": _rows(args.rows, args.context)}).save_to_disk(str(tmp / "rows"))
     table = {}

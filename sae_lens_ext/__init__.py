@@ -10,14 +10,15 @@ import-linter contract holds the order):
 Importing this package imports nothing heavy; it arms the registrations of ``loading.autoload``
 (which our ``.pth`` also arms at every interpreter start). The public calls, by their short names (each
 module imported on first use): ``from sae_lens_ext import compute_reason_score, score_to_dir, diff_of_means,
-train_sae, train_from_config, load_hooked_transformer, load_bridge, load_sparsify_sae``."""
+train_sae, train_from_config, train_many_from_cache, load_hooked_transformer, load_bridge, load_sparsify_sae``."""
 
 from reason_plugins.import_hooks import lazy_face
 from sae_lens_ext.loading import autoload as _autoload  # noqa: F401  (registers lazily)
 
 _FACE = {"compute_reason_score": "sae_lens_ext.reason_score.run", "score_to_dir": "sae_lens_ext.reason_score.outputs",
          "diff_of_means": "sae_lens_ext.reason_score.direction", "train_sae": "sae_lens_ext.training.train",
-         "train_from_config": "sae_lens_ext.training.train", "load_hooked_transformer": "sae_lens_ext.loading.deepseek",
+         "train_from_config": "sae_lens_ext.training.train",
+         "train_many_from_cache": "sae_lens_ext.training.multi", "load_hooked_transformer": "sae_lens_ext.loading.deepseek",
          "load_bridge": "sae_lens_ext.loading.deepseek", "load_sparsify_sae": "sae_lens_ext.loading.sparsify"}
 __all__ = list(_FACE)
 __getattr__, __dir__ = lazy_face(__name__, _FACE)

@@ -282,6 +282,17 @@ CASES = [
      "is 128 wide but the SAE's d_in is 4096: set --override sae.d_in=128", False),
     ("train cache missing", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations", str(e["root"] / "no_cache"),
                                        "--out", e["out"]], "is not a finished SAELens activation cache", False),
+    # ---- train several SAEs from one harvest (--hooks / --sizes): refused before anything loads
+    ("train hook the harvest lacks", lambda e: ["train", "--config", "tiny", "--override", "sae.d_in=128", "--cached-activations",
+                                                str(Path(e["cache"]).parent), "--hooks", f"{FIXTURE_HOOK},blocks.1.hook_resid_post",
+                                                "--out", e["out"]], "holds ['blocks.2.hook_resid_post'], not 'blocks.1.hook_resid_post'", False),
+    ("train unknown size", lambda e: ["train", "--config", "tiny", "--cached-activations", str(Path(e["cache"]).parent),
+                                      "--sizes", "512,big", "--out", e["out"]], "--sizes: 'big' is not an SAE width", False),
+    ("train several sizes of another width", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations",
+                                                        str(Path(e["cache"]).parent), "--hooks", FIXTURE_HOOK, "--sizes", "512,1024",
+                                                        "--out", e["out"]], "is 128 wide but the SAE's d_in is 4096", False),
+    ("train several SAEs without a harvest", lambda e: ["train", "--config", "tiny", "--sizes", "256,512", "--out", e["out"]],
+     "give --cached-activations DIR", False),
     # ---- compare
     ("compare n-boot 0", lambda e: ["compare", e["root"], e["root"], "--n-boot", "0"], "--n-boot: expected an integer >= 100, got '0'", False),
     ("compare n-boot 99", lambda e: ["compare", e["root"], e["root"], "--n-boot", "99"], "got '99'", False),

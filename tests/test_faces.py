@@ -25,7 +25,7 @@ FACES = {
                      "steer_dataset": "vllm_patches.ray_pipeline"},
     "sae_lens_ext": {"compute_reason_score": "sae_lens_ext.reason_score.run", "score_to_dir": "sae_lens_ext.reason_score.outputs",
                      "diff_of_means": "sae_lens_ext.reason_score.direction", "train_sae": "sae_lens_ext.training.train",
-                     "train_from_config": "sae_lens_ext.training.train",
+                     "train_from_config": "sae_lens_ext.training.train", "train_many_from_cache": "sae_lens_ext.training.multi",
                      "load_hooked_transformer": "sae_lens_ext.loading.deepseek", "load_bridge": "sae_lens_ext.loading.deepseek",
                      "load_sparsify_sae": "sae_lens_ext.loading.sparsify"},
     "lm_eval_tasks": {"SteeredVLLM": "lm_eval_tasks.steered_vllm", "parse_arms": "lm_eval_tasks.arms.formats",

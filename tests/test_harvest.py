@@ -191,3 +191,50 @@ def test_a_checkpoint_cut_after_layer_l_computes_the_same_rows_up_to_l(llama_dir
     assert torch.equal(hf_rows(model, [hook])(ids)[hook], hf_rows(hf_model, [hook])(ids)[hook])
     with pytest.raises(ValueError, match="cannot cut 'fake/absent': no local folder and no hub snapshot of it"):
         cut_model("fake/absent", 1, cache=tmp_path)
+
+
+def test_saes_trained_together_from_a_harvest_equal_each_trained_alone_with_its_model(ours, llama_dir, tmp_path):
+    """Several SAEs from one harvest (``training.multi``: SAELens's MultiSAETrainer, the recipe's tokenizer alone)
+    equal the single cached runs the CLI makes (SAELens's runner handed the loaded model): same files, byte for byte."""
+    from sae_lens_ext.training.multi import train_many_from_cache
+    from sae_lens_ext.training.recipes import apply_overrides, get_config
+    from sae_lens_ext.training.train import train_from_config, use_cache
+
+    out, _ = ours
+    recipe = apply_overrides(get_config("tiny"), {"model_path": str(llama_dir), "context_size": CTX, "training_tokens": 512,
+                                                  "train_batch_size_tokens": 64, "n_batches_in_buffer": 4,
+                                                  "store_batch_size_prompts": 4, "n_batches_for_norm_estimate": 2})
+    together = train_many_from_cache(recipe, out, hooks=HOOKS, sizes=[64, 96], out_dir=tmp_path / "multi")
+    assert sorted(together) == sorted(f"{h}-d{n}" for h in HOOKS for n in (64, 96))
+    alone = tmp_path / "alone"
+    train_from_config(use_cache(apply_overrides(recipe, {"hook_name": HOOKS[1], "sae.d_sae": 96}), out), out_dir=alone, cached=True)
+    for name in ("sae_weights.safetensors", "sparsity.safetensors", "cfg.json"):
+        assert (tmp_path / "multi" / f"{HOOKS[1]}-d96" / name).read_bytes() == (alone / name).read_bytes(), name
+
+
+def test_an_engine_harvest_keeps_about_one_batch_of_readouts(llama_dir, rows_dataset, tmp_path, monkeypatch):
+    """The engine keeps finished readouts up to ``readout_memory_mb`` (256 MB by default); a harvest fetches each
+    batch's rows once, so it opens its engine with room for about one batch: memory flat in tokens from the
+    first batch, not from the 256th MB (a stand-in engine records what it was opened with)."""
+    import reason_plugins.manager as manager
+    from sae_lens_ext.training.harvest import harvest
+
+    opened = {}
+
+    class Session:
+        def __init__(self, *args, **options):
+            opened.update(options)
+
+        def raw_rows(self, rows, hooks, steering=None):
+            return {h: [torch.zeros(len(r), 128) for r in rows] for h in hooks}
+
+        def close(self):
+            pass
+
+    real_get = manager.get
+    monkeypatch.setattr(manager, "get", lambda kind, name: Session if kind == "activation_engine" else real_get(kind, name))
+    harvest(str(llama_dir), str(rows_dataset), HOOKS, tmp_path / "h", engine="vllm", context_size=CTX, batch_size=8,
+            progress=False, engine_options={"cut": False})
+    batch = 8 * CTX * len(HOOKS) * (128 * 4 + 16)  # one batch's raw rows, positions and token ids
+    assert batch <= opened["readout_memory_mb"] * 2**20 <= 4 * batch + 2**20, opened
+    assert opened["raw_hooks"] == HOOKS

@@ -4,6 +4,8 @@
     reason-sae train --list                       # registered recipes
     reason-sae train --config NAME --show         # the resolved recipe, nothing trained
     reason-sae train --config NAME --cached-activations DIR   # from a `reason-sae harvest` (or SAELens) cache
+    reason-sae train --config NAME --cached-activations DIR --hooks H1,H2 --sizes 512,1024 --out DIR
+                                                  # one SAE per hook x size, trained together: DIR/<hook>-d<size>/
 
 Overrides: ``lr=1e-4``, ``sae.k=64`` (an SAE field), ``dataset_path=DIR`` (a local folder from
 ``reason-sae data`` works offline), ``model_path=DIR`` (a local model snapshot). wandb stays off
@@ -24,6 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cached-activations", metavar="DIR",
                         help="train from an activation cache: a `reason-sae harvest` folder (the recipe's hook is picked) "
                              "or one SAELens cache folder; no forward pass runs")
+    parser.add_argument("--hooks", metavar="H1,H2",
+                        help="train at these hooks (default: the recipe's); several train together from one harvest")
+    parser.add_argument("--sizes", metavar="N1,N2",
+                        help="SAE widths d_sae (default: the recipe's); several train together from one harvest")
     parser.add_argument("--list", action="store_true", help="list the registered recipes and exit")
     parser.add_argument("--show", action="store_true", help="print the resolved recipe as JSON and exit")
 
@@ -45,6 +51,14 @@ def run(args) -> int:
     config = apply_overrides(get_config(args.config), args.override)
     if args.wandb:
         config["log_to_wandb"] = True
+    if args.hooks or args.sizes:
+        from sae_lens_ext.training.multi import parse_list, parse_sizes
+
+        hooks = parse_list(args.hooks, "--hooks") if args.hooks else [config["hook_name"]]
+        sizes = parse_sizes(args.sizes) if args.sizes else []
+        if len(hooks) * max(1, len(sizes)) > 1:
+            return _run_many(args, config, hooks, sizes)
+        config = apply_overrides(config, {"hook_name": hooks[0], **({"sae.d_sae": sizes[0]} if sizes else {})})
     if args.cached_activations:
         from sae_lens_ext.training.train import use_cache
 
@@ -60,4 +74,23 @@ def run(args) -> int:
     sae = train_from_config(config, cached=bool(args.cached_activations))
     print(f"trained {type(sae).__name__} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
           f"hook={sae.cfg.metadata.hook_name} -> {config['output_path']}")
+    return 0
+
+
+def _run_many(args, config: dict, hooks: list[str], sizes: list[int]) -> int:
+    """Several SAEs (hooks x sizes) trained together from one harvest (``training.multi``)."""
+    from sae_lens_ext.training.multi import plan, train_many_from_cache
+
+    if not args.cached_activations:
+        raise SystemExit(f"several SAEs ({len(hooks)} hook(s) x {max(1, len(sizes))} size(s)) train together from one "
+                         f"harvest: give --cached-activations DIR (make it with reason-sae harvest --hooks {','.join(hooks)})")
+    if args.out:
+        config["output_path"] = args.out
+    recipes = plan(config, args.cached_activations, hooks, sizes)  # every refusal before anything loads
+    if args.show:
+        print(json.dumps(recipes, indent=2, default=str))
+        return 0
+    for name, sae in train_many_from_cache(config, args.cached_activations, hooks=hooks, sizes=sizes).items():
+        print(f"trained {type(sae).__name__} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
+              f"hook={sae.cfg.metadata.hook_name} -> {config['output_path']}/{name}")
     return 0

@@ -155,7 +155,13 @@ def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 
     result = {"hooks": {h: Path(out) / h for h in hooks}, "rows": total, "tokens": total * width, "resumed_rows": done}
     if writer.complete:
         return dict(result, seconds=0.0, tokens_per_s=None)
-    run, close = _source(path, hooks, dtype, factory, engine_options or {}, steering)
+    options = dict(engine_options or {})
+    if factory is not None and "readout_memory_mb" not in options:
+        # the engine keeps finished readouts until this bound; the harvest fetches each batch's rows once, so a
+        # batch and a half is enough, and the memory stays flat in tokens (the default, 256 MB, filled first)
+        batch_bytes = batch_size * width * len(hooks) * (int(cfg.hidden_size) * 4 + 16)
+        options["readout_memory_mb"] = int(1.5 * batch_bytes) // 2**20 + 1
+    run, close = _source(path, hooks, dtype, factory, options, steering)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=done, unit="row", desc="harvest", disable=not progress)

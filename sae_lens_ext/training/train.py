@@ -99,8 +99,10 @@ def train_from_cache(model_dir: str | Path, cache_dir: str | Path, hook_name: st
     )
     import torch
 
-    torch.manual_seed(seed)  # the SAE's init and the store's mixing draw from torch's global generator
-    LanguageModelSAETrainingRunner(cfg, override_dataset=cache_token_rows(folder), override_model=model).run()
+    torch.manual_seed(seed)  # the SAE's init draws from torch's global generator
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=cache_token_rows(folder), override_model=model)
+    torch.manual_seed(seed)  # and so does the store's mixing: the data order is the seed's alone, whatever the SAE's size
+    runner.run()
     return SAE.load_from_disk(str(out_dir), device=device)
 
 
@@ -199,7 +201,7 @@ def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | 
         import torch
 
         dataset = cache_token_rows(runner_cfg.cached_activations_path)  # SAELens wants a token dataset beside its cache
-        torch.manual_seed(runner_cfg.seed)
+        torch.manual_seed(runner_cfg.seed)  # the SAE's init
     if dataset is None and config.get("dataset_path") == "champ":
         dataset = champ_tokens_dataset(model.tokenizer if model is not None else config["model_name"],
                                        runner_cfg.context_size, runner_cfg.training_tokens)
@@ -207,5 +209,8 @@ def train_from_config(config: dict, *, model=None, dataset=None, out_dir: str | 
         dataset = load_local_dataset(config["dataset_path"])
     if dataset is None and not config.get("dataset_path"):
         raise ValueError("config has no dataset_path: give a hub dataset id or a local folder from `reason-sae data`")
-    LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model).run()
+    runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+    if cached:  # the data order (the store's mixing) is the seed's alone, not shifted by the SAE's init draws:
+        torch.manual_seed(runner_cfg.seed)  # the batches a multi-SAE run (training.multi) gives this SAE
+    runner.run()
     return SAE.load_from_disk(runner_cfg.output_path, device=runner_cfg.device)
