@@ -12,10 +12,11 @@ from reason_plugins.cli_args import check_int
 GENERATE_KEYS = ("n", "max_tokens", "temperature", "seed", "chat_template")
 
 
-def check_generation_room(generate: dict, tokenizer, model_dir: str, engine_options) -> None:
+def check_generation_room(generate: dict, tokenizer, model_dir: str, engine_options) -> int | None:
     """A row is a prompt (rendered as the engine renders it) and up to ``max_tokens`` generated tokens, read back
     in one more engine pass: it must fit the engine's context length (``max_model_len``, else the model's
-    ``max_position_embeddings``). Refused before generating, naming the longest prompt and the numbers."""
+    ``max_position_embeddings``). Refused before generating, naming the longest prompt and the numbers; returns
+    the longest row's length (None when the model states no limit)."""
     limit = (engine_options or {}).get("max_model_len")
     if limit is None:
         from reason_plugins.models import load_config
@@ -23,7 +24,7 @@ def check_generation_room(generate: dict, tokenizer, model_dir: str, engine_opti
         cfg = load_config(model_dir)
         limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg.get_text_config(), "max_position_embeddings", None)
     if not limit:
-        return
+        return None
     lengths = []
     for prompt in generate["prompts"]:
         text = prompt
@@ -38,6 +39,7 @@ def check_generation_room(generate: dict, tokenizer, model_dir: str, engine_opti
         raise ValueError(f"generate: prompt {worst} renders to {lengths[worst]} tokens; with max_tokens={generate['max_tokens']} its row "
                          f"needs {need} tokens (one more to read it back), beyond the engine's context length {limit} "
                          f"(max_model_len): {fix} --max-model-len")
+    return need
 
 
 def check_generate(generate, engine, tokens):

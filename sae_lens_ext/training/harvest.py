@@ -232,6 +232,19 @@ def _source(path, hooks, dtype, factory, options, steering, session=None):
     return run, session.close if own else (lambda: None)
 
 
+def _unchunked(options: dict, longest: int | None) -> dict:
+    """Engine options under which no prefill is split on a CPU engine: vLLM 0.32's CPU runner cannot rewind a seeded
+    sampler over a partial prefill ("CPU Generator does not use offset"), so the step budget holds every running row
+    whole (the context is the longest row, at most ``max_num_seqs`` rows, 16 unless told)."""
+    import torch
+
+    if torch.cuda.is_available() or longest is None or "max_num_batched_tokens" in options:
+        return options
+    seqs = int(options.get("max_num_seqs", 16))
+    length = int(options.get("max_model_len", longest))
+    return {**options, "max_num_seqs": seqs, "max_model_len": length, "max_num_batched_tokens": seqs * length}
+
+
 def _harvest_generated(path, hooks, out, tok, d_in, generate, factory, options, steering, *, context_size, dtype, rows_per_shard,
                        batch_size, progress, session, model_ref) -> dict:
     """``harvest(generate=...)``: every check done before the folder or the engine is touched, then generate (or
@@ -244,7 +257,7 @@ def _harvest_generated(path, hooks, out, tok, d_in, generate, factory, options, 
     from sae_lens_ext.inputs.generation import check_generation_room
     from sae_lens_ext.training import harvest_generated as hg
 
-    check_generation_room(generate, tok, str(path), options)  # a prompt that cannot fit: refused before anything is written
+    longest = check_generation_room(generate, tok, str(path), options)  # a prompt that cannot fit: refused before anything is written
     prompts_id = hashlib.sha256(json.dumps(generate["prompts"]).encode()).hexdigest()[:16]
     sampling = {k: generate[k] for k in ("n", "max_tokens", "temperature", "seed", "chat_template")}
     identity = dict(_identity(model_ref, prompts_id, None, prepend_bos=False, steering=_steering_id(steering), sampling=sampling),
@@ -258,8 +271,8 @@ def _harvest_generated(path, hooks, out, tok, d_in, generate, factory, options, 
         return dict(result, **plan, tokens=plan["rows"] * context_size, seconds=0.0, tokens_per_s=None)
     t0 = time.perf_counter()
     own = session is None
-    if own:
-        session = _open_session(path, hooks, dtype, factory, options, cut=False)  # generating needs every layer
+    if own:  # generating needs every layer
+        session = _open_session(path, hooks, dtype, factory, _unchunked(options, longest), cut=False)
     try:
         transcripts = hg.transcribe(session, generate, steering, Path(out), job)
         generate_seconds = time.perf_counter() - t0
