@@ -9,7 +9,8 @@
 The engine has to start for the generations anyway, so the CHAMP rows cost only their own reading there
 (the full engine read float32 rows 2.3x faster than SAELens's harvester in ``benchmarks/RESULTS.md``). Both
 SAEs are cached by their settings; the harvests run in a child process (the demo starts more engines later),
-one engine for whatever is not cached yet. ``python -m reason_plugins.app.demo_saes JOB.json`` is that child.
+one engine for whatever is not cached yet (``python -m reason_plugins.app.demo_saes JOB.json``), and the
+training here, from the caches the child wrote, which are deleted once the SAEs are saved.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 RECIPE = "smollm2-135m-instruct-demo"
 GEN = {"n": 2, "max_tokens": 128, "temperature": 0.7}  # sampling of the second SAE's data
-GEN_PROMPTS, MAX_MODEL_LEN, PROMPT_ROOM = 24, 1024, 512
+GEN_PROMPTS, PROMPT_ROOM = 24, 512
+MAX_MODEL_LEN, MAX_SEQS = 768, 48  # every continuation in one wave; rows of at most 512 + 128 + 1 tokens
 
 
 def _config(model_dir: str, sae_tokens: int, seed: int) -> dict:
@@ -63,86 +65,84 @@ def sae_dirs(model_dir: str, cache: Path, sae_tokens: int, seed: int) -> dict:
 
 
 def build_saes(model_dir: str, cache: Path, sae_tokens: int, seed: int = 0, dtype: str = "float32") -> dict:
-    """Both SAEs (built in a child process when one is missing); returns ``{"champ"|"generated": {"dir", "harvest"}}``
-    with each one's harvest figures (harvester, tokens, seconds, tokens/s)."""
-    import os
+    """Both SAEs; returns ``{"champ"|"generated": {"dir", "harvest"}}`` with each one's harvest figures (harvester,
+    tokens, seconds, tokens/s). The missing harvests run in a child process with one engine; training runs here."""
+    import shutil
     import subprocess
-    import tempfile
+    import time
+
+    from reason_plugins.tiny_models import atomic_dir
+    from sae_lens_ext.training.recipes import apply_overrides
+    from sae_lens_ext.training.train import train_from_config, use_cache
 
     dirs = sae_dirs(model_dir, cache, sae_tokens, seed)
-    if not all(d.exists() for d in dirs.values()):
-        with tempfile.TemporaryDirectory() as tmp:
-            job = Path(tmp) / "job.json"
-            job.write_text(json.dumps({"model_dir": model_dir, "cache": str(cache), "sae_tokens": sae_tokens, "seed": seed, "dtype": dtype}))
-            env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-            res = subprocess.run([sys.executable, "-m", "reason_plugins.app.demo_saes", str(job)], env=env, timeout=3600,
-                                 stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-            if res.returncode != 0:
-                raise RuntimeError(f"the demo's SAE harvests failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    missing = [name for name, d in dirs.items() if not d.exists()]
+    work = Path(cache) / "harvests" / dirs["champ"].name
+    if missing:
+        work.mkdir(parents=True, exist_ok=True)
+        job = {"model_dir": model_dir, "work": str(work), "sae_tokens": sae_tokens, "seed": seed, "dtype": dtype, "missing": missing}
+        (work / "job.json").write_text(json.dumps(job))
+        res = subprocess.run([sys.executable, "-m", "reason_plugins.app.demo_saes", str(work / "job.json")], timeout=3600,
+                             stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"the demo's SAE harvests failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+        config = _config(model_dir, sae_tokens, seed)
+        for name in missing:
+            info = json.loads((work / f"{name}.json").read_text())
+
+            def build(tmp: Path, name=name, info=info) -> None:
+                tokens = min(sae_tokens, info["tokens"])
+                small = {"n_batches_in_buffer": 2} if name == "generated" else {}  # a few thousand tokens: a smaller mixing buffer
+                cfg = apply_overrides(use_cache(config, work / name / config["hook_name"]),
+                                      {"training_tokens": tokens, "output_path": str(tmp), **small})
+                t = time.perf_counter()
+                train_from_config(cfg, cached=True)
+                (tmp / "harvest_info.json").write_text(json.dumps({**info, "train_seconds": round(time.perf_counter() - t, 1),
+                                                                   "training_tokens": tokens}, indent=2))
+
+            atomic_dir(dirs[name], build)
+        shutil.rmtree(work, ignore_errors=True)  # the SAEs are cached; their activations are not kept
     return {name: {"dir": str(d), "harvest": json.loads((d / "harvest_info.json").read_text())} for name, d in dirs.items()}
 
 
 def _child(job: dict) -> None:
-    """Open one engine (every layer: it generates too), harvest what is missing, close it, train from the caches."""
-    import shutil
+    """One engine (every layer: it generates too) harvests what is missing into ``work``, with its figures."""
     import time
 
     from transformers import AutoTokenizer
 
-    from reason_plugins.tiny_models import atomic_dir
     from sae_lens_ext.training.harvest import harvest
-    from sae_lens_ext.training.recipes import apply_overrides
-    from sae_lens_ext.training.train import champ_tokens_dataset, train_from_config, use_cache
+    from sae_lens_ext.training.train import champ_tokens_dataset
     from vllm_patches.onpolicy import VllmSession
 
-    model_dir, cache, sae_tokens, seed = job["model_dir"], Path(job["cache"]), int(job["sae_tokens"]), int(job["seed"])
+    model_dir, work, sae_tokens, seed = job["model_dir"], Path(job["work"]), int(job["sae_tokens"]), int(job["seed"])
     config = _config(model_dir, sae_tokens, seed)
     hook, ctx = config["hook_name"], int(config["context_size"])
-    dirs = sae_dirs(model_dir, cache, sae_tokens, seed)
-    work = cache / "harvests" / dirs["champ"].name
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    infos = {}
-    missing = [name for name, d in dirs.items() if not d.exists()]
     t0 = time.perf_counter()
     # every running row's prefill fits one step: vLLM's CPU runner cannot rewind a seeded sampler over a split prefill
-    session = VllmSession(model_dir, None, raw_hooks=[hook], dtype=job["dtype"], max_model_len=MAX_MODEL_LEN, max_num_seqs=16,
-                          max_num_batched_tokens=16 * MAX_MODEL_LEN)
-    start = time.perf_counter() - t0
+    session = VllmSession(model_dir, None, raw_hooks=[hook], dtype=job["dtype"], max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_SEQS,
+                          max_num_batched_tokens=MAX_SEQS * MAX_MODEL_LEN)
+    start = round(time.perf_counter() - t0, 1)
     try:
-        if "champ" in missing:
+        if "champ" in job["missing"]:
             rows = champ_tokens_dataset(tokenizer, ctx, sae_tokens, seed=seed)
             info = harvest(model_dir, rows, [hook], work / "champ", engine="vllm", context_size=ctx, n_rows=-(-sae_tokens // ctx),
                            dtype=job["dtype"], session=session)
-            infos["champ"] = {"harvester": "vLLM engine (raw readout, every layer)", "rows": info["rows"], "tokens": info["tokens"],
-                              "seconds": round(info["seconds"], 1), "tokens_per_s": info["tokens_per_s"], "engine_start_s": round(start, 1)}
-        if "generated" in missing:
+            (work / "champ.json").write_text(json.dumps({
+                "harvester": "vLLM engine (raw readout, every layer)", "rows": info["rows"], "tokens": info["tokens"],
+                "seconds": round(info["seconds"], 1), "tokens_per_s": info["tokens_per_s"], "engine_start_s": start}))
+        if "generated" in job["missing"]:
             gen = {**GEN, "prompts": champ_prompts(tokenizer, sae_tokens, seed), "seed": seed}
             info = harvest(model_dir, None, [hook], work / "generated", engine="vllm", context_size=ctx, dtype=job["dtype"],
                            generate=gen, session=session, engine_options={"max_model_len": MAX_MODEL_LEN})
-            infos["generated"] = {"harvester": "vLLM engine (harvest --generate)", "rows": info["rows"], "tokens": info["tokens"],
-                                  "prompts": len(gen["prompts"]), **{k: gen[k] for k in GEN}, "generated_tokens": info["generated_tokens"],
-                                  "dropped_tokens": info["dropped_tokens"], "seconds": round(info["seconds"], 1),
-                                  "generate_seconds": round(info["generate_seconds"], 1), "tokens_per_s": info["tokens_per_s"],
-                                  "engine_start_s": round(start, 1)}
+            (work / "generated.json").write_text(json.dumps({
+                "harvester": "vLLM engine (harvest --generate)", "rows": info["rows"], "tokens": info["tokens"],
+                "prompts": len(gen["prompts"]), **{k: gen[k] for k in GEN}, "generated_tokens": info["generated_tokens"],
+                "dropped_tokens": info["dropped_tokens"], "seconds": round(info["seconds"], 1),
+                "generate_seconds": round(info["generate_seconds"], 1), "tokens_per_s": info["tokens_per_s"], "engine_start_s": start}))
     finally:
         session.close()
-    for name in missing:
-        def build(tmp: Path, name=name) -> None:
-            folder = work / name / hook
-            tokens = min(sae_tokens, infos[name]["tokens"])
-            small = {"n_batches_in_buffer": 2} if name == "generated" else {}  # a few thousand tokens: a smaller mixing buffer
-            cfg = apply_overrides(use_cache(config, folder), {"training_tokens": tokens, "output_path": str(tmp), **small})
-            t = time.perf_counter()
-            train_from_config(cfg, cached=True)
-            (tmp / "harvest_info.json").write_text(json.dumps({**infos[name], "train_seconds": round(time.perf_counter() - t, 1),
-                                                               "training_tokens": tokens}, indent=2))
-
-        atomic_dir(dirs[name], build)
-    shutil.rmtree(work, ignore_errors=True)  # the SAEs are cached; their activations are not kept
-
-
-if __name__ == "__main__":
-    _child(json.loads(Path(sys.argv[1]).read_text()))
 
 
 def saes_markdown(s: dict) -> list[str]:
@@ -170,3 +170,7 @@ def saes_markdown(s: dict) -> list[str]:
     for i, (f, g) in enumerate(zip(s["top_features"][:5], saes["top_generated"][:5])):
         lines.append(f"| {i + 1} | {f['feature']} | {f['score']:.4f} | {groups(f)} | {g['feature']} | {g['score']:.4f} | {groups(g)} |")
     return lines + [""]
+
+
+if __name__ == "__main__":
+    _child(json.loads(Path(sys.argv[1]).read_text()))
