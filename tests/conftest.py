@@ -142,7 +142,7 @@ MODULE_SECONDS = {"test_lm_eval_dp": 200, "test_ray_score": 170, "test_readme::T
                   "test_vllm_load": 65, "test_readme::TestSession_onpolicy": 63, "test_demo": 58, "test_readme::TestSession_steer": 42,
                   "test_readme::TestSession_train": 70, "test_cli_bad_inputs": 35, "test_readme::TestSession_server": 30,
                   "test_lm_eval_arms": 30, "test_readme::TestSession_loading": 20, "test_dashboards": 15, "test_sweep": 15,
-                  "test_autoload": 14, "test_vllm_targets": 12, "test_peers": 45, "test_vllm_raw_readout": 60, "test_harvest": 12}
+                  "test_autoload": 14, "test_vllm_targets": 12, "test_peers": 45, "test_vllm_raw_readout": 68, "test_harvest": 20}
 
 
 def unit_seconds(item) -> float:

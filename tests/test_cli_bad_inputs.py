@@ -37,6 +37,7 @@ def env(tmp_path_factory, llama_dir, sae_dirs, tokenizer_dir, scored_run, scored
     (root / "empty.jsonl").write_text("")
     (root / "blank.jsonl").write_text("\n\n")
     (root / "rows.jsonl").write_text('{"text": "x"}\n')
+    (root / "prompts.txt").write_text("What is 17 + 5?\n")
     truncated = root / "truncated_sae"
     truncated.mkdir()
     cfg = (Path(sae_dirs["standard"]) / "cfg.json").read_text()
@@ -57,6 +58,7 @@ def env(tmp_path_factory, llama_dir, sae_dirs, tokenizer_dir, scored_run, scored
     cache.finish()
     return {"root": root, "model": str(llama_dir), "sae": str(sae_dirs["standard"]), "tok": str(tokenizer_dir),
             "run": str(scored_run), "data": str(scored_data), "file": str(root / "a_file"), "jsonl": str(root / "rows.jsonl"), "out": str(root / "out"),
+            "prompts": str(root / "prompts.txt"),
             "cache": str(root / "cache" / FIXTURE_HOOK)}
 
 
@@ -66,6 +68,10 @@ def V(e):  # a vector command up to its options
 
 def H(e):  # a harvest command up to its options
     return ["harvest", "--model", e["model"], "--dataset", e["data"], "--no-progress"]
+
+
+def G(e):  # an on-policy harvest command up to its options
+    return ["harvest", "--model", e["model"], "--hooks", FIXTURE_HOOK, "--engine", "vllm", "--generate", "2", "--out", e["out"], "--no-progress"]
 
 
 def S(e):  # a score command up to its options
@@ -268,11 +274,24 @@ CASES = [
     ("harvest unknown engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--engine", "tgi", "--out", e["out"]],
      "unknown activation_engine 'tgi'", False),
     ("harvest tp without engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--tensor-parallel-size", "2", "--out", e["out"]],
-     "--tensor-parallel-size configures an engine", False),
+     "--tensor-parallel-size / --max-model-len configure an engine", False),
     ("harvest steer without engine", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--steer", "{}", "--out", e["out"]],
      "--steer needs --engine vllm", False),
     ("harvest bad steer", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--engine", "vllm", "--steer", "{not json", "--out", e["out"]],
      "not valid JSON", False),
+    ("harvest generate with hf", lambda e: H(e)[:3] + ["--hooks", FIXTURE_HOOK, "--generate", "2", "--prompts", e["prompts"], "--out", e["out"]],
+     "--generate needs --engine vllm", False),
+    ("harvest generate with dataset", lambda e: G(e) + ["--prompts", e["prompts"], "--dataset", e["data"]],
+     "give no --dataset", False),
+    ("harvest generate prompts missing", lambda e: G(e) + ["--prompts", "nope.txt"], "'nope.txt' does not exist", False),
+    ("harvest generate prompts empty", lambda e: G(e) + ["--prompts", str(e["root"] / "blank.jsonl")], "holds no prompt", False),
+    ("harvest prompts without generate", lambda e: H(e) + ["--hooks", FIXTURE_HOOK, "--prompts", e["prompts"], "--out", e["out"]],
+     "--prompts is for --generate N", False),
+    ("harvest generate prompt cannot fit", lambda e: G(e) + ["--prompts", e["prompts"], "--max-model-len", "64", "--max-tokens", "60"],
+     "with max_tokens=60 its row needs", False),
+    ("harvest generate steer on generated positions", lambda e: G(e) + ["--prompts", e["prompts"], "--steer", json.dumps(
+        {"sae": e["sae"], "hook": FIXTURE_HOOK, "edits": [{"feature": 1, "mode": "set", "value": 1.0}], "from_token": 2})],
+     "from_token depends on which tokens are generated", False),
     ("harvest missing model", lambda e: ["harvest", "--model", "/no/model", "--dataset", e["data"], "--hooks", FIXTURE_HOOK,
                                          "--out", e["out"]], "/no/model", False),
     ("train cache of another hook", lambda e: ["train", "--config", "r1-distill-llama-8b", "--cached-activations", e["cache"],

@@ -64,3 +64,23 @@ def test_demo_defaults_to_the_real_model():
     args = build_parser(["demo"]).parse_args(["demo"])
     assert args.model == "smollm2-135m-instruct" and args.dtype == "float32" and args.sae_tokens is None
     assert build_parser(["demo"]).parse_args(["demo", "--model", "tiny"]).model == "tiny"
+
+
+def test_the_report_sets_the_two_engine_harvested_saes_side_by_side():
+    from reason_plugins.app.demo_real import report_markdown
+
+    s = _summary()
+    s["saes"] = {"champ": {"dir": "/c/a", "harvest": {"harvester": "vLLM engine (raw readout, every layer)", "tokens": 24064, "seconds": 61.2,
+                                                     "tokens_per_s": 393.2, "engine_start_s": 12.5, "train_seconds": 30.1}},
+                 "generated": {"dir": "/c/b", "harvest": {"harvester": "vLLM engine (harvest --generate)", "tokens": 5888, "seconds": 40.0,
+                                                         "generate_seconds": 30.5, "tokens_per_s": 147.2, "prompts": 24, "n": 2,
+                                                         "max_tokens": 128, "temperature": 0.7, "generated_tokens": 6000,
+                                                         "dropped_tokens": 112, "train_seconds": 9.9}},
+                 "top_generated": [{"feature": 40 + i, "score": 0.02 - 0.001 * i, "top_groups": [{"group": "so", "mu": 1.0}]} for i in range(3)]}
+    text = report_markdown(s)
+    assert "## Two SAEs from engine harvests: CHAMP text and the model's own generations" in text
+    assert "one engine start for both (12.5 s)" in text
+    assert "| 1 | CHAMP transcripts + statements (packed rows) | vLLM engine (raw readout, every layer) | 24,064 | 61.2 | 393 | 30.1 |" in text
+    assert "6,000 generated, 112 dropped) | vLLM engine (harvest --generate) | 5,888 | 40.0 (generating 30.5) | 147 | 9.9 |" in text
+    assert "| 1 | 7 | 0.0500 | therefore, but | 40 | 0.0200 | so |" in text and "| 3 | 11 | 0.0300 | therefore, but | 42 | 0.0180 | so |" in text
+    assert "## Two SAEs" not in report_markdown(_summary())  # --no-vllm: one SAE, no such section

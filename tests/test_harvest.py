@@ -238,3 +238,127 @@ def test_an_engine_harvest_keeps_about_one_batch_of_readouts(llama_dir, rows_dat
     batch = 8 * CTX * len(HOOKS) * (128 * 4 + 16)  # one batch's raw rows, positions and token ids
     assert batch <= opened["readout_memory_mb"] * 2**20 <= 4 * batch + 2**20, opened
     assert opened["raw_hooks"] == HOOKS
+
+
+# ---- the on-policy harvest (generate=): its logic through an engine double that reads rows with HF hooks
+
+GEN = {"prompts": ["What is 17 + 5?", "Is 91 prime?", "What is 29 - 12?"], "n": 2, "max_tokens": 12, "temperature": 0.7, "seed": 4}
+
+
+class EngineDouble:
+    """An activation-engine session: ``generate`` draws continuations from a seeded generator, ``raw_rows`` reads each
+    whole row with HF forward hooks (what the engine is held to in ``test_vllm_raw_readout.py``)."""
+
+    def __init__(self, hf_model, tokenizer):
+        self.hf_model, self.tokenizer, self.generated, self.read = hf_model, tokenizer, 0, []
+
+    def generate(self, prompts, *, n, max_tokens, temperature, seed, chat_template, steering=None):
+        self.generated += 1
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for p in prompts:
+            ids = self.tokenizer(p)["input_ids"]
+            lengths = torch.randint(3, max_tokens + 1, (n,), generator=g).tolist()
+            out.append([{"prompt_token_ids": ids, "token_ids": torch.randint(5, 200, (k,), generator=g).tolist(), "text": p} for k in lengths])
+        return out
+
+    def raw_rows(self, rows, hooks, steering=None):
+        from sae_lens_ext.training.harvest import hf_rows
+
+        self.read.append([list(r) for r in rows])
+        run = hf_rows(self.hf_model, hooks)
+        got = [run(torch.tensor([r])) for r in rows]
+        return {h: [g[h][0] for g in got] for h in hooks}
+
+    def close(self):
+        raise AssertionError("a session the caller passed is left open")
+
+
+def _generated_reference(hf_model, transcripts, hooks, ctx):
+    """Every transcript's prompt + generated ids through HF, the generated positions concatenated in order."""
+    from sae_lens_ext.training.harvest import hf_rows
+
+    run = hf_rows(hf_model, hooks)
+    ids, acts = [], {h: [] for h in hooks}
+    for t in transcripts:
+        got = run(torch.tensor([t["prompt_token_ids"] + t["token_ids"]]))
+        ids += t["token_ids"]
+        for h in hooks:
+            acts[h].append(got[h][0, len(t["prompt_token_ids"]):])
+    n = len(ids) // ctx * ctx
+    return torch.tensor(ids[:n], dtype=torch.int32).view(-1, ctx), {h: torch.cat(acts[h])[:n].view(-1, ctx, 128) for h in hooks}
+
+
+def test_generate_harvest_keeps_generated_positions_packed_in_order_and_resumes(llama_dir, hf_model, tokenizer, tmp_path):
+    from sae_lens_ext.training import activation_cache
+    from sae_lens_ext.training.harvest import harvest
+
+    out, ctx = tmp_path / "gen", 8
+    kw = dict(engine="vllm", generate=GEN, context_size=ctx, batch_size=2, rows_per_shard=2, progress=False)
+    double = EngineDouble(hf_model, tokenizer)
+    real_flush, calls = activation_cache.CacheWriter._flush, []
+
+    def stop_after_one(self, n):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(n)
+        real_flush(self, n)
+
+    activation_cache.CacheWriter._flush = stop_after_one
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            harvest(str(llama_dir), None, HOOKS, out, session=double, **kw)
+    finally:
+        activation_cache.CacheWriter._flush = real_flush
+    assert double.generated == 1 and json.loads((out / "harvest.json").read_text())["rows"] == 2
+    info = harvest(str(llama_dir), None, HOOKS, out, session=double, **kw)
+    assert double.generated == 1 and info["resumed_rows"] == 2  # the transcripts were read back, not generated again
+    transcripts = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert [(t["prompt_index"], t["choice"]) for t in transcripts] == [(i, c) for i in range(3) for c in range(2)]
+    n = sum(len(t["token_ids"]) for t in transcripts)
+    assert (info["generated_tokens"], info["rows"], info["dropped_tokens"]) == (n, n // ctx, n % ctx) and info["rows"] >= 3
+    state = json.loads((out / "harvest.json").read_text())
+    assert state["complete"] and state["generated"]["dropped_tokens"] == n % ctx
+    assert state["identity"]["sampling"] == {k: GEN[k] for k in ("n", "max_tokens", "temperature", "seed")} | {"chat_template": True}
+    ids, acts = _generated_reference(hf_model, transcripts, HOOKS, ctx)
+    for hook in HOOKS:
+        assert torch.equal(column(out / hook, "token_ids"), ids)
+        assert torch.equal(column(out / hook, hook), acts[hook])  # the same forward: bit for bit
+    again = harvest(str(llama_dir), None, HOOKS, out, session=double, **kw)
+    assert again["tokens_per_s"] is None and again["dropped_tokens"] == n % ctx
+    with pytest.raises(ValueError, match=r"holds another harvest \(sampling: .*'temperature': 0.7.* there, .*'temperature': 0.2"):
+        harvest(str(llama_dir), None, HOOKS, out, session=double, **dict(kw, generate={**GEN, "temperature": 0.2}))
+
+
+def test_packed_rows_skip_done_rows_and_never_read_what_is_not_kept():
+    from sae_lens_ext.training.harvest_generated import packed_rows, packing
+
+    ts = [{"prompt_token_ids": [1, 2], "token_ids": list(range(10 * i, 10 * i + k))} for i, k in enumerate((3, 5, 2, 4, 3))]
+    read_rows = []
+
+    def read(rows):
+        read_rows.extend(rows)
+        return {"h": [torch.tensor(r).float()[:, None].repeat(1, 2) for r in rows]}  # each position's "activation": its token id
+
+    assert packing(ts, 4) == {"generated_tokens": 17, "rows": 4, "dropped_tokens": 1, "continuations": 5}
+    got = list(packed_rows(ts, read, ["h"], 4, skip_rows=2, batch_size=2))
+    ids = torch.cat([g[0] for g in got])
+    assert ids.tolist() == [[20, 21, 30, 31], [32, 33, 40, 41]]  # rows 2 and 3 of the 17 ids; the last one (the tail) dropped
+    assert torch.equal(torch.cat([g[1]["h"] for g in got])[..., 0], ids.float())  # each activation at its own position
+    assert [r[2] for r in read_rows] == [20, 30, 40]  # the first two continuations lie in done rows: not read
+
+
+def test_generate_refusals_before_anything_is_written(llama_dir, tmp_path):
+    from sae_lens_ext.training.harvest import harvest
+
+    out = tmp_path / "never"
+    kw = dict(context_size=8, progress=False)
+    with pytest.raises(ValueError, match="generate= needs an activation engine"):
+        harvest(str(llama_dir), None, HOOKS, out, generate=GEN, **kw)
+    with pytest.raises(ValueError, match="give prompts, not data too"):
+        harvest(str(llama_dir), [[1, 2, 3]], HOOKS, out, engine="vllm", generate=GEN, **kw)
+    with pytest.raises(ValueError, match=r"from_token depends on which tokens are generated"):
+        harvest(str(llama_dir), None, HOOKS, out, engine="vllm", generate=GEN, steering=[{"hook": HOOKS[0], "from_token": 2}], **kw)
+    with pytest.raises(ValueError, match=r"generate: prompt \d renders to \d+ tokens; with max_tokens=60 .* context length 48"):
+        harvest(str(llama_dir), None, HOOKS, out, engine="vllm", generate={**GEN, "max_tokens": 60}, engine_options={"max_model_len": 48}, **kw)
+    assert not out.exists()

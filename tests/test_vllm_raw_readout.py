@@ -6,6 +6,8 @@ writes the same SAELens cache as the HF harvest. One eager engine for the module
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -136,3 +138,55 @@ def test_an_engine_harvest_equals_the_hf_harvest(engine, llama_dir, tmp_path, mo
         a, b = a[0:len(a)], b[0:len(b)]
         assert torch.equal(a["token_ids"], b["token_ids"])
         assert _rel(a[hook], b[hook]) <= 1e-6, hook
+
+
+def test_a_generate_harvest_holds_the_generated_positions_as_hf_computes_them_and_trains(engine, llama_dir, hf_model, standard_sae,
+                                                                                         tmp_path):
+    """``harvest(generate=...)`` (``reason-sae harvest --generate``) through this module's engine, plain and under a steering
+    spec: the cache's rows are the generated positions of the transcripts, in order, ``context_size`` per row, equal to an
+    HF forward over each transcript's ids (with the same edit) at those positions; ``token_ids`` the generated ids; the
+    steered model wrote other tokens; SAELens's runner trains from the plain cache as it is."""
+    import datasets
+
+    from sae_lens_ext.training.harvest import harvest
+    from sae_lens_ext.training.train import train_from_cache
+    from vllm_patches.onpolicy import VllmSession
+
+    session = VllmSession.__new__(VllmSession)
+    session.llm = engine
+    sae_dir, sae = standard_sae
+    edit = {"sae": str(sae_dir), "hook": FIXTURE_HOOK, "edits": [{"feature": 3, "mode": "set", "value": 4.0}]}
+    # 4 continuations of 12-token prompts: every prefill fits one step of CHUNK tokens (vLLM 0.32's CPU runner cannot
+    # rewind a seeded sampler over a chunked prefill: "CPU Generator does not use offset")
+    gen = {"prompts": ["What is 17 + 5?", "What is 29 - 12?"], "n": 2, "max_tokens": 64, "temperature": 0.8, "seed": 3}
+    ctx, worst, runs = 16, 0.0, {}
+    for name, steering in (("plain", None), ("steered", [edit])):
+        out = tmp_path / name
+        info = harvest(str(llama_dir), None, RAW_HOOKS, out, engine="vllm", generate=gen, steering=steering, context_size=ctx,
+                       batch_size=4, rows_per_shard=4, progress=False, session=session)
+        transcripts = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+        runs[name] = transcripts
+        assert [(t["prompt_index"], t["choice"]) for t in transcripts] == [(i, c) for i in range(2) for c in range(2)]
+        assert sum(len(t["prompt_token_ids"]) for t in transcripts) <= CHUNK
+        ids, refs = [], {h: [] for h in RAW_HOOKS}
+        for t in transcripts:
+            row = t["prompt_token_ids"] + t["token_ids"]
+            ref = hf_raw_rows(hf_model, row, steering[0] if steering else None, {str(sae_dir): sae}, {h: "after" for h in RAW_HOOKS})
+            ids += t["token_ids"]
+            for h in RAW_HOOKS:
+                refs[h].append(ref[h][len(t["prompt_token_ids"]):])
+        n = len(ids) // ctx * ctx
+        assert (info["generated_tokens"], info["rows"], info["dropped_tokens"]) == (len(ids), n // ctx, len(ids) - n) and n >= 8 * ctx
+        assert json.loads((out / "harvest.json").read_text())["generated"]["dropped_tokens"] == len(ids) - n
+        for h in RAW_HOOKS:
+            ds = datasets.load_from_disk(str(out / h)).with_format("torch")
+            got = ds[0:len(ds)]
+            assert torch.equal(got["token_ids"], torch.tensor(ids[:n], dtype=torch.int32).view(-1, ctx))
+            rel = _rel(got[h], torch.cat(refs[h])[:n].view(-1, ctx, hf_model.config.hidden_size))
+            worst = max(worst, rel)
+            assert rel <= 1e-5, (name, h, rel)
+    print(f"generate harvest vs HF over the transcripts: worst relative difference {worst:.2e}")
+    assert [t["token_ids"] for t in runs["plain"]] != [t["token_ids"] for t in runs["steered"]]  # the edit applied while generating
+    trained = train_from_cache(str(llama_dir), tmp_path / "plain" / FIXTURE_HOOK, FIXTURE_HOOK, tmp_path / "sae", architecture="topk",
+                               d_sae=64, k=8, training_tokens=128, batch_size_tokens=32, seed=3)
+    assert trained.cfg.d_in == hf_model.config.hidden_size and not torch.equal(trained.W_enc, torch.zeros_like(trained.W_enc))

@@ -1,8 +1,9 @@
 """``reason-sae demo`` on the real model: SmolLM2-135M-Instruct over CHAMP's real reasoning text.
 
 Steps (each timed in the report): the packaged GGUF becomes a cached HF folder; an SAE (the
-paper's architecture, layer 18 of 30) is trained with SAELens's runner on CHAMP transcripts
-(cached by its settings); every feature is ranked by ReasonScore over held-out CHAMP transcripts
+paper's architecture, layer 18 of 30) is trained with SAELens's runner on CHAMP transcripts, from the
+vLLM engine's harvest of them, and a second one on the model's own generations for the same problems
+(``demo_saes``; both cached by their settings; ``--no-vllm``: the first alone, SAELens's own harvester); every feature is ranked by ReasonScore over held-out CHAMP transcripts
 and statements; the top features are shown (SAEDashboard pages with real text, top contexts,
 token-driven control); ReasonScore is computed again from what the vLLM engine computes over the
 same rows and set beside the offline ranking; the top features are steered inside vLLM at strength x their max
@@ -23,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+from reason_plugins.app.demo_saes import saes_markdown
 from reason_plugins.app.report_tables import fmt, top_features_table
 
 MODEL = "smollm2-135m-instruct"
@@ -109,11 +111,19 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     model_dir = timer.step("model", resolve_model, MODEL, cache=cache)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    print(f"[2/{steps}] SAE on {hook} with SAELens's runner over CHAMP transcripts ({sae_tokens} tokens; cached)")
-    sae_cache = timer.step("sae", train_demo_sae, model_dir, cache, sae_tokens, seed)
-    if (out / "sae").exists():
-        shutil.rmtree(out / "sae")
-    shutil.copytree(sae_cache, out / "sae")
+    saes = None
+    if vllm:  # both SAEs from engine harvests (one engine start): CHAMP rows, and the model's own generations
+        from reason_plugins.app.demo_saes import build_saes
+
+        print(f"[2/{steps}] two SAEs on {hook} (SAELens's runner) from vLLM harvests: CHAMP text and the model's own generations (cached)")
+        saes = timer.step("sae", build_saes, model_dir, cache, sae_tokens, seed, dtype)
+        sae_cache = saes["champ"]["dir"]
+    else:
+        print(f"[2/{steps}] SAE on {hook} with SAELens's runner over CHAMP transcripts ({sae_tokens} tokens; cached)")
+        sae_cache = timer.step("sae", train_demo_sae, model_dir, cache, sae_tokens, seed)
+    for name, src in [("sae", sae_cache)] + ([("sae_generated", saes["generated"]["dir"])] if saes else []):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(src, out / name)
 
     print(f"[3/{steps}] ReasonScore of every feature over {score_rows} rows of held-out CHAMP text, and the "
           "difference-of-means direction over the same token sets")
@@ -121,6 +131,9 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
     result = timer.step("reason_score", score_to_dir, model_dir, str(out / "sae"), held_out, out / "reason_score", top_k=10,
                         ignore_tokens=["bos", "eos", "pad"], progress=True)
     top = result.top(10)
+    if saes:  # the second SAE ranked over the same rows
+        saes["top_generated"] = timer.step("reason_score_generated", score_to_dir, model_dir, str(out / "sae_generated"), held_out,
+                                           out / "reason_score_generated", top_k=10, ignore_tokens=["bos", "eos", "pad"]).top(10)
     dom = timer.step("diff_means", diff_means_vector, model_dir, held_out, hook, out / "reason_score" / "diff_means.safetensors")
 
     print(f"[4/{steps}] the top features: SAEDashboard pages (real text), top contexts, token-driven control")
@@ -133,7 +146,7 @@ def run_real_demo(out: Path, cache=None, sae_tokens: int = 24_000, score_rows: i
                "sae_dir": str(out / "sae"), "sae_cache": str(sae_cache), "sae_tokens": sae_tokens, "score_rows": score_rows,
                "top_features": top, "contexts": {f: {k: contexts[f][k] for k in ("max_act", "frequency")} for f in features if f in contexts},
                "views": {k: str(Path(v).relative_to(out)) for k, v in views.items() if k != "pages"},
-               "diff_means": {**dom, "path": str(Path(dom["path"]).relative_to(out))}}
+               "diff_means": {**dom, "path": str(Path(dom["path"]).relative_to(out))}, **({"saes": saes} if saes else {})}
     if vllm:
         print(f"[5/{steps}] ReasonScore from the vLLM engine (on-policy scoring path) over the same rows, beside the offline one")
         summary["on_policy"] = timer.step("reason_score_vllm", on_policy_scores, model_dir, out, result, score_rows)
@@ -262,7 +275,7 @@ def report_markdown(s: dict) -> str:
         *top_features_table(s["top_features"], lambda f: (s["contexts"].get(f) or s["contexts"].get(str(f)) or {}).get("max_act")),
     ]
     v = s["views"]
-    lines += ["", "## Looking at them", "",
+    lines += ["", *saes_markdown(s), "## Looking at them", "",
               f"- [SAEDashboard pages for the top 5 features (offline, real CHAMP text)]({v['index']})",
               f"- [top-activating contexts]({v['contexts_html']}) ([markdown]({v['contexts_md']}))",
               f"- token-driven control: does the feature fire on the reasoning word alone? [data]({v['control_json']})", "",

@@ -26,8 +26,9 @@ from sae_lens_ext.inputs.activations import (
     load_model,
     model_tokenizer,
 )
+from sae_lens_ext.inputs.generation import check_generate, check_generation_room
 from sae_lens_ext.inputs.token_data import load_data, token_batches
-from sae_lens_ext.reason_score.generated import SCORED_POSITIONS, check_generate, check_generation_room, generated_rows
+from sae_lens_ext.reason_score.generated import SCORED_POSITIONS, generated_rows
 
 
 def _check_options(alpha, eps, expand_range, batch_size, n_samples, num_chunks, chunk_index, checkpoint_every,

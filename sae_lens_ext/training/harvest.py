@@ -9,6 +9,9 @@ The model runs in one of two places:
 - ``engine="vllm"`` (any registered ``activation_engine`` whose sessions have ``raw_rows``): the
   inference engine computes the rows and hands them out through a raw readout.
 
+With ``generate=`` the rows are the model's own continuations of prompts instead, generated and read back in
+the engine, only the generated positions kept (``harvest_generated``).
+
 Every option is checked, and the output folder's identity compared, before any model loads.
 """
 
@@ -116,10 +119,15 @@ def _identity(model, fingerprint: str, n_rows: int, *, prepend_bos: bool, steeri
 def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 1024, prepend_bos: bool = True,
             n_rows: int | None = None, batch_size: int = 8, dtype: str = "float32", rows_per_shard: int = 256,
             seed: int | None = None, text_column: str = "text", tokenizer=None, progress: bool = True,
-            steering=None, engine_options: dict | None = None) -> dict:
+            steering=None, engine_options: dict | None = None, generate: dict | None = None, session=None) -> dict:
     """Harvest the rows of ``data`` (a dataset, path, or [N, T] token rows) at ``hooks`` of ``model`` into
     ``out`` (one SAELens cache folder per hook); returns ``{"hooks": {hook: folder}, "rows", "tokens",
-    "resumed_rows", "seconds", "tokens_per_s"}``. A run stopped part-way resumes from its last shard."""
+    "resumed_rows", "seconds", "tokens_per_s"}``. A run stopped part-way resumes from its last shard.
+
+    ``generate={"prompts", "n", "max_tokens", "temperature", "seed", "chat_template"}`` (``data=None``, an engine):
+    the model's own continuations instead, generated and read back under ``steering``, the generated positions
+    packed ``context_size`` per row (``harvest_generated``); the result adds ``generated_tokens``,
+    ``dropped_tokens``, ``continuations`` and ``transcripts``. ``session``: an open engine session to use (left open)."""
     import time
 
     from reason_plugins.models import load_config, resolve_model
@@ -135,10 +143,22 @@ def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 
         factory = get("activation_engine", engine)
     if steering is not None and factory is None:
         raise ValueError("steering during a harvest needs --engine vllm (the engine applies the edit)")
+    if generate is not None:
+        from sae_lens_ext.inputs.generation import check_generate
+        from sae_lens_ext.training.harvest_generated import check_steering
+
+        if data is not None:
+            raise ValueError("generate= harvests the model's own continuations: give prompts, not data too")
+        generate = check_generate(generate, engine, None)
+        check_steering(steering)
     path = resolve_model(str(model))
     cfg = load_config(path)
     hooks = parse_hooks(hooks, int(cfg.num_hidden_layers))
     tok = model_tokenizer(None, tokenizer or path)
+    if generate is not None:
+        return _harvest_generated(path, hooks, out, tok, int(cfg.hidden_size), generate, factory, engine_options or {}, steering,
+                                  context_size=context_size, dtype=dtype, rows_per_shard=rows_per_shard, batch_size=batch_size,
+                                  progress=progress, session=session, model_ref=model)
 
     def batches():
         return token_batches(data, tok, batch_size=batch_size, context_size=context_size, prepend_bos=prepend_bos,
@@ -148,8 +168,7 @@ def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 
     if not total:
         raise ValueError(f"the data gives no token row of context_size {context_size}")
     width = len(next(iter(batches()))[0])
-    steering_id = None if steering is None else hashlib.sha256(repr(steering).encode()).hexdigest()[:16]
-    writer = CacheWriter(out, _identity(model, fingerprint, total, prepend_bos=prepend_bos, steering=steering_id, sampling=None),
+    writer = CacheWriter(out, _identity(model, fingerprint, total, prepend_bos=prepend_bos, steering=_steering_id(steering), sampling=None),
                          hooks, width, int(cfg.hidden_size), dtype, rows_per_shard)
     done = writer.start()
     result = {"hooks": {h: Path(out) / h for h in hooks}, "rows": total, "tokens": total * width, "resumed_rows": done}
@@ -161,7 +180,7 @@ def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 
         # batch and a half is enough, and the memory stays flat in tokens (the default, 256 MB, filled first)
         batch_bytes = batch_size * width * len(hooks) * (int(cfg.hidden_size) * 4 + 16)
         options["readout_memory_mb"] = int(1.5 * batch_bytes) // 2**20 + 1
-    run, close = _source(path, hooks, dtype, factory, options, steering)
+    run, close = _source(path, hooks, dtype, factory, options, steering, session)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=done, unit="row", desc="harvest", disable=not progress)
@@ -184,7 +203,23 @@ def harvest(model, data, hooks, out, *, engine: str = "hf", context_size: int = 
     return dict(result, hooks=folders, seconds=seconds, tokens_per_s=fresh * width / seconds if seconds else None)
 
 
-def _source(path, hooks, dtype, factory, options, steering):
+def _steering_id(steering) -> str | None:
+    return None if steering is None else hashlib.sha256(repr(steering).encode()).hexdigest()[:16]
+
+
+def _open_session(path, hooks, dtype, factory, options, *, cut: bool):
+    """An engine session reading raw rows at ``hooks`` (cut after the deepest hook's layer when ``cut``)."""
+    options = dict(options)
+    if options.pop("cut", True) and cut:  # the engine loads and runs layers 0..L only: the rows up to L are the same
+        options["cut_at"] = deepest_layer(hooks)
+    session = factory(str(path), None, None, None, raw_hooks=hooks, dtype=dtype, **options)
+    if not hasattr(session, "raw_rows"):
+        session.close()
+        raise ValueError("this activation engine cannot hand out raw rows (its sessions have no raw_rows)")
+    return session
+
+
+def _source(path, hooks, dtype, factory, options, steering, session=None):
     """``(tokens [B, T] -> {hook: [B, T, d]}, close)`` for the chosen engine."""
     import torch
 
@@ -193,16 +228,81 @@ def _source(path, hooks, dtype, factory, options, steering):
 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
         return hf_rows(model, hooks), lambda: None
-    options = dict(options)
-    if options.pop("cut", True):  # the engine loads and runs layers 0..L only: the rows up to L are the same
-        options["cut_at"] = deepest_layer(hooks)
-    session = factory(str(path), None, None, None, raw_hooks=hooks, dtype=dtype, **options)
-    if not hasattr(session, "raw_rows"):
-        session.close()
-        raise ValueError("this activation engine cannot hand out raw rows (its sessions have no raw_rows)")
+    own = session is None
+    session = _open_session(path, hooks, dtype, factory, options, cut=True) if own else session
 
     def run(tokens):
         got = session.raw_rows(tokens.tolist(), hooks, steering=steering)
         return {h: torch.stack([torch.as_tensor(r) for r in got[h]]) for h in hooks}
 
-    return run, session.close
+    return run, session.close if own else (lambda: None)
+
+
+def _unchunked(options: dict, longest: int | None) -> dict:
+    """Engine options under which no prefill is split on a CPU engine: vLLM 0.32's CPU runner cannot rewind a seeded
+    sampler over a partial prefill ("CPU Generator does not use offset"), so the step budget holds every running row
+    whole (the context is the longest row, at most ``max_num_seqs`` rows, 16 unless told)."""
+    import torch
+
+    if torch.cuda.is_available() or longest is None or "max_num_batched_tokens" in options:
+        return options
+    seqs = int(options.get("max_num_seqs", 16))
+    length = int(options.get("max_model_len", longest))
+    return {**options, "max_num_seqs": seqs, "max_model_len": length, "max_num_batched_tokens": seqs * length}
+
+
+def _harvest_generated(path, hooks, out, tok, d_in, generate, factory, options, steering, *, context_size, dtype, rows_per_shard,
+                       batch_size, progress, session, model_ref) -> dict:
+    """``harvest(generate=...)``: every check done before the folder or the engine is touched, then generate (or
+    reuse this job's transcripts), read the rows back and write the generated positions."""
+    import json
+    import time
+
+    from tqdm.auto import tqdm
+
+    from sae_lens_ext.inputs.generation import check_generation_room
+    from sae_lens_ext.training import harvest_generated as hg
+
+    longest = check_generation_room(generate, tok, str(path), options)  # a prompt that cannot fit: refused before anything is written
+    prompts_id = hashlib.sha256(json.dumps(generate["prompts"]).encode()).hexdigest()[:16]
+    sampling = {k: generate[k] for k in ("n", "max_tokens", "temperature", "seed", "chat_template")}
+    identity = dict(_identity(model_ref, prompts_id, None, prepend_bos=False, steering=_steering_id(steering), sampling=sampling),
+                    positions="generated")
+    writer = CacheWriter(out, identity, hooks, context_size, d_in, dtype, rows_per_shard)
+    done = writer.start()
+    job = hashlib.sha256(json.dumps(writer.identity, sort_keys=True).encode()).hexdigest()[:16]
+    result = {"hooks": {h: Path(out) / h for h in hooks}, "resumed_rows": done, "transcripts": Path(out) / hg.TRANSCRIPTS}
+    if writer.complete:
+        plan = writer.state["generated"]
+        return dict(result, **plan, tokens=plan["rows"] * context_size, seconds=0.0, tokens_per_s=None)
+    t0 = time.perf_counter()
+    own = session is None
+    if own:  # generating needs every layer
+        session = _open_session(path, hooks, dtype, factory, _unchunked(options, longest), cut=False)
+    try:
+        transcripts = hg.transcribe(session, generate, steering, Path(out), job)
+        generate_seconds = time.perf_counter() - t0
+        plan = hg.packing(transcripts, context_size)
+        writer.state["generated"] = plan  # recorded in harvest.json: the tokens that filled rows and the tail dropped
+        if not plan["rows"]:
+            raise ValueError(f"the model generated {plan['generated_tokens']} tokens, fewer than one row of context_size "
+                             f"{context_size}: generate more (--generate, --max-tokens) or lower --context-size (in a new --out)")
+        bar = tqdm(total=plan["rows"], initial=done, unit="row", desc="harvest (generated)", disable=not progress)
+
+        def read(rows):
+            return session.raw_rows(rows, hooks, steering=steering)
+
+        try:
+            for ids, acts in hg.packed_rows(transcripts, read, hooks, context_size, skip_rows=done, batch_size=batch_size):
+                writer.add(ids, acts)
+                bar.update(len(ids))
+            folders = writer.finish()
+        finally:
+            bar.close()
+    finally:
+        if own:
+            session.close()
+    seconds = time.perf_counter() - t0
+    fresh = plan["rows"] - done
+    return dict(result, **plan, hooks=folders, tokens=plan["rows"] * context_size, seconds=seconds, generate_seconds=generate_seconds,
+                tokens_per_s=fresh * context_size / seconds if seconds else None)

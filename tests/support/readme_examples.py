@@ -61,6 +61,8 @@ SUBSTITUTIONS = (
     Sub("train", "--cached-activations acts/llama8b --out", "--cached-activations acts/llama8b " + _SMALL_TRAINING + " --out",
         "size (and the fake model's width, 128)"),
     Sub("train", "--sizes 32768,65536", "--sizes 256,512", "size (the fake model is 128 wide)"),
+    Sub("train", "--max-tokens 4096 --temperature 0.6", "--max-tokens 32 --temperature 0.6 --context-size 64",
+        "size: 2 problems x 4 continuations of 32 tokens fill 4 rows of 64"),
     Sub("loading", '"/models/r1-qwen-1.5b"', '"r1-qwen-1.5b"', "a local snapshot: the world's copy of that model"),
     Sub("score", "--top-k 100", "--top-k 3", "size: 3 dashboard pages, not 100"),
     Sub("score", "--top-k 20", "--top-k 3", "size: contexts and token control of 3 features"),
