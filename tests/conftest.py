@@ -136,7 +136,7 @@ def readme_world(fixture_root):
 # tests/test_readme.py's sessions one by one; only the order matters). A unit is what `--dist loadscope` hands a
 # worker whole: a module, or a class of one (``module::Class``); a class not listed goes with its module.
 # The longest start first, so that no long unit starts last on a worker.
-MODULE_SECONDS = {"test_lm_eval_dp": 200, "test_ray_score": 170, "test_readme::TestSession_ray": 170, "test_vllm_steering": 170,
+MODULE_SECONDS = {"test_lm_eval_dp": 200, "test_ray_score": 85, "test_readme::TestSession_ray": 150, "test_vllm_steering": 170,
                   "test_readme::TestSession_score": 140, "test_lm_eval_cli": 150, "test_engine_start": 90, "test_ray_pipeline": 90,
                   "test_onpolicy": 90, "test_serve_fuzz": 80, "test_readme::TestSession_lmeval": 77, "test_real_model": 70, "test_explorer": 70,
                   "test_vllm_load": 65, "test_readme::TestSession_onpolicy": 63, "test_demo": 58, "test_readme::TestSession_steer": 42,

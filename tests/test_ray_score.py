@@ -1,8 +1,9 @@
-"""ReasonScore on Ray (issue 26), end to end in a loopback-only namespace: two actors equal the
-one-process run (scores within 1e-12 relative, same top-20, same token counts), through the CLI
-(`--ray` starting a local cluster) and the Python twin (a head the job starts); an actor killed with
-SIGKILL mid-run and a driver interrupted after 5 batches both end with the same numbers and every
-batch counted once (the resumed run says where it resumed)."""
+"""ReasonScore on Ray (issue 26), end to end in a loopback-only namespace, on a head the job starts: two
+actors equal the one-process run (scores within 1e-12 relative, same top-20, same token counts) when one
+of them is killed with SIGKILL mid-run, and when the driver is interrupted after 5 batches and rerun; every
+batch is counted once and the resumed run says where it resumed. The CLI's ``--ray --workers 2`` on a local
+cluster is held to the same bar by the README's Ray session (``tests/test_readme.py``), which runs it: a run
+of it here proved the same thing twice, as did a plain two-actor run (every run below is one, plus a fault)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ def runs(tmp_path_factory, llama_dir, sae_dirs, scored_data):
     return run_job(tmp, job, "ray_score_job.py", timeout=600)
 
 
-@pytest.mark.parametrize("name", ["cli_local", "ray2", "killed", "resumed"])
+@pytest.mark.parametrize("name", ["killed", "resumed"])
 def test_ray_scores_equal_the_one_process_run(runs, name):
     got = runs[name]
     assert got["max_rel"] <= 1e-12 and got["top20"], got
-    if name != "cli_local":
-        ref = runs["ref"]
-        assert (got["n_tokens"], got["n_batches"], got["count_pos"]) == (ref["n_tokens"], ref["n_batches"], ref["count_pos"]), (got, ref)
+    ref = runs["ref"]
+    assert (got["n_tokens"], got["n_batches"], got["count_pos"]) == (ref["n_tokens"], ref["n_batches"], ref["count_pos"]), (got, ref)
 
 
 def test_a_killed_actor_is_replaced_and_nothing_is_counted_twice(runs):

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from tests.support import readme_checks
 from tests.support import readme_examples as rx
 
 SESSIONS = sorted(rx.sessions())
@@ -50,6 +51,9 @@ def _run(session, world, tmp_path, record_property):
     print(session, timings, "wall", sum(t[1] for t in timings), "cpu", sum(t[2] for t in timings))
     expected = {i for i, s in enumerate(rx.SUBSTITUTIONS) if s.session == session}
     assert used == expected, f"substitutions never used: {[rx.SUBSTITUTIONS[i] for i in expected - used]}"
+    check = readme_checks.CHECKS.get(session)
+    if check is not None:  # what the session wrote, beyond its exit codes
+        check(tmp_path)
 
 
 # One class per session: with `--dist loadscope` a class is one unit of work, so `make test`'s two workers share the

@@ -85,8 +85,9 @@ SUBSTITUTIONS = (
         "2 cores: 2 replicas of 1 CPU each; eager"),
     Sub("ray", "--tasks aime2024_nofigures --include_path", "--tasks champ --limit 2 --gen_kwargs max_gen_toks=16 --include_path",
         "a hub benchmark: the offline CHAMP task, 2 problems, 16 tokens"),
-    Sub("ray", "--ray 10.0.0.1:6379", "--ray local", "a cluster's address: a local cluster inside the loopback-only namespace"),
-    Sub("ray", "--workers 8", "--workers 2", "2 cores"),
+    Sub("ray", " --ray 10.0.0.1:6379 --workers 8", "",
+        "a cluster's address: run as `--ray local` it was the next line's run again (`--ray` alone means local); "
+        "without Ray it is the one-process reference that run is held to (readme_checks: 1e-12, same top-20 and counts)"),
     Sub("ray", "replicas=4,", "replicas=1, enforce_eager=True,", "one engine at a time on 2 cores; eager"),
     Sub("ray", '"max_tokens": 1024', '"max_tokens": 16', "size"),
     Sub("onpolicy", "--tensor-parallel-size 2", "--tensor-parallel-size 1", "2 cores: one engine process, not two ranks"),
