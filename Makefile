@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reason-plugins-setup
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-e2e test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,12 @@ demo: setup
 test: setup
 	bash scripts/run_tests.sh
 
-# Everything not marked slow (no engine, server or lm-eval run end to end): for edit loops. CI runs `make test`.
+# The whole-workflow tests `make test` leaves out (Ray clusters, lm_eval CLI runs, the README's long sessions);
+# CI runs `make test`, then this.
+test-e2e: setup
+	bash scripts/run_tests.sh --e2e
+
+# Everything not marked slow (no engine, server or lm-eval run end to end): for edit loops.
 test-fast: setup
 	bash scripts/run_tests.sh --fast
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The test suite. Without arguments (`make test`): the layering contracts and ruff (seconds), then every
-# test, slow end-to-end ones included; `--fast` (`make test-fast`): the same without the slow ones. Both
-# run on pytest-xdist workers (one per core, up to 4; each module's tests on one worker, so a module's
-# engine starts once) and print pytest's 15 slowest tests. Any other arguments go to pytest as they are,
-# in this process (`bash scripts/run_tests.sh tests/test_hub.py -k spec`). pytest's exit 5 ("no tests
-# ran") is a failure.
+# The test suite, in three selections of one suite (all run on pytest-xdist workers, one per core up to 4, each
+# module's tests on one worker so a module's engine starts once, and print pytest's 15 slowest tests):
+#   (no arguments: `make test`)   the layering contracts and ruff (seconds), then every test but the `e2e` ones:
+#                                 the fast tests and the slow ones (engines, servers, the browser, CLI runs);
+#   `--e2e` (`make test-e2e`)     the `e2e` tests alone: whole workflows through Ray clusters, lm_eval CLI runs and the
+#                                 README's long sessions (CI runs `make test`, then this);
+#   `--fast` (`make test-fast`)   no slow tests at all, for edit loops.
+# Any other arguments go to pytest as they are, in this process (`bash scripts/run_tests.sh tests/test_hub.py -k spec`).
+# pytest's exit 5 ("no tests ran") is a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -14,7 +17,7 @@ export WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 # each of them compiles them again (the caches land in __pycache__ folders, which git ignores)
 unset PYTHONDONTWRITEBYTECODE
 args=("$@")
-if [ "$#" -eq 0 ] || [ "$*" = "--fast" ]; then
+if [ "$#" -eq 0 ] || [ "$*" = "--fast" ] || [ "$*" = "--e2e" ]; then
   .venv/bin/lint-imports || exit 1
   .venv/bin/ruff check . || exit 1
   cores=$(nproc)
@@ -25,7 +28,11 @@ if [ "$#" -eq 0 ] || [ "$*" = "--fast" ]; then
     # puts the long modules first and pins each worker to its own core
     args+=(-n "$workers" --dist loadscope --no-loadscope-reorder)
   fi
-  [ "$*" = "--fast" ] && args+=(-m "not slow")
+  case "$*" in
+    --fast) args+=(-m "not slow") ;;
+    --e2e) args+=(-m "e2e") ;;
+    *) args+=(-m "not e2e") ;;
+  esac
 fi
 started=$(date +%s)
 .venv/bin/python -m pytest "${args[@]}"

@@ -8,6 +8,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # `make demo`'s whole workflow: `make test-e2e` (CI) runs it
 def test_demo_writes_report_with_generations_and_sae(tmp_path):
     from sae_lens import SAE
 

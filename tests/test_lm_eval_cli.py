@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.vllm_jobs import engine_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a whole workflow: `make test-e2e` (CI) runs it
 
 TASKS = ["aime2024_nofigures", "math500", "gpqa_diamond_openai"]
 LIMIT = 2

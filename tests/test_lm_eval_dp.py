@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.netns import HEAD_PORT, run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a whole workflow: `make test-e2e` (CI) runs it
 TASKS = ["math500", "tiny_mc"]
 LIMIT = 3  # odd: the replicas get 2 and 1 requests per task and arm
 GREEDY = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 12}

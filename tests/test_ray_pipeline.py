@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.netns import run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a whole workflow: `make test-e2e` (CI) runs it
 PROMPTS = ["What is 17 + 5?", "Solve x + 2 = 5.", "Name a prime number.", "What is 3 * 4?", "Is 9 a square?", "Count to three."]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.netns import run_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # a whole workflow: `make test-e2e` (CI) runs it
 
 
 @pytest.fixture(scope="module")

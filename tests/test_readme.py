@@ -13,6 +13,9 @@ from tests.support import readme_checks
 from tests.support import readme_examples as rx
 
 SESSIONS = sorted(rx.sessions())
+# The sessions that chain many fresh processes through a cluster or a CLI pipeline (the ReasonScore views: 13
+# `reason-sae` runs; lm_eval CLI runs; on-policy engines; a Ray cluster): `make test-e2e` runs them, CI runs both.
+E2E_SESSIONS = {"score", "lmeval", "onpolicy", "ray"}
 
 
 def test_every_example_is_fenced_with_a_known_language():
@@ -62,6 +65,8 @@ def _run(session, world, tmp_path, record_property):
 def _session_class(session: str) -> type:
     @pytest.mark.slow
     class Session:
+        pytestmark = [pytest.mark.e2e] if session in E2E_SESSIONS else []
+
         def test_session_runs(self, readme_world, tmp_path, record_property):
             _run(session, readme_world, tmp_path, record_property)
 
@@ -79,3 +84,8 @@ for _session in SESSIONS:
 
 def test_every_session_has_its_own_class():
     assert sorted(name for name in globals() if name.startswith("TestSession_")) == sorted(map(session_class_name, SESSIONS))
+
+
+def test_the_e2e_sessions_are_sessions():
+    """A renamed session cannot leave `make test-e2e` (and so CI) silently: each name in E2E_SESSIONS is a session."""
+    assert E2E_SESSIONS <= set(SESSIONS), E2E_SESSIONS - set(SESSIONS)
