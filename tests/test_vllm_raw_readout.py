@@ -2,7 +2,8 @@
 engine hands out equal an HF forward hook on the same token ids (float32, <= 1e-6 relative) in one
 mixed batch with chunked prefill, before and after a steering edit at that layer, and under preemption
 (a KV cache of BLOCKS blocks: long requests are evicted and recomputed); ``reason-sae harvest --engine vllm``
-writes the same SAELens cache as the HF harvest. One eager engine for the module."""
+writes the same SAELens cache as the HF harvest; a seeded request split across prefill steps samples the
+tokens it samples whole. One eager engine for the module."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow
 RAW_HOOKS = ["blocks.1.hook_resid_post", FIXTURE_HOOK]
 MAX_TOKENS = 4
 CHUNK = 48  # max_num_batched_tokens: the long prompt is prefilled in chunks
+SHORT = 30  # < CHUNK and < BLOCK: a prompt prefilled whole when alone, never a prefix-cache hit
 BLOCK, BLOCKS = 32, 10  # a KV cache of 320 tokens (one max_model_len request fits): many long requests preempt
 
 
@@ -111,6 +113,27 @@ def test_a_raw_readout_where_raw_readout_is_off_is_refused(engine):
     with pytest.raises(Exception, match=r"reads raw rows at \['blocks.1.hook_resid_post', 'blocks.2.hook_resid_post'\] only"):
         engine.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=1),
                         readout={"hook": "blocks.3.hook_resid_post", "raw": True})
+
+
+def test_a_seeded_request_split_across_prefill_steps_samples_as_if_whole(engine):
+    """vLLM-CPU rewinds a partial prefill's discarded sample with ``set_offset``, which a CPU generator
+    refuses (the engine died); ``vllm_patches/patching/seed_rewind.py`` rewinds it by state. Prompts of
+    SHORT tokens fit one CHUNK alone; behind another request they are split (its tokens fill the budget)."""
+    from vllm import SamplingParams
+
+    g = torch.Generator().manual_seed(1)
+    prompt, other = (torch.randint(5, 500, (SHORT,), generator=g).tolist() for _ in range(2))
+    seeded = SamplingParams(max_tokens=6, temperature=1.0, seed=1234)
+    whole = list(engine.generate([{"prompt_token_ids": prompt}], seeded)[0].outputs[0].token_ids)
+    assert len(whole) == 6
+    # step 1: `other` (SHORT) + CHUNK - SHORT tokens of the first seeded copy: that copy is split (its
+    # sample discarded); the second copy runs whole in step 2; the unseeded one samples beside them
+    mixed = engine.generate([{"prompt_token_ids": p} for p in (other, prompt, prompt)],
+                            [SamplingParams(max_tokens=6, temperature=1.0), seeded, seeded])
+    assert [list(o.outputs[0].token_ids) for o in mixed[1:]] == [whole, whole]
+    assert len(mixed[0].outputs[0].token_ids) == 6
+    again = engine.generate([{"prompt_token_ids": other}], SamplingParams(max_tokens=3, temperature=0.0))
+    assert len(again[0].outputs[0].token_ids) == 3  # the engine keeps serving
 
 
 def test_an_engine_harvest_equals_the_hf_harvest(engine, llama_dir, tmp_path, monkeypatch, tokenizer):

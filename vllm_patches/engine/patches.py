@@ -11,7 +11,9 @@ refuses loudly when a target moved; every patched name is declared in ``patching
 - workers (``patch_worker``): the ``collective_rpc`` report / readout / capture / stats methods;
 - the scheduler (``patch_scheduler``): steering slots admitted like LoRA adapters (``admission.py``, beside this file);
 - engine arguments (``patch_engine_args``): a steered CPU engine whose operator chose no KV size gets one
-  (``starting.size_server_kv_cache``: ``vllm serve``, a plain ``LLM`` with a steering config).
+  (``starting.size_server_kv_cache``: ``vllm serve``, a plain ``LLM`` with a steering config);
+- and, with the model runner, ``patching/seed_rewind.py``: a seeded request whose prompt is prefilled in
+  several steps no longer kills a CPU engine (its discarded sample rewound by generator state).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ def patch_runner(module) -> None:
         wrap_method(cls, "_update_states", update_states)
         wrap_method(cls, "_prepare_inputs", prepare_inputs)
         wrap_method(cls, "sample_tokens", sample_tokens)
+        from vllm_patches.patching import seed_rewind
+
+        seed_rewind.install(module)  # every engine, steered or not: seeded chunked prefill on CPU
 
 
 def patch_input_processor(module) -> None:

@@ -60,6 +60,8 @@ TARGETS: tuple[Target, ...] = (
     Target(_RUNNER, "GPUModelRunner", "_prepare_inputs", ("self", "scheduler_output", "num_scheduled_tokens"),
            uses=("input_batch", "requests")),
     Target(_RUNNER, "GPUModelRunner", "sample_tokens", uses=("positions", "input_ids")),
+    Target(_RUNNER, "GPUModelRunner", "_sample", uses=("input_batch", "discard_request_mask"), platform="cpu"),
+    Target(_RUNNER, "GPUModelRunner", "_bookkeeping_sync", uses=("input_batch", "discard_request_mask"), platform="cpu"),
     Target("vllm.v1.worker.cpu_model_runner", "CPUModelRunner", "load_model", platform="cpu"),
     Target(_SCHEDULER, "Scheduler", "schedule", uses=("running",)),
     Target(_SCHEDULER, "Scheduler", "_handle_blocked_waiting_request", ("self", "request")),
